@@ -1,0 +1,53 @@
+# The two commands of the README: `make run` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/gateway.yaml
+
+.PHONY: run test check docs bench clean
+
+## run: create the virtualenv and run the gateway on its embedded defaults
+run: $(VENV)/.run-deps
+	$(BIN)/gateway run -c $(CONFIG)
+
+## test: create the virtualenv, install the test peers (Mosquitto, Redis, Dovecot, Chromium), run every test
+test: $(VENV)/.test-deps
+	sh tests/install-peers.sh
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## check: validate the config file without starting anything
+check: $(VENV)/.run-deps
+	$(BIN)/gateway check $(CONFIG)
+
+## docs: regenerate docs/config-reference.md from the config models
+docs: $(VENV)/.run-deps
+	$(BIN)/gateway schema > docs/config-reference.md
+
+## bench: the side-by-side benchmarks (needs wrk: apt-get install wrk); see bench/README.md
+bench: $(VENV)/.bench-deps
+	$(BIN)/python bench/http.py
+	$(BIN)/python bench/websocket.py
+	$(BIN)/python bench/layer.py
+	$(BIN)/python bench/mqtt.py
+	$(BIN)/python bench/email.py
+
+$(VENV)/.python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "asgi-gateway needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	touch $@
+
+$(VENV)/.run-deps: $(VENV)/.python pyproject.toml
+	$(BIN)/pip install -q -e '.[speed]'
+	touch $@
+
+$(VENV)/.test-deps: $(VENV)/.python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev,redis,speed]'
+	touch $@ $(VENV)/.run-deps
+
+$(VENV)/.bench-deps: $(VENV)/.python pyproject.toml
+	$(BIN)/pip install -q -e '.[bench,redis,dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info
