@@ -1,0 +1,288 @@
+"""The gateway's configuration: its schema, and building a runnable plan from a YAML file.
+
+Loading happens in full before anything listens: YAML, interpolation and includes
+(``yamlsource``), the top-level schema, every adapter's own schema, every route's schema,
+every ``app:`` and ``middleware:`` import, and cross-checks (a route for a protocol with no
+adapter, two listeners on one address). The first problem found becomes a ``ConfigError``
+that names the file, the line and the key path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from . import apps as app_loading
+from .errors import PluginError
+from .layers import BACKENDS
+from .layers.base import BaseChannelLayer
+from .plugins import Adapter, discover
+from .routing import ProtocolTypeRouter, Route, Router
+from .schema import KeyPath, PositiveFloat, Section, inner_model
+from .yamlsource import Source, load_file, load_text
+
+
+class LayerSection(BaseModel):
+    """`layer:` — the channel layer. Keys other than `backend` are the backend's options."""
+
+    model_config = {"extra": "allow", "frozen": True}
+    backend: str = Field("memory", description="`memory`, `redis` (redis extra), or a `module:Class` import string.")
+
+
+class DjangoSection(Section):
+    settings: str | None = Field(None, description="Django settings module; enables `app: django` once Django routing lands.")
+
+
+class PluginsSection(Section):
+    paths: list[str] = Field(
+        default_factory=lambda: ["plugins"],
+        description="Folders whose `.py` files are searched for adapter plugins (relative to the config file; "
+        "the default `plugins` is looked up in the working directory and may be absent).",
+    )
+
+
+class InstancesSection(Section):
+    queue_size: int = Field(64, gt=0, description="Events queued for an application before the adapter waits (backpressure).")
+    app_close_timeout: PositiveFloat = Field(10.0, description="Seconds an app gets to return after its disconnect event before it is cancelled.")
+    message_timeout: PositiveFloat = Field(60.0, description="Default seconds a message-scope instance (mqtt, email, sms) may run.")
+
+
+class ShutdownSection(Section):
+    drain_timeout: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT: seconds in-flight instances get to finish before they are cancelled.")
+
+
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warning", "error", "critical"] = Field("info", description="Lowest level logged.")
+    format: Literal["auto", "console", "json"] = Field("auto", description="`console` on a terminal, `json` lines otherwise (`auto`).")
+
+
+class MetricsSection(Section):
+    path: str | None = Field("/metrics", description="HTTP path of the Prometheus metrics (on the http adapter); null to disable.")
+    health_path: str | None = Field("/healthz", description="HTTP path of the JSON health report; null to disable.")
+
+
+class LifespanSection(Section):
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="`auto`: apps that do not support lifespan are skipped quietly; `on`: such apps are an error; `off`: never send lifespan."
+    )
+    startup_timeout: PositiveFloat = Field(30.0, description="Seconds every app gets to complete `lifespan.startup`.")
+    shutdown_timeout: PositiveFloat = Field(30.0, description="Seconds every app gets to complete `lifespan.shutdown`.")
+
+
+class GatewayConfig(Section):
+    """The top level of a gateway config file."""
+
+    layer: LayerSection = Field(default_factory=LayerSection, description="The channel layer.")
+    django: DjangoSection | None = Field(None, description="Django integration.")
+    python_path: list[str] = Field(default_factory=list, description="Folders put in front of `sys.path` (relative to the config file) so `app:` strings import.")
+    plugins: PluginsSection = Field(default_factory=PluginsSection, description="Where adapter plugins are found besides installed entry points.")
+    adapters: dict[str, dict[str, Any]] = Field(default_factory=dict, description="One block per adapter, keyed by adapter name; see each adapter's keys below.")
+    routes: dict[str, list[dict[str, Any]]] = Field(default_factory=dict, description="Per scope type an ordered list of routes; first match wins.")
+    instances: InstancesSection = Field(default_factory=InstancesSection, description="The instance runner.")
+    shutdown: ShutdownSection = Field(default_factory=ShutdownSection, description="Graceful shutdown.")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
+    metrics: MetricsSection = Field(default_factory=MetricsSection, description="Metrics and health endpoints.")
+    lifespan: LifespanSection = Field(default_factory=LifespanSection, description="ASGI lifespan.")
+
+
+@dataclass
+class AdapterPlan:
+    name: str
+    cls: type[Adapter]
+    config: Any
+
+
+@dataclass
+class Plan:
+    """Everything validated and imported: ready to start."""
+
+    config: GatewayConfig
+    source: Source
+    adapters: list[AdapterPlan]
+    routers: dict[str, Router]
+    layer_class: type[BaseChannelLayer]
+    layer_options: dict[str, Any]
+
+    @property
+    def router(self) -> ProtocolTypeRouter:
+        return ProtocolTypeRouter(self.routers)
+
+    def routes(self) -> Iterator[tuple[str, Route]]:
+        for protocol, router in self.routers.items():
+            for route in router.routes:
+                yield protocol, route
+
+
+def load(path: str | Path) -> Plan:
+    """Load and validate a config file into a ``Plan``; raises ``ConfigError``."""
+    path = Path(path)
+    return build(load_file(path), path.parent)
+
+
+def loads(text: str, name: str = "<string>", base_dir: Path | None = None) -> Plan:
+    return build(load_text(text, name), base_dir or Path.cwd())
+
+
+def build(source: Source, base_dir: Path) -> Plan:
+    config = _validate(GatewayConfig, source.data, source, ())
+    assert isinstance(config, GatewayConfig)
+    app_loading.add_to_path([str((base_dir / p).resolve()) for p in config.python_path])
+    adapters = _discover(config, source, base_dir)
+    plans = _adapter_plans(config, source, adapters)
+    _check_listeners(plans, source)
+    loader = app_loading.AppLoader()
+    routers = _routers(config, source, plans, adapters, loader)
+    layer_class, options = _layer(config, source)
+    return Plan(config, source, plans, routers, layer_class, options)
+
+
+def _discover(config: GatewayConfig, source: Source, base_dir: Path) -> dict[str, tuple[type[Adapter], str]]:
+    explicit = "paths" in source.data.get("plugins", {})
+    dirs = [base_dir / p for p in config.plugins.paths] if explicit else [Path.cwd() / p for p in config.plugins.paths]
+    try:
+        return discover(dirs, required_dirs=dirs if explicit else ())
+    except PluginError as exc:
+        key: KeyPath = ("plugins", "paths") if explicit else ()
+        raise source.error(key, str(exc)) from None
+
+
+def _adapter_plans(config: GatewayConfig, source: Source, adapters: dict[str, tuple[type[Adapter], str]]) -> list[AdapterPlan]:
+    plans = []
+    for name, block in config.adapters.items():
+        found = adapters.get(name)
+        if found is None:
+            known = ", ".join(sorted(adapters)) or "none"
+            raise source.error(("adapters", name), f"unknown adapter {name!r} (available: {known})")
+        cls = found[0]
+        plans.append(AdapterPlan(name, cls, _validate(cls.config_model, block or {}, source, ("adapters", name))))
+    return plans
+
+
+def _check_listeners(plans: list[AdapterPlan], source: Source) -> None:
+    seen: dict[str, str] = {}
+    for plan in plans:
+        for addr in plan.cls.listen_addresses(plan.config):
+            if addr.endswith(":0"):
+                continue
+            if addr in seen:
+                raise source.error(
+                    ("adapters", plan.name),
+                    f"{addr} is already used by adapters.{seen[addr]}: one address can only be listened on once",
+                )
+            seen[addr] = plan.name
+
+
+def _routers(
+    config: GatewayConfig,
+    source: Source,
+    plans: list[AdapterPlan],
+    adapters: dict[str, tuple[type[Adapter], str]],
+    loader: app_loading.AppLoader,
+) -> dict[str, Router]:
+    served = {t: p.cls for p in plans for t in p.cls.scope_types}
+    known = {t: cls for cls, _ in adapters.values() for t in cls.scope_types}
+    routers: dict[str, Router] = {}
+    for protocol, entries in config.routes.items():
+        where: KeyPath = ("routes", protocol)
+        cls = served.get(protocol)
+        if cls is None:
+            if protocol in known:
+                raise source.error(
+                    where, f"routes for {protocol!r} need the {known[protocol].name!r} adapter: add 'adapters: {{{known[protocol].name}: ...}}'"
+                )
+            raise source.error(where, f"unknown protocol {protocol!r} (no adapter serves it; known: {', '.join(sorted(known)) or 'none'})")
+        model = cls.route_models[protocol]
+        routes: list[Route] = []
+        for i, entry in enumerate(entries):
+            route_cfg = _validate(model, entry, source, (*where, i))
+            try:
+                leaves = list(route_cfg.expand())
+            except ValueError as exc:
+                raise source.error((*where, i), str(exc)) from None
+            for matcher, leaf, middleware, sub in leaves:
+                leaf_key = (*where, i, *sub)
+                assert leaf.app is not None
+                try:
+                    endpoint = loader.app(leaf.app)
+                except app_loading.AppLoadError as exc:
+                    raise source.error((*leaf_key, "app"), str(exc)) from None
+                try:
+                    wrapped = loader.wrap(endpoint, middleware)
+                except app_loading.AppLoadError as exc:
+                    raise source.error((*leaf_key, "middleware"), str(exc)) from None
+                routes.append(Route(
+                    matcher, wrapped, name=leaf.name, timeout=leaf.timeout, middleware=tuple(middleware),
+                    target=leaf.app, endpoint=endpoint, config=leaf,
+                ))
+        routers[protocol] = Router(routes)
+    return routers
+
+
+def _layer(config: GatewayConfig, source: Source) -> tuple[type[BaseChannelLayer], dict[str, Any]]:
+    backend = config.layer.backend
+    spec = BACKENDS.get(backend, backend)
+    try:
+        cls = app_loading.import_string(spec)
+    except app_loading.AppLoadError as exc:
+        hint = " (install the redis extra: pip install 'asgi-gateway[redis]')" if backend == "redis" else ""
+        raise source.error(("layer", "backend"), f"{exc}{hint}") from None
+    if not (isinstance(cls, type) and issubclass(cls, BaseChannelLayer)):
+        raise source.error(("layer", "backend"), f"{spec!r} is not a channel layer (subclass gateway.layers.BaseChannelLayer)")
+    options = dict(config.layer.model_extra or {})
+    validated = _validate(cls.options_model, options, source, ("layer",))
+    return cls, validated.model_dump()
+
+
+def _validate(model: type[BaseModel], data: Any, source: Source, where: KeyPath) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise source.error(where, f"must be a mapping, not {_kind(data)}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
+        message = _message(first, model, loc)
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in this block)"
+        raise source.error((*where, *loc), message) from None
+
+
+def _message(error: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"unknown key {loc[-1]!r}{hint}"
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}" if loc else "missing required key"
+    msg: str = error["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if "input" in error and kind not in ("value_error", "assertion_error") and not isinstance(error["input"], (dict, list)):
+        msg += f" (got {error['input']!r})"
+    return msg
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field_info = getattr(current, "model_fields", {}).get(part)
+        if field_info is None:
+            return []
+        current = inner_model(field_info.annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(type(value), type(value).__name__)
