@@ -1,0 +1,324 @@
+"""The instance runner: the one place where an adapter's scope meets an application.
+
+Every adapter hands its scopes here, so queues, send-side validation, exception isolation,
+timeouts, the application-close timeout, cancellation, the per-instance log line and metrics
+behave the same for an HTTP request, a WebSocket connection, an MQTT message or an e-mail.
+
+Two styles, as DESIGN.md describes:
+
+* connection scopes (``websocket``, ``http``): the adapter creates an ``Instance``, runs it
+  (``run()`` in its own task, or ``start()`` for a new task), feeds events with ``put()`` and
+  ends it with ``close(disconnect_event)``;
+* message scopes (``mqtt``, ``email``, ``sms``, ...): ``run_message()`` delivers the message,
+  then ``<kind>.disconnect``, bounded by the route's timeout. ``Result.ok`` is the
+  acknowledgement: only a normal return counts as handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from . import logs
+from .errors import InvalidEvent
+from .events import EventTable
+from .metrics import Metrics
+from .routing import Match
+from .types import Message, Scope, Send
+
+log = structlog.get_logger("gateway.runner")
+
+
+class Outcome(enum.StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+@dataclass(slots=True)
+class Result:
+    outcome: Outcome
+    duration: float
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.OK
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    queue_size: int = 64
+    app_close_timeout: float = 10.0
+    message_timeout: float = 60.0
+
+
+class Runner:
+    """Creates and tracks instances for every adapter."""
+
+    def __init__(self, events: EventTable, metrics: Metrics, settings: RunnerSettings | None = None) -> None:
+        self.events = events
+        self.settings = settings or RunnerSettings()
+        self.active: set[Instance] = set()
+        self._ids = itertools.count(1)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._finished = metrics.counter(
+            "gateway_instances_total", "Application instances finished, by outcome.",
+            ("adapter", "scope_type", "route", "outcome"),
+        )
+        self._duration = metrics.histogram(
+            "gateway_instance_duration_seconds", "Wall time of application instances.",
+            ("adapter", "scope_type", "route"),
+        )
+        self._gauge = metrics.gauge("gateway_instances_active", "Application instances running now.", ("adapter",))
+        self._running: dict[str, int] = {}  # read by the gauge when scraped: no lock per instance
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def instance(
+        self,
+        match: Match,
+        scope: Scope,
+        send: Send,
+        *,
+        adapter: str,
+        receive: Callable[[], Awaitable[Message]] | None = None,
+        timeout: float | None = None,
+    ) -> Instance:
+        """A new instance for ``scope`` routed by ``match``.
+
+        ``receive`` lets an adapter that can pull events on demand (an HTTP request body)
+        skip the queue; otherwise events arrive through ``put``. ``timeout`` bounds the
+        whole run (message scopes); ``None`` means unbounded (connection scopes).
+        """
+        return Instance(self, match, scope, send, adapter, receive, timeout, next(self._ids))
+
+    async def run_message(
+        self, match: Match, scope: Scope, message: Message, send: Send, *, adapter: str
+    ) -> Result:
+        """Run one message scope to the end; ``result.ok`` means "handled, acknowledge it"."""
+        timeout = match.route.timeout or self.settings.message_timeout
+        events = _MessageEvents(message, {"type": f"{scope['type']}.disconnect"})
+        return await self.instance(match, scope, send, adapter=adapter, receive=events.next, timeout=timeout).run()
+
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for running instances to finish, then cancel the rest.
+
+        Returns how many had to be cancelled.
+        """
+        if self.active:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        return await self.cancel_all()
+
+    async def cancel_all(self) -> int:
+        """Cancel every running instance and wait (briefly) until they have all ended.
+
+        Waits on the instances, not their tasks: an inline instance's task is the adapter's
+        connection task, which may go on after the instance ended.
+        """
+        left = [i for i in self.active if i.task is not None and not i.task.done()]
+        for inst in left:
+            inst.task.cancel()  # type: ignore[union-attr]
+        if self.active:
+            try:
+                async with asyncio.timeout(5):
+                    await self._idle.wait()
+            except TimeoutError:
+                log.warning("runner.cancel_incomplete", still_running=len(self.active))
+        return len(left)
+
+    # -- bookkeeping, called by Instance ---------------------------------------------------
+    def _started(self, inst: Instance) -> None:
+        self.active.add(inst)
+        self._idle.clear()
+        running = self._running
+        adapter = inst.adapter
+        if adapter not in running:
+            running[adapter] = 0
+            self._gauge.labels(adapter).set_function(lambda: running[adapter])
+        running[adapter] += 1
+
+    def _ended(self, inst: Instance, result: Result) -> None:
+        self.active.discard(inst)
+        if not self.active:
+            self._idle.set()
+        route = inst.route_label
+        self._running[inst.adapter] -= 1
+        self._child("c", inst.adapter, inst.scope_type, route, result.outcome.value).inc()
+        self._child("h", inst.adapter, inst.scope_type, route).observe(result.duration)
+
+    def _child(self, kind: str, *labels: str) -> Any:
+        key = (kind, *labels)
+        child = self._children.get(key)
+        if child is None:
+            metric = self._finished if kind == "c" else self._duration
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+
+class _MessageEvents:
+    """The two events of a message scope, without a queue: the message, then its disconnect
+    (repeated if the app asks again, as a server answers receive() after a disconnect)."""
+
+    __slots__ = ("message", "disconnect")
+
+    def __init__(self, message: Message, disconnect: Message) -> None:
+        self.message: Message | None = message
+        self.disconnect = disconnect
+
+    async def next(self) -> Message:
+        message, self.message = self.message, None
+        return message if message is not None else self.disconnect
+
+
+class Instance:
+    """One application instance: its scope, its receive queue and its outcome."""
+
+    __slots__ = (
+        "runner", "match", "scope", "adapter", "scope_type", "route_label", "id", "_queue",
+        "timeout", "task", "result", "_send", "_receive", "_invalid",
+    )
+
+    def __init__(
+        self,
+        runner: Runner,
+        match: Match,
+        scope: Scope,
+        send: Send,
+        adapter: str,
+        receive: Callable[[], Awaitable[Message]] | None,
+        timeout: float | None,
+        number: int,
+    ) -> None:
+        self.runner = runner
+        self.match = match
+        self.scope = match.scope_for(scope)
+        self.adapter = adapter
+        self.scope_type: str = scope["type"]
+        route = match.route
+        self.route_label = route.name or route.target
+        self.id = f"{number:x}"
+        self._queue: asyncio.Queue[Message] | None = None  # made on first use: HTTP pulls its body
+        self.timeout = timeout
+        self.task: asyncio.Task[Result] | None = None
+        self.result: Result | None = None
+        self._send = send
+        self._receive = receive or self._get
+        self._invalid: InvalidEvent | None = None
+
+    @property
+    def queue(self) -> asyncio.Queue[Message]:
+        """The bounded receive queue (``instances.queue_size``)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.runner.settings.queue_size)
+        return self._queue
+
+    # -- the adapter's side ----------------------------------------------------------------
+    async def put(self, event: Message) -> None:
+        """Queue an event for the app; waits while the queue is full (backpressure)."""
+        await self.queue.put(event)
+
+    def start(self) -> asyncio.Task[Result]:
+        """Run the app in a task of its own (connection scopes)."""
+        self.task = asyncio.get_running_loop().create_task(self.run())
+        return self.task
+
+    async def close(self, disconnect: Message) -> Result:
+        """The peer went away: tell the app, wait the app-close timeout, then cancel it."""
+        task = self.task
+        assert task is not None, "close() is for instances started with start()"
+        if not task.done():
+            grace = self.runner.settings.app_close_timeout
+            deadline = time.monotonic() + grace
+            try:
+                await asyncio.wait_for(self.queue.put(disconnect), grace)
+                await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                log.warning(
+                    "instance.close_timeout", adapter=self.adapter, route=self.route_label,
+                    instance=self.id, seconds=grace,
+                )
+                task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            assert self.result is not None
+            return self.result
+
+    # -- the application's side ------------------------------------------------------------
+    async def _get(self) -> Message:
+        return await self.queue.get()
+
+    async def send(self, event: Message) -> None:
+        if self._invalid is not None:
+            raise self._invalid
+        try:
+            self.runner.events.validate(self.scope_type, event)
+        except InvalidEvent as exc:
+            self._invalid = InvalidEvent(f"application {self.match.route.target} sent an invalid event: {exc}")
+            raise self._invalid from None
+        await self._send(event)
+
+    async def run(self) -> Result:
+        """Run the app in the current task and return how it ended (never raises but cancel)."""
+        runner = self.runner
+        if self.task is None:  # run inline in the adapter's task: that is the task to cancel
+            self.task = asyncio.current_task()  # type: ignore[assignment]
+        runner._started(self)
+        tokens = structlog.contextvars.bind_contextvars(
+            adapter=self.adapter, route=self.route_label, instance=self.id
+        )
+        start = time.perf_counter()
+        outcome, error = Outcome.OK, None
+        deadline = asyncio.timeout(self.timeout) if self.timeout is not None else None
+        try:
+            if deadline is None:
+                await self.match.route.app(self.scope, self._receive, self.send)
+            else:
+                async with deadline:
+                    await self.match.route.app(self.scope, self._receive, self.send)
+            if self._invalid is not None:
+                outcome, error = Outcome.FAILED, self._invalid
+        except TimeoutError as exc:
+            outcome, error = (Outcome.TIMEOUT if deadline is not None and deadline.expired() else Outcome.FAILED), exc
+        except asyncio.CancelledError as exc:
+            outcome, error = Outcome.CANCELLED, exc
+            self._finish(outcome, error, start)
+            structlog.contextvars.reset_contextvars(**tokens)
+            raise
+        except Exception as exc:
+            outcome, error = Outcome.FAILED, exc
+        result = self._finish(outcome, error, start)
+        structlog.contextvars.reset_contextvars(**tokens)
+        return result
+
+    def _finish(self, outcome: Outcome, error: BaseException | None, start: float) -> Result:
+        result = self.result = Result(outcome, time.perf_counter() - start, error)
+        self.runner._ended(self, result)
+        if outcome is Outcome.OK:
+            # At debug: one line per MQTT message or HTTP request is an access log, not news.
+            # Checked first because even a filtered call costs more than the rest of an instance.
+            if logs.debug_enabled():
+                log.debug("instance.finished", outcome=outcome.value, duration_ms=round(result.duration * 1000, 3), scope_type=self.scope_type)
+            return result
+        ms = round(result.duration * 1000, 3)
+        if outcome is Outcome.FAILED:
+            log.error(
+                "instance.finished", outcome=outcome.value, duration_ms=ms, scope_type=self.scope_type,
+                error=f"{type(error).__name__}: {error}", exc_info=error if not isinstance(error, InvalidEvent) else None,
+            )
+        else:
+            log.warning("instance.finished", outcome=outcome.value, duration_ms=ms, scope_type=self.scope_type)
+        return result
