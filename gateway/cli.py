@@ -1,0 +1,123 @@
+"""The ``gateway`` command: run, check, routes, schema, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from . import __version__, logs
+from .config import Plan, load
+from .errors import GatewayError
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except GatewayError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Route HTTP, WebSocket, MQTT, email and SMS to ASGI applications.")
+    sub = parser.add_subparsers(dest="command")
+
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default: {DEFAULT_CONFIG})")
+    run.add_argument("--log-level", choices=logs.LEVELS, help="overrides logging.level")
+    run.add_argument("--log-format", choices=("console", "json"), help="overrides logging.format")
+    run.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop (auto: uvloop when installed)")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="run N gateway processes sharing the listeners (reuse_port) and the layer (needs a shared layer, e.g. redis)")
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser("check", help="validate a config file without starting anything")
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    check.set_defaults(func=_check)
+
+    routes = sub.add_parser("routes", help="print the routing table of a config file")
+    routes.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    routes.set_defaults(func=_routes)
+
+    schema = sub.add_parser("schema", help="print the config reference (Markdown) generated from the schema")
+    schema.add_argument("--plugins", action="append", default=[], help="also document adapters found in this plugin folder")
+    schema.set_defaults(func=_schema)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=lambda args: print(f"asgi-gateway {__version__}") or 0)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    plan = load(args.config)
+    cfg = plan.config.logging
+    level, fmt = args.log_level or cfg.level, args.log_format or cfg.format
+    logs.configure(level, fmt)
+    if args.workers < 1:
+        raise GatewayError("--workers must be at least 1")
+    if args.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(args.config, args.workers, level, fmt, args.loop)
+    install_loop(args.loop)
+    from .server import Gateway
+
+    asyncio.run(Gateway(plan).serve())
+    return 0
+
+
+def install_loop(choice: str) -> None:
+    if choice == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise GatewayError("--loop uvloop: uvloop is not installed (pip install 'asgi-gateway[speed]')") from None
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _check(args: argparse.Namespace) -> int:
+    plan = load(args.config)
+    n_routes = sum(1 for _ in plan.routes())
+    adapters = ", ".join(a.name for a in plan.adapters) or "none"
+    print(f"{args.config}: OK ({len(plan.adapters)} adapters: {adapters}; {n_routes} routes)")
+    return 0
+
+
+def _routes(args: argparse.Namespace) -> int:
+    print_routes(load(args.config), sys.stdout)
+    return 0
+
+
+def print_routes(plan: Plan, out: TextIO) -> None:
+    rows = [("PROTOCOL", "MATCHER", "APP", "NAME", "MIDDLEWARE")]
+    for protocol, route in plan.routes():
+        rows.append((protocol, route.matcher.describe(), route.target, route.name or "-", ", ".join(route.middleware) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from .docgen import config_reference
+
+    sys.stdout.write(config_reference([Path(p) for p in args.plugins]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

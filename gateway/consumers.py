@@ -1,0 +1,378 @@
+"""Channels' consumer shapes without Django.
+
+``AsyncConsumer``, ``AsyncWebsocketConsumer`` and ``AsyncJsonWebsocketConsumer`` have the same
+method names and signatures as their ``channels.generic`` namesakes, so a consumer moves between
+Channels and the gateway by changing its import. They talk to the gateway's channel layer
+(``gateway.layers.get_channel_layer()``), and need neither Django settings nor a database.
+
+One addition over Channels: a consumer always leaves the groups it joined when it ends, also
+after an exception or a cancellation (the runner cancels instances whose peer vanished), so
+``group_send`` does not keep filling the channel of a consumer that no longer exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+
+from .layers import get_channel_layer
+from .layers.base import BaseChannelLayer
+from .types import Message, Receive, Scope, Send
+
+log = structlog.get_logger("gateway.consumers")
+
+
+class StopConsumer(Exception):
+    """Raised by a handler to end the consumer cleanly (Channels' exception of the same name)."""
+
+
+class AcceptConnection(Exception):
+    """Raised from ``connect()`` to accept the WebSocket (as in Channels)."""
+
+
+class DenyConnection(Exception):
+    """Raised from ``connect()`` to refuse the WebSocket (as in Channels)."""
+
+
+def get_handler_name(message: Message) -> str:
+    """The method that handles ``message``: its ``type`` with ``.`` replaced by ``_``.
+
+    A leading underscore is refused so a message can never call a private method.
+    """
+    if "type" not in message:
+        raise ValueError("Incoming message has no 'type' key")
+    name = str(message["type"]).replace(".", "_")
+    if name.startswith("_"):
+        raise ValueError(f"Malformed message type {message['type']!r} (leading underscore)")
+    return name
+
+
+class _TrackedLayer:
+    """The layer as a consumer sees it: every attribute of the real layer, but ``group_add`` and
+    ``group_discard`` with the consumer's own channel are recorded, so cleanup can leave exactly
+    the groups still joined (including those joined by user code in ``connect()``)."""
+
+    def __init__(self, layer: BaseChannelLayer, channel_name: str, joined: set[str]) -> None:
+        self._layer = layer
+        self._channel_name = channel_name
+        self._joined = joined
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._layer, name)
+
+    async def group_add(self, group: str, channel: str) -> None:
+        await self._layer.group_add(group, channel)
+        if channel == self._channel_name:
+            self._joined.add(group)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        await self._layer.group_discard(group, channel)
+        if channel == self._channel_name:
+            self._joined.discard(group)
+
+
+class AsyncConsumer:
+    """An ASGI application that dispatches each event to the method named after its type.
+
+    Events come from the ASGI ``receive`` and, when a channel layer is present, from the
+    consumer's own channel (``self.channel_name``), whichever arrives first.
+    """
+
+    channel_layer: Any = None
+    """``None``: use the gateway's layer. Set it (class attribute or ``as_asgi(channel_layer=...)``)
+    to use another one."""
+
+    def __init__(self, **initkwargs: Any) -> None:
+        # Like Django's as_view(): initkwargs may only override attributes the class defines.
+        for key, value in initkwargs.items():
+            if not hasattr(type(self), key):
+                raise TypeError(
+                    f"{type(self).__name__}.as_asgi() got {key!r}, which is not an attribute of the class"
+                )
+            setattr(self, key, value)
+        self.channel_name: str | None = None
+        self._joined_groups: set[str] = set()
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+        """An ASGI 3 callable that builds a new ``cls(**initkwargs)`` for every scope."""
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            consumer = cls(**initkwargs)
+            await consumer(scope, receive, send)
+
+        app.consumer_class = cls  # type: ignore[attr-defined]
+        app.consumer_initkwargs = initkwargs  # type: ignore[attr-defined]
+        functools.update_wrapper(app, cls, updated=())
+        return app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.base_send = send
+        layer = self.channel_layer if self.channel_layer is not None else get_channel_layer()
+        sources: list[Callable[[], Awaitable[Message]]] = [receive]
+        if layer is not None:
+            self.channel_name = await layer.new_channel()
+            self.channel_layer = _TrackedLayer(layer, self.channel_name, self._joined_groups)
+            sources.append(functools.partial(layer.receive, self.channel_name))
+        else:
+            self.channel_layer = None
+        try:
+            await self._dispatch_from(sources)
+        except StopConsumer:
+            pass
+        finally:
+            if layer is not None and self.channel_name is not None:
+                await self._leave_groups(layer, self.channel_name)
+
+    async def _leave_groups(self, layer: BaseChannelLayer, channel_name: str) -> None:
+        """Leave every group still joined; a failing layer is logged, never masks the real exit."""
+        for group in sorted(self._joined_groups):
+            try:
+                await layer.group_discard(group, channel_name)
+            except Exception:
+                log.warning("consumer.group_discard_failed", group=group, channel=channel_name, exc_info=True)
+        self._joined_groups.clear()
+
+    async def _dispatch_from(self, sources: list[Callable[[], Awaitable[Message]]]) -> None:
+        """Race every source; dispatch whatever arrives, then ask that source for the next event.
+
+        On exit (StopConsumer, an error, cancellation) the outstanding receives are cancelled, so
+        no listener outlives the consumer.
+        """
+        pending: dict[asyncio.Future[Message], int] = {
+            asyncio.ensure_future(source()): index for index, source in enumerate(sources)
+        }
+        try:
+            while True:
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in sorted(done, key=pending.__getitem__):  # ASGI events before layer messages
+                    index = pending.pop(task)
+                    await self.dispatch(task.result())
+                    pending[asyncio.ensure_future(sources[index]())] = index
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def dispatch(self, message: Message) -> None:
+        """Call the handler for ``message``; ``ValueError`` when the class has none."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def send(self, message: Message) -> None:
+        """Send an ASGI event to the peer (overridable, as in Channels)."""
+        await self.base_send(message)
+
+
+class AsyncWebsocketConsumer(AsyncConsumer):
+    """A WebSocket consumer: joins ``groups`` on connect, leaves them on disconnect."""
+
+    groups: list[str] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # A per-instance copy: appending to self.groups must not change the class's list.
+        self.groups = list(self.groups or ())
+
+    async def websocket_connect(self, message: Message) -> None:
+        await self._join_groups(self.groups or ())
+        try:
+            await self.connect()
+        except AcceptConnection:
+            await self.accept()
+        except DenyConnection:
+            await self.close()
+
+    async def connect(self) -> None:
+        """Called on ``websocket.connect``; the default accepts."""
+        await self.accept()
+
+    async def accept(self, subprotocol: str | None = None, headers: Iterable[tuple[bytes, bytes]] | None = None) -> None:
+        message: dict[str, Any] = {"type": "websocket.accept", "subprotocol": subprotocol}
+        if headers:
+            message["headers"] = list(headers)
+        await super().send(message)
+
+    async def websocket_receive(self, message: Message) -> None:
+        if message.get("text") is not None:
+            await self.receive(text_data=message["text"])
+        else:
+            await self.receive(bytes_data=message["bytes"])
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Called with each frame received from the peer."""
+
+    async def send(  # type: ignore[override]  # Channels' signature
+        self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool | int = False
+    ) -> None:
+        """Send one frame to the peer, then close the socket if ``close`` is true (or a close code)."""
+        if text_data is not None:
+            await super().send({"type": "websocket.send", "text": text_data})
+        elif bytes_data is not None:
+            await super().send({"type": "websocket.send", "bytes": bytes_data})
+        else:
+            raise ValueError("You must pass one of bytes_data or text_data")
+        if close:
+            await self.close(close)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close the socket from the server end."""
+        message: dict[str, Any] = {"type": "websocket.close"}
+        if code is not None and code is not True:
+            message["code"] = code
+        if reason:
+            message["reason"] = reason
+        await super().send(message)
+
+    async def websocket_disconnect(self, message: Message) -> None:
+        if self.channel_layer is not None:
+            for group in self.groups or ():
+                await self.channel_layer.group_discard(group, self.channel_name)
+        await self.disconnect(message.get("code", 1000))
+        raise StopConsumer()
+
+    async def disconnect(self, code: int) -> None:
+        """Called when the socket has closed."""
+
+    async def _join_groups(self, groups: Iterable[str]) -> None:
+        groups = list(groups)
+        if not groups:
+            return
+        if self.channel_layer is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has groups {groups} but there is no channel layer "
+                "(configure `layer:` in the gateway YAML or set channel_layer on the class)"
+            )
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+
+class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
+    """A WebSocket consumer that exchanges JSON text frames."""
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if text_data:
+            await self.receive_json(await self.decode_json(text_data), **kwargs)
+        else:
+            raise ValueError("No text section for incoming WebSocket frame!")
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Called with the decoded content of each text frame."""
+
+    async def send_json(self, content: Any, close: bool | int = False) -> None:
+        await super().send(text_data=await self.encode_json(content), close=close)
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        return json.loads(text_data)
+
+    @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        return json.dumps(content)
+
+
+class AsyncEmailConsumer(AsyncConsumer):
+    """One inbound e-mail (scope type ``email``, see docs/specs/email.md).
+
+    Override ``message(msg)``; ``msg`` is the parsed message (``self.raw`` holds the bytes).
+    Returning normally acknowledges the message (SMTP 250, IMAP ``\\Seen``); raising leaves it
+    to be retried. ``reply(...)`` answers the sender, threaded (In-Reply-To, References);
+    ``reject(code, reason)`` refuses the message with that SMTP reply.
+    """
+
+    async def email_message(self, message: Message) -> None:
+        self.raw: bytes = message.get("raw", b"")
+        self.email: dict[str, Any] = message.get("message") or {}
+        await self.message(self.email)
+
+    async def message(self, msg: dict[str, Any]) -> None:
+        """Called with the parsed message; override it."""
+
+    async def email_disconnect(self, message: Message) -> None:
+        raise StopConsumer()
+
+    async def reply(self, text: str | None = None, *, html: str | None = None, subject: str | None = None,
+                    reply_all: bool = False, **fields: Any) -> None:
+        """Send a threaded reply to the message's Reply-To (or From, or envelope sender)."""
+        msg = getattr(self, "email", None) or {}
+        to = [a["address"] for a in msg.get("reply_to") or []] or (
+            [msg["from"]["address"]] if msg.get("from") else [self.scope.get("mail_from") or ""])
+        cc = fields.pop("cc", None)
+        if reply_all:
+            mine = {str(self.scope.get("rcpt_to", "")).lower(), *(a.lower() for a in to)}
+            cc = list(cc or []) + [a["address"] for a in (msg.get("to") or []) + (msg.get("cc") or [])
+                                   if a["address"].lower() not in mine]
+        original = msg.get("subject") or ""
+        if subject is None:
+            subject = original if original[:3].lower() == "re:" else f"Re: {original}".strip()
+        references = list(msg.get("references") or [])
+        if msg.get("message_id") and msg["message_id"] not in references:
+            references.append(msg["message_id"])
+        event: dict[str, Any] = {"type": "email.send", "to": [a for a in to if a], "subject": subject,
+                                 "from": fields.pop("from", None) or self.scope.get("rcpt_to")}
+        if cc:
+            event["cc"] = cc
+        if text is not None:
+            event["text"] = text
+        if html is not None:
+            event["html"] = html
+        if msg.get("message_id"):
+            event["in_reply_to"] = msg["message_id"]
+        if references:
+            event["references"] = references
+        event.update(fields)
+        await self.send(event)
+
+    async def send_mail(self, **fields: Any) -> None:
+        """Send a new message (the fields of an ``email.send`` event; ``from`` may be given as ``from_``)."""
+        if "from_" in fields:
+            fields["from"] = fields.pop("from_")
+        await self.send({"type": "email.send", **fields})
+
+    async def reject(self, code: int = 550, reason: str = "5.7.1 Message rejected") -> None:
+        """Refuse the message: the SMTP client gets ``code reason`` (4xx: it retries later)."""
+        await self.send({"type": "email.reject", "code": code, "reason": reason})
+
+
+class AsyncMqttConsumer(AsyncConsumer):
+    """One inbound MQTT message (scope type ``mqtt``, see docs/specs/mqtt.md).
+
+    Override ``message(topic, payload, **info)``: ``payload`` is bytes, ``info`` holds ``qos``,
+    ``retain``, ``dup`` and, with MQTT 5, ``properties``; named topic wildcards are in
+    ``self.kwargs``. Returning normally acknowledges the message (PUBACK/PUBREC); raising leaves
+    it unacknowledged so the broker or device delivers it again. ``publish(...)`` sends an
+    ``mqtt.publish`` (``json=`` encodes a value as JSON).
+    """
+
+    async def mqtt_message(self, message: Message) -> None:
+        self.kwargs: dict[str, Any] = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        info = {k: message[k] for k in ("qos", "retain", "dup", "properties") if k in message}
+        await self.message(message["topic"], message["payload"], **info)
+
+    async def message(self, topic: str, payload: bytes, **info: Any) -> None:
+        """Called with the message; override it."""
+
+    async def mqtt_disconnect(self, message: Message) -> None:
+        raise StopConsumer()
+
+    async def publish(self, topic: str, payload: bytes | str | None = None, *, json: Any = None, qos: int = 0,
+                      retain: bool = False, properties: dict[str, Any] | None = None) -> None:
+        """Publish to ``topic`` (QoS > 0: returns once the broker has the message)."""
+        event: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "qos": qos, "retain": retain}
+        if json is not None:
+            if payload is not None:
+                raise ValueError("pass either payload or json, not both")
+            event["json"] = json
+        else:
+            event["payload"] = b"" if payload is None else payload
+        if properties:
+            event["properties"] = properties
+        await self.send(event)

@@ -1,0 +1,239 @@
+"""``Gateway``: starting, running and stopping everything a plan describes.
+
+Start-up is all or nothing: lifespan first, then every adapter; if one fails, the ones already
+started are stopped again and the error is raised. Shutdown stops accepting (adapters drain
+their own in-flight work), cancels whatever outlives the drain timeout, then runs lifespan
+shutdown. A second SIGTERM/SIGINT skips the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import config as config_mod
+from .errors import StartupError
+from .events import core_table
+from .health import Health
+from .layers import set_channel_layer
+from .layers.base import BaseChannelLayer
+from .lifespan import Lifespan
+from .metrics import Metrics
+from .mounts import Mounts
+from .plugins import Adapter, AdapterContext
+from .runner import Runner, RunnerSettings
+from .types import ASGIApp
+
+log = structlog.get_logger("gateway")
+
+
+class Gateway:
+    """One gateway: adapters, router, runner and channel layer, started and stopped together.
+
+    ``async with Gateway.from_file("gateway.yaml") as gw: ...`` runs it in-process; after start,
+    ``gw.addresses`` tells what each adapter bound (port 0 resolved).
+    """
+
+    def __init__(self, plan: config_mod.Plan) -> None:
+        self.plan = plan
+        cfg = plan.config
+        self.metrics = Metrics()
+        self.health = Health()
+        self.mounts = Mounts()
+        self.events = core_table()
+        for ap in plan.adapters:
+            for scope_type, table in ap.cls.send_events.items():
+                self.events.register(scope_type, table)
+        self.runner = Runner(self.events, self.metrics, RunnerSettings(
+            queue_size=cfg.instances.queue_size,
+            app_close_timeout=cfg.instances.app_close_timeout,
+            message_timeout=cfg.instances.message_timeout,
+        ))
+        self.router = plan.router
+        self.layer: BaseChannelLayer | None = None
+        self.adapters: dict[str, Adapter] = {}
+        self.lifespan = Lifespan(
+            [route for _, route in plan.routes()], mode=cfg.lifespan.mode,
+            startup_timeout=cfg.lifespan.startup_timeout, shutdown_timeout=cfg.lifespan.shutdown_timeout,
+        )
+        self._outbound: list[asyncio.Task[None]] = []
+        self._stop_requested: asyncio.Event | None = None
+        self._force = False
+        self.started = False
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | Path) -> Gateway:
+        return cls(config_mod.load(path))
+
+    @classmethod
+    def from_text(cls, text: str, base_dir: str | Path | None = None) -> Gateway:
+        return cls(config_mod.loads(text, base_dir=Path(base_dir) if base_dir else None))
+
+    @classmethod
+    def from_app(cls, app: ASGIApp, *, listen: str | list[str] = "127.0.0.1:0", http: Mapping[str, Any] | None = None, **top: Any) -> Gateway:
+        """Serve one ASGI application for every HTTP and WebSocket path, the way ``uvicorn.run(app)`` does."""
+        from .routing import MatchAll, Route, Router
+
+        http_cfg = {"listen": listen if isinstance(listen, list) else [listen], **(http or {})}
+        plan = config_mod.build(config_mod.Source({"adapters": {"http": http_cfg}, **top}), Path.cwd())
+        route = Route(MatchAll(), app, name="app")
+        plan.routers = {"http": Router([route]), "websocket": Router([route])}
+        return cls(plan)
+
+    # -- running -------------------------------------------------------------------------
+    @property
+    def addresses(self) -> dict[str, list[str]]:
+        return {name: adapter.addresses for name, adapter in self.adapters.items()}
+
+    async def start(self) -> None:
+        if self.started:
+            raise RuntimeError("this gateway is already started")
+        cfg = self.plan.config
+        self._stop_requested = asyncio.Event()
+        self.layer = self.plan.layer_class(**self.plan.layer_options)
+        self._watch_layer(self.layer)
+        set_channel_layer(self.layer)
+        if cfg.metrics.path:
+            self.mounts.add(cfg.metrics.path, self._metrics_endpoint, "metrics")
+        if cfg.metrics.health_path:
+            self.mounts.add(cfg.metrics.health_path, self.health.asgi, "health")
+        try:
+            await self.lifespan.startup()
+        except BaseException:
+            await self._close_layer()
+            raise
+        try:
+            for ap in self.plan.adapters:
+                context = AdapterContext(
+                    name=ap.name, router=self.router, runner=self.runner, layer=self.layer,
+                    metrics=self.metrics, mounts=self.mounts, health=self.health,
+                    log=structlog.get_logger(f"gateway.adapters.{ap.name}").bind(adapter=ap.name),
+                )
+                adapter = ap.cls(ap.config, context)
+                self.adapters[ap.name] = adapter
+                await adapter.start()
+                self.health.set(f"adapter.{ap.name}", "ok")
+                log.info("adapter.started", adapter=ap.name, addresses=adapter.addresses)
+        except BaseException as exc:
+            log.error("gateway.start_failed", error=str(exc))
+            await asyncio.gather(*(a.stop(0) for a in self.adapters.values()), return_exceptions=True)
+            self.adapters.clear()
+            await self.lifespan.shutdown()
+            await self._close_layer()
+            if isinstance(exc, OSError):
+                raise StartupError(str(exc)) from exc
+            raise
+        for adapter in self.adapters.values():
+            for channel in adapter.outbound_channels:
+                self._outbound.append(asyncio.get_running_loop().create_task(self._deliver(adapter, channel)))
+        self.started = True
+        log.info("gateway.started", addresses=self.addresses, layer=self.plan.config.layer.backend)
+
+    def _watch_layer(self, layer: BaseChannelLayer) -> None:
+        """Layer faults show on the health endpoint; refused messages in the metrics."""
+        full = self.metrics.counter(
+            "gateway_layer_channel_full_total", "Messages the channel layer refused because a channel was full.", ("group",)
+        )
+        layer.on_full = lambda channel, group: full.labels(group or "").inc()
+        layer.on_health = lambda status, detail: self.health.set("layer", status, detail)  # type: ignore[arg-type]
+        self.health.set("layer", *layer.health)  # type: ignore[arg-type]
+
+    async def _deliver(self, adapter: Adapter, channel: str) -> None:
+        """Relay one outbound layer channel to its adapter. One failed message never stops it."""
+        assert self.layer is not None
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis away: keep the relay alive
+                log.warning("outbound.receive_failed", adapter=adapter.name, channel=channel, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
+            try:
+                await adapter.handle_outbound(channel, message)
+            except Exception as exc:  # noqa: BLE001 - logged, and the loop goes on
+                log.error("outbound.failed", adapter=adapter.name, channel=channel, error=f"{type(exc).__name__}: {exc}")
+
+    async def stop(self, drain: float | None = None) -> None:
+        """Stop accepting, drain in-flight work up to ``drain`` seconds, then shut down."""
+        if not self.started:
+            return
+        self.started = False
+        drain = self.plan.config.shutdown.drain_timeout if drain is None else drain
+        if self._force:
+            drain = 0
+        log.info("gateway.stopping", drain_seconds=drain)
+        for task in self._outbound:
+            task.cancel()
+        await asyncio.gather(*self._outbound, return_exceptions=True)
+        self._outbound.clear()
+        results = await asyncio.gather(*(a.stop(drain) for a in self.adapters.values()), return_exceptions=True)
+        for name, result in zip(list(self.adapters), results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("adapter.stop_failed", adapter=name, error=f"{type(result).__name__}: {result}")
+        cancelled = await self.runner.drain(0 if self._force else drain)
+        if cancelled:
+            log.warning("gateway.instances_cancelled", count=cancelled)
+        self.adapters.clear()
+        await self.lifespan.shutdown()
+        await self._close_layer()
+        log.info("gateway.stopped")
+
+    async def _close_layer(self) -> None:
+        if self.layer is not None:
+            await self.layer.close()
+            set_channel_layer(None)
+            self.layer = None
+
+    async def serve(self, *, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Start, run until one of ``signals`` (or ``request_stop()``), then stop gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            assert self._stop_requested is not None
+            await self._stop_requested.wait()
+            stopping = asyncio.ensure_future(self.stop())
+            while not stopping.done():
+                await asyncio.wait([stopping], timeout=0.1)
+                if self._force and not stopping.done():
+                    await self.runner.cancel_all()
+            await stopping
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self) -> None:
+        """First call: graceful stop. Second call: stop at once (skip the drain)."""
+        if self._stop_requested is None:
+            return
+        if self._stop_requested.is_set():
+            log.warning("gateway.stop_now", reason="second stop signal")
+            self._force = True
+        self._stop_requested.set()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _metrics_endpoint(self, scope: Any, receive: Any, send: Any) -> None:
+        body = self.metrics.render()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", self.metrics.content_type.encode()), (b"content-length", str(len(body)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def serve(target: str | Path | ASGIApp, **kwargs: Any) -> None:
+    """Run a config file, or a single ASGI app, until a stop signal: ``asyncio.run(gateway.serve(app))``."""
+    gw = Gateway.from_file(target) if isinstance(target, (str, Path)) else Gateway.from_app(target, **kwargs)
+    await gw.serve()

@@ -1,0 +1,108 @@
+"""``gateway run --workers N``: N gateway processes on one machine, sharing listeners and a layer.
+
+Each worker is a full gateway. Listeners are shared through ``SO_REUSEPORT`` (the kernel spreads
+connections), so only adapters whose config has ``reuse_port`` can run under several workers;
+the channel layer must be one all processes reach (Redis), because the in-memory layer would
+split groups per process. Both are checked before any process starts.
+
+The parent only supervises: it forwards SIGTERM/SIGINT, and if one worker dies it stops the
+others, so a half-running gateway never goes unnoticed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from . import logs
+from .config import Plan, load
+
+log = structlog.get_logger("gateway.workers")
+
+
+def check_shareable(plan: Plan, workers: int) -> None:
+    """Refuse, before anything starts, a config that several processes cannot share."""
+    if workers < 2:
+        return
+    if plan.config.layer.backend == "memory":
+        raise plan.source.error(
+            ("layer", "backend"),
+            f"--workers {workers} needs a channel layer all processes share: the in-memory layer "
+            "would split groups per process; set 'layer: {backend: redis, hosts: [...]}'",
+        )
+    for ap in plan.adapters:
+        addresses = [a for a in ap.cls.listen_addresses(ap.config) if not a.startswith(("unix:", "fd://"))]
+        if not addresses:
+            continue
+        if "reuse_port" not in type(ap.config).model_fields:
+            raise plan.source.error(
+                ("adapters", ap.name),
+                f"adapter {ap.name!r} listens on {', '.join(addresses)} and cannot share it between "
+                f"--workers processes (it has no reuse_port); run it in one process",
+            )
+        if any(a.endswith(":0") for a in addresses):
+            raise plan.source.error(("adapters", ap.name), "--workers needs fixed ports: port 0 would give each worker its own")
+
+
+def _with_reuse_port(plan: Plan) -> Plan:
+    for ap in plan.adapters:
+        if "reuse_port" in type(ap.config).model_fields:
+            ap.config = ap.config.model_copy(update={"reuse_port": True})
+    return plan
+
+
+def _worker(config: str, level: str, fmt: str, loop: str, number: int) -> None:
+    import asyncio
+
+    from .cli import install_loop
+    from .server import Gateway
+
+    logs.configure(level, fmt)  # type: ignore[arg-type]
+    structlog.contextvars.bind_contextvars(worker=number)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
+    install_loop(loop)
+    plan = _with_reuse_port(load(config))
+    asyncio.run(Gateway(plan).serve(signals=(signal.SIGTERM,)))
+
+
+def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: str) -> int:
+    """Start ``workers`` processes and supervise them; returns the exit status."""
+    plan = load(config)
+    check_shareable(plan, workers)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(config), level, fmt, loop, n), name=f"gateway-worker-{n}") for n in range(workers)]
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        for p in procs:
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGTERM)  # a second signal reaches them as a second SIGTERM
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for p in procs:
+        p.start()
+    log.info("workers.started", count=workers, pids=[p.pid for p in procs])
+    status = 0
+    while any(p.is_alive() for p in procs):
+        for p in procs:
+            if not p.is_alive() and p.exitcode not in (0, None) and not stopping:
+                log.error("workers.worker_died", pid=p.pid, exit_code=p.exitcode)
+                status = 1
+                stop(signal.SIGTERM, None)
+        time.sleep(0.2)
+    for p in procs:
+        p.join()
+        if p.exitcode not in (0, None) and not stopping:
+            status = 1
+    log.info("workers.stopped", exit_status=status)
+    return status
+
