@@ -1,0 +1,164 @@
+"""The backend interface every channel layer implements, and the shared name rules.
+
+The method set and semantics are Channels' (``channels.layers.BaseChannelLayer``), so a
+Channels consumer can use a gateway layer unchanged and code moves between the two.
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_NAME_LENGTH = 100
+_CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
+_GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
+
+
+try:  # Channels code catches channels.exceptions.ChannelFull: raise something both catch.
+    from channels.exceptions import ChannelFull as _ChannelsFull
+except ImportError:  # channels is optional
+    _ChannelsFull = Exception  # type: ignore[assignment,misc]
+
+
+class ChannelFull(_ChannelsFull):  # type: ignore[misc,valid-type]
+    """The channel is at capacity; the message was not queued.
+
+    Also a ``channels.exceptions.ChannelFull`` when Channels is installed, so Channels code that
+    catches its own exception works with every gateway layer.
+    """
+
+
+class LayerUnavailable(ConnectionError):
+    """The layer's backing service could not be reached; nothing was queued by this call."""
+
+
+FullHook = Callable[[str, str | None], None]
+"""``on_full(channel, group)``: a message was refused because ``channel`` is full."""
+HealthHook = Callable[[str, str], None]
+"""``on_health(status, detail)``: the layer's state changed (``"ok"``/``"degraded"``)."""
+
+
+class InvalidChannelName(TypeError):
+    """A channel or group name breaks the naming rules (Channels raises TypeError too)."""
+
+
+class LayerOptions(BaseModel):
+    """Options common to every backend; a backend extends this model with its own keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    expiry: float = Field(60, gt=0, description="Seconds an unread message lives in a channel.")
+    group_expiry: float = Field(86400, gt=0, description="Seconds a group membership lives unless renewed by group_add.")
+    capacity: int = Field(100, ge=1, description="Messages a channel holds before `send` raises ChannelFull.")
+    channel_capacity: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="Per-channel capacity by glob pattern, e.g. `{\"mqtt.*\": 1000}`; first match wins.")
+
+
+class BaseChannelLayer(abc.ABC):
+    """Channels' layer API. Subclasses implement the abstract methods."""
+
+    options_model: ClassVar[type[LayerOptions]] = LayerOptions
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+    on_full: FullHook | None = None
+    """Set by the gateway to count refused messages in its metrics."""
+    on_health: HealthHook | None = None
+    """Set by the gateway to report the layer's state on the health endpoint."""
+    health: tuple[str, str] = ("ok", "")
+    """The layer's current ``(status, detail)``."""
+
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[str, int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.expiry = expiry
+        self.group_expiry = group_expiry
+        self.capacity = capacity
+        self.channel_capacity = [
+            (re.compile(fnmatch.translate(pattern)) if isinstance(pattern, str) else pattern, cap)
+            for pattern, cap in (channel_capacity or {}).items()
+        ]
+
+    def get_capacity(self, channel: str) -> int:
+        """Capacity of ``channel``: the first matching ``channel_capacity`` glob, else ``capacity``."""
+        for pattern, cap in self.channel_capacity:
+            if pattern.match(channel):
+                return cap
+        return self.capacity
+
+    @staticmethod
+    def require_valid_channel_name(name: str, receive: bool = False) -> bool:
+        if not isinstance(name, str):
+            raise InvalidChannelName(f"channel name must be a str, not {type(name).__name__}")
+        if len(name) >= MAX_NAME_LENGTH:
+            raise InvalidChannelName(f"channel name {name[:40]!r}... is {len(name)} characters; the limit is {MAX_NAME_LENGTH - 1}")
+        if not _CHANNEL_NAME.match(name):
+            raise InvalidChannelName(
+                f"channel name {name!r} may only hold ASCII letters, digits, '-', '_', '.' "
+                "and one '!' separating a process-specific part"
+            )
+        return True
+
+    @staticmethod
+    def require_valid_group_name(name: str) -> bool:
+        if not isinstance(name, str):
+            raise InvalidChannelName(f"group name must be a str, not {type(name).__name__}")
+        if len(name) >= MAX_NAME_LENGTH:
+            raise InvalidChannelName(f"group name {name[:40]!r}... is {len(name)} characters; the limit is {MAX_NAME_LENGTH - 1}")
+        if not _GROUP_NAME.match(name):
+            raise InvalidChannelName(f"group name {name!r} may only hold ASCII letters, digits, '-', '_' and '.'")
+        return True
+
+    # Channels 3 spelled them without ``require_``; both names work.
+    valid_channel_name = require_valid_channel_name
+    valid_group_name = require_valid_group_name
+
+    @staticmethod
+    def non_local_name(name: str) -> str:
+        """The part of a process-specific channel name before the ``!`` (Channels' helper)."""
+        return name[: name.find("!") + 1] if "!" in name else name
+
+    @abc.abstractmethod
+    async def send(self, channel: str, message: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def receive(self, channel: str) -> dict[str, Any]: ...
+
+    @abc.abstractmethod
+    async def new_channel(self, prefix: str = "specific") -> str: ...
+
+    @abc.abstractmethod
+    async def group_add(self, group: str, channel: str) -> None: ...
+
+    @abc.abstractmethod
+    async def group_discard(self, group: str, channel: str) -> None: ...
+
+    @abc.abstractmethod
+    async def group_send(self, group: str, message: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None:
+        """Release connections and tasks; called once when the gateway stops."""
+
+
+_current: BaseChannelLayer | None = None
+
+
+def set_channel_layer(layer: BaseChannelLayer | None) -> None:
+    global _current
+    _current = layer
+
+
+def get_channel_layer() -> BaseChannelLayer | None:
+    """The running gateway's layer (``None`` before a gateway has started in this process)."""
+    return _current
