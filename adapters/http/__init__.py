@@ -1,0 +1,7 @@
+"""The ``http`` adapter: HTTP/1.1 and WebSocket on aiohttp's C parser, served as ASGI ``http`` and
+``websocket`` scopes to the router. See docs/http.md."""
+
+from .config import HttpConfig, Limits, TLSConfig
+from .server import HttpAdapter
+
+__all__ = ["HttpAdapter", "HttpConfig", "Limits", "TLSConfig"]

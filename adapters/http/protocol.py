@@ -1,0 +1,556 @@
+"""One HTTP/1.1 connection: aiohttp's C parser in, ASGI ``http`` scopes out, bytes written straight
+to the transport.
+
+The hot path stays short on purpose: one asyncio ``Protocol`` per connection, one long-lived task
+per connection that serves its requests in order (keep-alive, pipelining), one small ``Cycle``
+object per request holding the ASGI ``receive``/``send`` pair. The response head is written
+together with the first body chunk, so a simple response is a single ``transport.write``.
+Upgrade requests are handed to ``websocket.WebSocketSession``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.streams import EMPTY_PAYLOAD
+
+try:
+    from aiohttp._http_parser import HttpRequestParser  # the C (llhttp) parser
+except ImportError:  # pragma: no cover - pure-Python aiohttp build
+    from aiohttp.http_parser import HttpRequestParser  # type: ignore[assignment]
+
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+ASGI = {"version": "3.0", "spec_version": "2.5"}
+HTTP_EXTENSIONS: dict[str, Any] = {"http.response.trailers": {}}
+
+_STATUS_LINE: dict[int, bytes] = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
+}
+_NO_BODY_STATUS = frozenset({204, 304, *range(100, 200)})
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINE.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d \r\n" % status
+    return line
+
+
+def simple_response(status: int, body: bytes | None = None, extra: bytes = b"", date: bytes = b"") -> bytes:
+    """A complete response that closes the connection (errors the server answers itself)."""
+    if body is None:
+        body = (HTTPStatus(status).phrase + "\n").encode() if status in _STATUS_LINE else b""
+    return b"".join((
+        status_line(status), date,
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n" % len(body),
+        extra, b"\r\n", body,
+    ))
+
+
+class ParseError:
+    """A queue entry standing for a request that could not be parsed: answered, then close."""
+
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+
+
+def split_target(msg: Any, root_path: str) -> tuple[str, bytes, bytes]:
+    """``(path, raw_path, query_string)`` from the request target, ASGI style."""
+    target: str = msg.path
+    if target[:1] != "/":
+        # absolute-form ("GET http://host/x") or asterisk-form ("OPTIONS *")
+        url = msg.url
+        raw = url.raw_path if url.absolute else target
+        query = url.raw_query_string
+    else:
+        q = target.find("?")
+        if q < 0:
+            raw, query = target, ""
+        else:
+            raw, query = target[:q], target[q + 1:]
+            h = query.find("#")
+            if h >= 0:
+                query = query[:h]
+        h = raw.find("#")
+        if h >= 0:
+            raw = raw[:h]
+    if raw.isascii():
+        raw_path = raw.encode("ascii")
+        path = unquote(raw) if "%" in raw else raw
+    else:
+        raw_path = raw.encode("utf-8", "surrogateescape")
+        path = unquote(raw_path.decode("utf-8", "replace"))
+    query_bytes = query.encode("ascii") if query.isascii() else query.encode("utf-8", "surrogateescape")
+    if root_path:
+        path = root_path + path
+        raw_path = root_path.encode("utf-8") + raw_path
+    return path, raw_path, query_bytes
+
+
+class HttpProtocol(BaseProtocol):
+    """One client connection."""
+
+    __slots__ = (
+        "broken",
+        "client",
+        "closing",
+        "cycle",
+        "deadline",
+        "deadline_kind",
+        "head",
+        "queue",
+        "rejected",
+        "requests",
+        "server",
+        "sockname",
+        "tail",
+        "task",
+        "tls",
+        "waiter",
+        "ws",
+    )
+
+    def __init__(self, server: ServerState, tls: bool) -> None:
+        loop = server.loop
+        super().__init__(loop, None)
+        lim = server.limits
+        self._parser = HttpRequestParser(
+            self, loop, 2**16,
+            max_line_size=lim.max_request_line, max_field_size=lim.max_header_size,
+            max_headers=lim.max_headers, auto_decompress=False,
+        )
+        self.server = server
+        self.tls = tls
+        self.client: tuple[str, int] | None = None
+        self.sockname: Any = None
+        self.queue: deque[tuple[Any, Any]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.cycle: Cycle | None = None
+        self.ws: Any = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0
+        self.deadline_kind = 0  # 0 none, 1 keep-alive / idle, 2 header
+        self.closing = False
+        self.rejected = False
+        self.broken = False
+        self.head = b""  # the first bytes of the request head being read (to tell 414 from 431)
+        self.tail = b""
+        self.requests = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # sets TCP_NODELAY and self.transport
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.client = (peer[0], peer[1])
+        sock = transport.get_extra_info("sockname")
+        if isinstance(sock, tuple) and sock:
+            self.sockname = (sock[0], sock[1])
+        else:
+            self.sockname = (sock.decode() if isinstance(sock, bytes) else (sock or ""), None)
+        transport.set_write_buffer_limits(high=server.limits.ws_send_buffer)  # type: ignore[attr-defined]
+        server.connection_made(self)
+        self.deadline = server.loop.time() + server.limits.keepalive_timeout
+        self.deadline_kind = 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.server.connection_lost(self)
+        super().connection_lost(exc)
+        self.closing = True
+        self.deadline_kind = 0
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.lost()
+        if self.ws is not None:
+            self.ws.connection_lost()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._parser = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws.feed(data)
+            return
+        if self.broken or self._parser is None:
+            return
+        if self._upgraded:
+            self.tail += data
+            if len(self.tail) > 65536:
+                self._pause_reading_for_buffer()
+            return
+        kind = self.deadline_kind
+        if kind == 1 and data:
+            self.deadline = self.server.loop.time() + self.server.limits.header_timeout
+            self.deadline_kind = 2
+            self.head = data[:self.server.limits.max_request_line + 32]
+        elif kind == 2 and len(self.head) <= self.server.limits.max_request_line + 32:
+            self.head += data[:self.server.limits.max_request_line + 32]
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            self._parse_failed(exc)
+            return
+        if messages:
+            self.head = b""  # the first bytes of the request head being read (to tell 414 from 431)
+            self.queue.extend(messages)
+            if self.cycle is None:
+                self.deadline_kind = 0
+            if upgraded:
+                self._upgraded = True
+                self.tail = tail
+            if self.task is None:
+                self.task = self.server.loop.create_task(self.serve())
+            else:
+                waiter = self.waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            if len(self.queue) > self.server.limits.max_pipelined and not self._buffer_paused:
+                self._pause_reading_for_buffer()
+
+    def _parse_failed(self, exc: HttpProcessingError) -> None:
+        self.broken = True
+        cycle = self.cycle
+        if cycle is not None and cycle.payload is not EMPTY_PAYLOAD and not cycle.payload.is_eof():
+            # The body of the request in progress is malformed (bad chunk framing, ...).
+            cycle.payload.set_exception(exc)
+            cycle.keep_alive = False
+            return
+        if isinstance(exc, LineTooLong):
+            first_line = self.head.split(b"\n", 1)[0]
+            status = 414 if len(first_line) > self.server.limits.max_request_line else 431
+        elif "Too many headers" in exc.message:
+            status = 431
+        else:
+            status = 400
+        self.queue.append((ParseError(status, exc.message), None))
+        if self.task is None:
+            self.task = self.server.loop.create_task(self.serve())
+        elif self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # -- the connection task -------------------------------------------------------------
+    async def serve(self) -> None:
+        server = self.server
+        queue = self.queue
+        try:
+            while True:
+                if not queue:
+                    if self.closing or self.transport is None:
+                        if self.transport is not None:
+                            self.transport.close()
+                        break
+                    self.waiter = server.loop.create_future()
+                    try:
+                        await self.waiter
+                    finally:
+                        self.waiter = None
+                    continue
+                msg, payload = queue.popleft()
+                if self._buffer_paused and len(queue) <= server.limits.max_pipelined // 2 and not self._upgraded:
+                    self._resume_reading_for_buffer()
+                if self.transport is None:
+                    break
+                if payload is None:
+                    self._write_close(simple_response(msg.status, date=server.date_header))
+                    server.log_parse_error(self, msg)
+                    break
+                if self._upgraded and not queue and msg.upgrade:
+                    from .websocket import start_websocket
+                    await start_websocket(self, msg)
+                    return
+                if self.rejected:
+                    self._write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
+                    break
+                keep = await server.handle_http(self, msg, payload)
+                if not keep or self.closing:
+                    if self.transport is not None:
+                        self.transport.close()
+                    break
+                if not queue:
+                    self.deadline = server.loop.time() + server.limits.keepalive_timeout
+                    self.deadline_kind = 1
+        except asyncio.CancelledError:
+            if self.transport is not None:
+                self.transport.abort()
+            raise
+        finally:
+            self.task = None
+
+    def _write_close(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+            transport.close()
+
+    # -- timers and drain, called by the server's sweep ------------------------------------
+    def expire(self) -> None:
+        """The header or keep-alive deadline passed."""
+        kind = self.deadline_kind
+        self.deadline_kind = 0
+        transport = self.transport
+        if transport is None:
+            return
+        if kind == 2:
+            self.broken = True
+            transport.write(simple_response(408, date=self.server.date_header))
+        transport.close()
+
+    def drain(self) -> None:
+        """Graceful shutdown: idle connections close now, busy ones after their response."""
+        self.closing = True
+        if self.ws is not None:
+            self.ws.shutdown(1001)
+        elif self.cycle is None and not self.queue and self.transport is not None and self.task is None:
+            self.transport.close()
+        elif self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class Cycle:
+    """One HTTP request/response: the ASGI ``receive`` and ``send`` of its instance."""
+
+    __slots__ = (
+        "chunked",
+        "conn",
+        "disconnect",
+        "done",
+        "expect_100",
+        "expected",
+        "head",
+        "head_sent",
+        "headers",
+        "keep_alive",
+        "max_body",
+        "more_body",
+        "no_body",
+        "payload",
+        "received",
+        "sent",
+        "silenced",
+        "started",
+        "status",
+        "trailers",
+        "version11",
+    )
+
+    def __init__(self, conn: HttpProtocol, payload: Any, head: bool, version11: bool, keep_alive: bool, expect_100: bool, max_body: int | None) -> None:
+        self.conn = conn
+        self.payload = payload
+        self.head = head
+        self.version11 = version11
+        self.keep_alive = keep_alive
+        self.expect_100 = expect_100
+        self.more_body = payload is not EMPTY_PAYLOAD
+        self.status = 0
+        self.headers: Any = ()
+        self.started = False
+        self.head_sent = False
+        self.done = False
+        self.chunked = False
+        self.trailers = False
+        self.no_body = False
+        self.sent = 0
+        self.received = 0
+        self.disconnect: asyncio.Future[None] | None = None
+        self.silenced = False  # the server answered (413): the app's sends go nowhere
+        self.max_body = max_body
+        self.expected = -1  # the response's Content-Length, -1 when it has none
+
+    # -- connection events ----------------------------------------------------------------
+    def lost(self) -> None:
+        payload = self.payload
+        if self.more_body and payload is not EMPTY_PAYLOAD and not payload.is_eof():
+            payload.set_exception(ConnectionResetError("client disconnected"))
+        self._wake()
+
+    def _wake(self) -> None:
+        fut = self.disconnect
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # -- ASGI receive ---------------------------------------------------------------------
+    async def receive(self) -> dict[str, Any]:
+        if self.more_body and not self.silenced:
+            conn = self.conn
+            if self.expect_100:
+                self.expect_100 = False
+                if not self.started and conn.transport is not None:
+                    conn.transport.write(_CONTINUE)
+            payload = self.payload
+            try:
+                chunk = await payload.readany()
+            except Exception:  # noqa: BLE001 - whatever broke the body (reset, bad framing) ends it
+                self.more_body = False
+                self.keep_alive = False
+                return {"type": "http.disconnect"}
+            more = not payload.is_eof()
+            if not more:
+                self.more_body = False
+            if chunk:
+                self.received += len(chunk)
+                if self.max_body is not None and self.received > self.max_body:
+                    self.more_body = False
+                    conn.server.body_too_large(self)
+                    return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": chunk, "more_body": more}
+        if not self.more_body and self.payload is EMPTY_PAYLOAD and self.received == 0 and not self.silenced:
+            self.received = -1  # the one empty body event
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if not self.done and self.conn.transport is not None and not self.silenced:
+            fut = self.disconnect = self.conn.server.loop.create_future()
+            await fut
+        return {"type": "http.disconnect"}
+
+    # -- ASGI send ------------------------------------------------------------------------
+    async def send(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "http.response.body":
+            if not self.started:
+                raise RuntimeError("'http.response.body' sent before 'http.response.start'")
+            if self.done:
+                raise RuntimeError("'http.response.body' sent after the response was complete")
+            conn = self.conn
+            transport = conn.transport
+            if transport is None or self.silenced:
+                return
+            body = event.get("body", b"")
+            more = event.get("more_body", False)
+            if not self.head_sent:
+                self._write_head(transport, body, more)
+            elif body and not self.no_body:
+                if self.expected >= 0 and self.sent + len(body) > self.expected:
+                    raise RuntimeError("the response body is longer than its Content-Length")
+                if self.chunked:
+                    transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+                else:
+                    transport.write(body)
+                self.sent += len(body)
+            if not more:
+                if self.chunked and not self.trailers:
+                    transport.write(_LAST_CHUNK)
+                if not self.trailers or not self.chunked:
+                    self._complete()
+            if conn._paused:
+                try:
+                    await conn._drain_helper()
+                except ConnectionError:
+                    pass
+        elif kind == "http.response.start":
+            if self.started:
+                raise RuntimeError("'http.response.start' sent twice")
+            self.started = True
+            self.status = event["status"]
+            self.headers = event.get("headers", ())
+            self.trailers = bool(event.get("trailers", False))
+        elif kind == "http.response.trailers":
+            if not self.trailers or not self.head_sent or self.done:
+                raise RuntimeError("'http.response.trailers' needs 'trailers': True in the start event and a sent body")
+            transport = self.conn.transport
+            if transport is None or self.silenced:
+                return
+            lines = [b"0\r\n"] if self.chunked else []
+            for name, value in event.get("headers", ()):
+                _check_header(name, value)
+                lines.append(b"%s: %s\r\n" % (name, value))
+            if not event.get("more_trailers", False):
+                if self.chunked:
+                    lines.append(b"\r\n")
+                    transport.write(b"".join(lines))
+                    self._complete()
+                else:
+                    self._complete()
+            else:
+                raise RuntimeError("'more_trailers' is not supported: send all trailers in one event")
+        else:
+            raise RuntimeError(f"unexpected event {kind!r} on an http scope")
+
+    def _write_head(self, transport: Any, body: bytes, more: bool) -> None:
+        status = self.status
+        server = self.conn.server
+        lines = [status_line(status), server.date_header]
+        content_length = None
+        has_te = False
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"content-length":
+                content_length = value
+                continue
+            elif lname == b"transfer-encoding":
+                has_te = True
+                continue  # the server does the framing
+            elif lname == b"connection":
+                if value.lower() == b"close":
+                    self.keep_alive = False
+                continue
+            _check_header(name, value)
+            lines.append(b"%s: %s\r\n" % (name, value))
+        no_body = self.head or status in _NO_BODY_STATUS
+        self.no_body = no_body
+        if content_length is not None:
+            try:
+                self.expected = int(content_length)
+            except ValueError:
+                raise RuntimeError(f"invalid content-length header {content_length!r}") from None
+            if self.expected < 0:
+                raise RuntimeError(f"invalid content-length header {content_length!r}")
+            lines.append(b"content-length: %d\r\n" % self.expected)
+            if no_body:
+                self.expected = -1
+        elif status in _NO_BODY_STATUS:
+            pass
+        elif not more and not (self.trailers and self.version11) and not has_te:
+            if body or not self.head:
+                lines.append(b"content-length: %d\r\n" % len(body))
+        elif self.version11:
+            if not self.head:
+                self.chunked = True
+            lines.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self.keep_alive = False  # HTTP/1.0 without a length: the end of the body is the close
+        if not self.keep_alive or self.conn.closing:
+            self.keep_alive = False
+            lines.append(b"connection: close\r\n")
+        elif not self.version11:
+            lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        if body and not no_body:
+            if self.expected >= 0 and len(body) > self.expected:
+                raise RuntimeError("the response body is longer than its Content-Length")
+            if self.chunked:
+                lines.append(b"%x\r\n%s\r\n" % (len(body), body))
+            else:
+                lines.append(body)
+            self.sent += len(body)
+        self.head_sent = True
+        transport.write(b"".join(lines))
+
+    def _complete(self) -> None:
+        self.done = True
+        if self.expected >= 0 and self.sent < self.expected:
+            # Shorter than announced: the client would wait for the rest; closing tells it.
+            self.keep_alive = False
+            transport = self.conn.transport
+            if transport is not None:
+                transport.close()
+        self._wake()
+
+
+def _check_header(name: bytes, value: bytes) -> None:
+    if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name or not name:
+        raise RuntimeError(f"invalid response header {name!r}: {value!r}")

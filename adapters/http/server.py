@@ -1,0 +1,320 @@
+"""The adapter: listeners, the shared per-adapter state, the ASGI glue for one HTTP request, the
+timer sweep (header/keep-alive deadlines, WebSocket pings, the Date header) and graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from email.utils import formatdate
+from typing import Any, ClassVar
+
+from aiohttp.streams import EMPTY_PAYLOAD
+
+from gateway.plugins import Adapter, AdapterContext
+from gateway.routing import unmatched
+from gateway.runner import Outcome
+from gateway.schema import PathRoute
+
+from .config import HttpConfig
+from .listeners import describe, open_socket, ssl_context
+from .protocol import (
+    ASGI,
+    HTTP_EXTENSIONS,
+    Cycle,
+    HttpProtocol,
+    simple_response,
+    split_target,
+)
+from .proxies import TrustedProxies
+
+
+class ServerState:
+    """What every connection of one adapter shares."""
+
+    def __init__(self, config: HttpConfig, context: AdapterContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.context = context
+        self.loop = loop
+        self.runner = context.runner
+        self.mounts = context.mounts
+        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.root_path = config.root_path
+        self.log = context.log
+        self.access_log = config.access_log
+        self.connections: set[HttpProtocol] = set()
+        self.active = 0
+        self.draining = False
+        self.empty = asyncio.Event()
+        self.date_header = b""
+        self.update_date()
+        self._resolvers: dict[str, Any] = {kind: context.router_for(kind).resolve for kind in ("http", "websocket")}
+        ticks = [self.limits.header_timeout, self.limits.keepalive_timeout, self.limits.ws_ping_timeout]
+        if self.limits.ws_ping_interval:
+            ticks.append(self.limits.ws_ping_interval)
+        self.tick = max(0.02, min(1.0, *(t / 4 for t in ticks)))
+
+    def update_date(self) -> None:
+        self.date_header = b"date: %s\r\nserver: asgi-gateway\r\n" % formatdate(usegmt=True).encode()
+
+    # -- connections ------------------------------------------------------------------------
+    def connection_made(self, conn: HttpProtocol) -> None:
+        self.connections.add(conn)
+        if self.active >= self.limits.max_connections or self.draining:
+            conn.rejected = True
+        else:
+            self.active += 1
+
+    def connection_lost(self, conn: HttpProtocol) -> None:
+        self.connections.discard(conn)
+        if not conn.rejected:
+            self.active -= 1
+        if not self.connections:
+            self.empty.set()
+
+    def resolve(self, kind: str, scope: dict[str, Any]) -> Any:
+        if self.root_path:
+            scope = dict(scope, path=scope["path"][len(self.root_path):] or "/")
+        return self._resolvers[kind](scope)
+
+    def common(self, conn: HttpProtocol, msg: Any, websocket: bool) -> tuple[str, bytes, bytes, list[tuple[bytes, bytes]], Any, str, Any]:
+        """``(path, raw_path, query_string, headers, client, scheme, server)`` of a request."""
+        path, raw_path, query = split_target(msg, self.root_path)
+        headers = [(n.lower(), v) for n, v in msg.raw_headers]
+        client = conn.client
+        if websocket:
+            scheme = "wss" if conn.tls else "ws"
+        else:
+            scheme = "https" if conn.tls else "http"
+        server = conn.sockname
+        proxies = self.proxies
+        if proxies and proxies.trusts(client[0] if client else None):
+            client, scheme, server, new = proxies.apply(headers, client, scheme, server)
+            if new is not None:
+                headers = new
+        return path, raw_path, query, headers, client, scheme, server
+
+    # -- one HTTP request ------------------------------------------------------------------
+    async def handle_http(self, conn: HttpProtocol, msg: Any, payload: Any) -> bool:
+        """Serve one request; ``True`` if the connection may carry another one."""
+        started = time.perf_counter() if self.access_log else 0.0
+        path, raw_path, query, headers, client, scheme, server = self.common(conn, msg, False)
+        version = msg.version
+        v11 = version == (1, 1)
+        method = msg.method
+        scope = {
+            "type": "http",
+            "asgi": ASGI,
+            "http_version": "1.1" if v11 else f"{version[0]}.{version[1]}",
+            "method": method,
+            "scheme": scheme,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "root_path": self.root_path,
+            "headers": headers,
+            "client": client,
+            "server": server,
+            "extensions": HTTP_EXTENSIONS,
+        }
+        max_body = self.limits.max_body_size
+        expect_100 = False
+        if payload is not EMPTY_PAYLOAD:
+            h = msg.headers
+            if max_body is not None:
+                length = h.get("Content-Length")
+                if length is not None and int(length) > max_body:
+                    conn._write_close(simple_response(413, date=self.date_header))
+                    self._access(msg, path, 413, 0, started, client)
+                    return False
+            if v11:
+                expect = h.get("Expect")
+                expect_100 = expect is not None and expect.lower() == "100-continue"
+        cycle = Cycle(conn, payload, method == "HEAD", v11, not msg.should_close, expect_100, max_body)
+        conn.cycle = cycle
+        failed = False
+        try:
+            mount = self.mounts.find(path) if self.mounts else None
+            if mount is not None:
+                try:
+                    await mount.app(scope, cycle.receive, cycle.send)
+                except Exception as exc:  # noqa: BLE001 - the mounted app's failure is this request's 500
+                    failed = True
+                    self.log.error("http.mount_failed", mount=mount.prefix, owner=mount.owner, error=f"{type(exc).__name__}: {exc}")
+            else:
+                match = self.resolve("http", scope)
+                if match is None:
+                    await unmatched(scope, cycle.receive, cycle.send)
+                else:
+                    # Runs inline in this connection's task (the runner records it, so a second
+                    # stop signal or the end of the drain can cancel it).
+                    result = await self.runner.instance(
+                        match, scope, cycle.send, adapter="http", receive=cycle.receive
+                    ).run()
+                    failed = result.outcome is not Outcome.OK
+        finally:
+            conn.cycle = None
+        status = cycle.status
+        if cycle.silenced:
+            status = 413
+        elif not cycle.head_sent:
+            # Nothing is on the wire yet (no start, or a start the body never followed): a clean 500.
+            if not cycle.started and not failed:
+                self.log.error("http.no_response", method=method, path=path,
+                               error="the application returned without sending 'http.response.start'")
+            status = 500
+            conn._write_close(simple_response(500, date=self.date_header))
+            cycle.keep_alive = False
+        elif not cycle.done:
+            # The response is on the wire already: the only honest signal left is to close.
+            cycle.keep_alive = False
+            if conn.transport is not None:
+                conn.transport.close()
+        if self.access_log:
+            self._access(msg, path, status, cycle.sent, started, client)
+        cycle._wake()
+        return cycle.keep_alive and (payload is EMPTY_PAYLOAD or payload.is_eof())
+
+    def body_too_large(self, cycle: Cycle) -> None:
+        """The streamed body went past ``max_body_size``."""
+        cycle.keep_alive = False
+        conn = cycle.conn
+        if not cycle.head_sent:
+            cycle.silenced = True
+            conn._write_close(simple_response(413, date=self.date_header))
+        elif conn.transport is not None:
+            conn.transport.close()
+        conn.broken = True
+
+    def _access(self, msg: Any, path: str, status: int, sent: int, started: float, client: Any) -> None:
+        if not self.access_log:
+            return
+        self.log.info(
+            "http.request", method=msg.method, path=path, status=status, bytes=sent,
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            client=f"{client[0]}:{client[1]}" if client else None,
+        )
+
+    def log_parse_error(self, conn: HttpProtocol, err: Any) -> None:
+        client = conn.client
+        self.log.info("http.bad_request", status=err.status, reason=err.reason,
+                      client=f"{client[0]}:{client[1]}" if client else None)
+
+    # -- timers ------------------------------------------------------------------------------
+    async def sweep(self) -> None:
+        last_date = 0.0
+        while True:
+            await asyncio.sleep(self.tick)
+            now = self.loop.time()
+            if now - last_date >= 1.0:
+                self.update_date()
+                last_date = now
+            for conn in list(self.connections):
+                if conn.deadline_kind and now >= conn.deadline:
+                    conn.expire()
+                elif conn.ws is not None:
+                    conn.ws.tick(now)
+
+
+class HttpAdapter(Adapter):
+    """HTTP/1.1 and WebSocket listeners producing ``http`` and ``websocket`` scopes."""
+
+    name: ClassVar[str] = "http"
+    config_model: ClassVar[type[HttpConfig]] = HttpConfig
+    scope_types: ClassVar[tuple[str, ...]] = ("http", "websocket")
+    route_models: ClassVar[dict[str, type[PathRoute]]] = {"http": PathRoute, "websocket": PathRoute}
+
+    def __init__(self, config: HttpConfig, context: AdapterContext) -> None:
+        super().__init__(config, context)
+        self.state: ServerState | None = None
+        self._servers: list[asyncio.AbstractServer] = []
+        self._addresses: list[str] = []
+        self._unix_paths: list[str] = []
+        self._sweep: asyncio.Task[None] | None = None
+
+    @classmethod
+    def listen_addresses(cls, config: HttpConfig) -> list[str]:
+        out = []
+        for addr in config.addresses():
+            if addr.kind == "tcp":
+                out.append(f"tcp:{addr}")
+            else:
+                out.append(str(addr))
+        return out
+
+    @property
+    def addresses(self) -> list[str]:
+        return list(self._addresses)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config: HttpConfig = self.config
+        state = self.state = ServerState(config, self.context, loop)
+        ctx = ssl_context(config.tls) if config.tls else None
+        tls = ctx is not None
+
+        def factory() -> HttpProtocol:
+            return HttpProtocol(state, tls)
+
+        for addr in config.addresses():
+            sock = open_socket(addr, config)
+            try:
+                if sock.family == getattr(__import__("socket"), "AF_UNIX", None):
+                    server = await loop.create_unix_server(factory, sock=sock, ssl=ctx, backlog=config.backlog)
+                    if addr.kind == "unix":
+                        self._unix_paths.append(addr.path)
+                else:
+                    server = await loop.create_server(factory, sock=sock, ssl=ctx, backlog=config.backlog)
+            except BaseException:
+                sock.close()
+                raise
+            self._servers.append(server)
+            self._addresses.append(describe(sock))
+        self._sweep = loop.create_task(state.sweep())
+
+    async def stop(self, drain: float) -> None:
+        state = self.state
+        for server in self._servers:
+            server.close()
+        if state is not None:
+            state.draining = True
+            deadline = state.loop.time() + drain
+            for conn in list(state.connections):
+                conn.drain()
+            while state.connections:
+                remaining = deadline - state.loop.time()
+                if remaining <= 0:
+                    break
+                state.empty.clear()
+                if not state.connections:
+                    break
+                try:
+                    await asyncio.wait_for(state.empty.wait(), remaining)
+                except TimeoutError:
+                    break
+            tasks = []
+            for conn in list(state.connections):
+                if conn.task is not None:
+                    conn.task.cancel()
+                    tasks.append(conn.task)
+                if conn.transport is not None:
+                    conn.transport.abort()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            await asyncio.gather(self._sweep, return_exceptions=True)
+            self._sweep = None
+        for server in self._servers:
+            try:
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass
+        self._servers.clear()
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._unix_paths.clear()

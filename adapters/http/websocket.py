@@ -1,0 +1,545 @@
+"""WebSocket connections: the handshake, aiohttp's C frame reader and its writer, ASGI events both ways.
+
+Frames are parsed by ``aiohttp``'s ``WebSocketReader`` into a sink that hands each message straight
+to the instance queue (no extra task per connection). Sends go straight to the transport; when
+the transport's buffer is above ``ws_send_buffer`` the app's ``send`` waits for it to drain, so a
+client that does not read stalls only its own sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import struct
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiohttp._websocket.helpers import WS_KEY, ws_ext_gen, ws_ext_parse
+from aiohttp._websocket.models import WebSocketError, WSMsgType
+from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
+from aiohttp._websocket.writer import WebSocketWriter
+
+from gateway.runner import Outcome
+
+from .protocol import ASGI, _check_header, simple_response
+
+if TYPE_CHECKING:
+    from .protocol import HttpProtocol
+
+CONNECTING, RESPONDING, OPEN, CLOSING, CLOSED = range(5)
+WS_EXTENSIONS: dict[str, Any] = {"websocket.http.response": {}}
+_PACK_CODE = struct.Struct("!H").pack
+_TEXT, _BINARY, _CLOSE, _PING, _PONG = (
+    WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE, WSMsgType.PING, WSMsgType.PONG,
+)
+CLOSE_TIMEOUT = 5.0
+_LEN2 = struct.Struct("!H").unpack_from
+_LEN8 = struct.Struct("!Q").unpack_from
+_HEAD2 = struct.Struct("!BBH").pack
+_HEAD8 = struct.Struct("!BBQ").pack
+
+
+def _write_frame(transport: Any, first: int, data: bytes) -> None:
+    """One unmasked, uncompressed server frame (``first`` is FIN | opcode)."""
+    n = len(data)
+    if n < 126:
+        transport.write(bytes((first, n)) + data)
+    elif n < 65536:
+        transport.write(_HEAD2(first, 126, n) + data)
+    else:
+        transport.writelines((_HEAD8(first, 127, n), data))
+
+
+class ClientDisconnected(OSError):
+    """``send`` on a WebSocket whose client has gone (ASGI 2.4+: an ``OSError`` subclass)."""
+
+
+class _Sink(WebSocketDataQueue):
+    """Receives parsed messages from the C reader and passes them to the session."""
+
+    def __init__(self, session: WebSocketSession, protocol: Any, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(protocol, 2**16, loop=loop)
+        self.session = session
+
+    def feed_data(self, data: Any, size: int) -> None:  # type: ignore[override]
+        self.session.on_message(data)
+
+    def set_exception(self, exc: BaseException, exc_cause: Any = None) -> None:  # type: ignore[override]
+        self.session.on_error(exc)
+
+    def feed_eof(self) -> None:
+        pass
+
+
+def _valid_key(key: str | None) -> bool:
+    if not key:
+        return False
+    try:
+        return len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+async def start_websocket(conn: HttpProtocol, msg: Any) -> None:
+    """Handle an upgrade request: validate it, route it, start the instance (the app accepts)."""
+    server = conn.server
+    h = msg.headers
+    conn.deadline_kind = 0
+    if msg.method != "GET" or not _valid_key(h.get("Sec-WebSocket-Key")):
+        conn._write_close(simple_response(400, b"Bad WebSocket handshake\n", date=server.date_header))
+        return
+    if h.get("Sec-WebSocket-Version") != "13":
+        conn._write_close(simple_response(426, extra=b"sec-websocket-version: 13\r\n", date=server.date_header))
+        return
+    if conn.rejected:
+        conn._write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
+        return
+    path, raw_path, query, headers, client, scheme, sockname = server.common(conn, msg, True)
+    subprotocols = [p.strip() for v in h.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",") if p.strip()]
+    version = msg.version
+    scope = {
+        "type": "websocket",
+        "asgi": ASGI,
+        "http_version": f"{version[0]}.{version[1]}",
+        "scheme": scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": server.root_path,
+        "headers": headers,
+        "client": client,
+        "server": sockname,
+        "subprotocols": subprotocols,
+        "extensions": WS_EXTENSIONS,
+    }
+    match = server.resolve("websocket", scope)
+    if match is None:
+        conn._write_close(simple_response(403, date=server.date_header))
+        if server.access_log:
+            server.log.info("websocket", path=path, status=403, client=f"{client[0]}:{client[1]}" if client else None)
+        return
+    compress, notakeover = 0, False
+    if server.config.ws_compression:
+        try:
+            compress, notakeover = ws_ext_parse(h.get("Sec-WebSocket-Extensions"), isserver=True)
+        except Exception:  # noqa: BLE001 - an unusable offer is simply not accepted
+            compress, notakeover = 0, False
+    session = WebSocketSession(conn, scope, h["Sec-WebSocket-Key"], compress, notakeover)
+    conn.ws = session
+    inst = server.runner.instance(match, scope, session.send, adapter="http")
+    session.inst = inst
+    inst.queue.put_nowait({"type": "websocket.connect"})
+    task = inst.start()
+    task.add_done_callback(session.app_done)
+
+
+class WebSocketSession:
+    """One WebSocket connection, from handshake to close."""
+
+    __slots__ = (
+        "close_code",
+        "closing_at",
+        "compress",
+        "conn",
+        "finished",
+        "frame_limit",
+        "frames_in",
+        "frames_out",
+        "inst",
+        "key",
+        "logged",
+        "notakeover",
+        "opened",
+        "partial",
+        "pending",
+        "ping_due",
+        "ping_sent",
+        "pump",
+        "reader",
+        "resp_body",
+        "resp_headers",
+        "resp_status",
+        "scope",
+        "seen",
+        "skip",
+        "state",
+        "writer",
+    )
+
+    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], key: str, compress: int, notakeover: bool) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.key = key
+        self.compress = compress
+        self.notakeover = notakeover
+        self.inst: Any = None
+        self.state = CONNECTING
+        self.reader: Any = None
+        self.writer: Any = None
+        self.pending: deque[dict[str, Any]] | None = None
+        self.pump: asyncio.Task[None] | None = None
+        self.seen = False
+        self.ping_due = 0.0
+        self.ping_sent = 0.0
+        self.opened = time.monotonic()
+        self.frames_in = 0
+        self.frames_out = 0
+        self.close_code: int | None = None
+        self.finished = False
+        self.resp_status = 0
+        self.resp_headers: Any = ()
+        self.resp_body: list[bytes] | None = None
+        self.closing_at = 0.0
+        self.logged = False
+        self.frame_limit = conn.server.limits.ws_max_frame_size
+        self.skip = 0  # payload bytes of the current frame still to come (frame-size check)
+        self.partial = b""  # an incomplete frame header (frame-size check)
+
+    # -- the application's side -------------------------------------------------------------
+    async def send(self, event: dict[str, Any]) -> None:
+        kind = event["type"]
+        state = self.state
+        if kind == "websocket.send":
+            if state != OPEN:
+                if state == CONNECTING:
+                    raise RuntimeError("'websocket.send' before 'websocket.accept'")
+                raise ClientDisconnected("the WebSocket is closed")
+            data = event.get("bytes")
+            if data is not None:
+                payload, opcode = bytes(data), _BINARY
+            else:
+                payload, opcode = event["text"].encode("utf-8"), _TEXT
+            conn = self.conn
+            if self.compress:
+                await self.writer.send_frame(payload, opcode)
+            else:
+                transport = conn.transport
+                if transport is None or transport.is_closing():
+                    raise ClientDisconnected("the WebSocket client went away")
+                _write_frame(transport, 0x80 | opcode, payload)
+            self.frames_out += 1
+            if conn._paused:
+                try:
+                    await conn._drain_helper()
+                except ConnectionError:
+                    raise ClientDisconnected("the WebSocket client went away") from None
+        elif kind == "websocket.accept":
+            if state != CONNECTING:
+                raise RuntimeError("'websocket.accept' sent twice or after a close")
+            self._accept(event)
+        elif kind == "websocket.close":
+            if state == CONNECTING:
+                self._http_response(403, (), b"")
+            elif state == OPEN:
+                code = event.get("code") or 1000
+                reason = (event.get("reason") or "").encode("utf-8")[:123]
+                self.close_code = code
+                self._write_close(code, reason)
+                self.state = CLOSING
+                self.closing_at = self.conn.server.loop.time() + CLOSE_TIMEOUT
+        elif kind == "websocket.http.response.start":
+            if state != CONNECTING:
+                raise RuntimeError("'websocket.http.response.start' after the handshake")
+            self.state = RESPONDING
+            self.resp_status = event["status"]
+            self.resp_headers = event.get("headers", ())
+            self.resp_body = []
+        elif kind == "websocket.http.response.body":
+            if state != RESPONDING:
+                raise RuntimeError("'websocket.http.response.body' without 'websocket.http.response.start'")
+            assert self.resp_body is not None
+            self.resp_body.append(bytes(event.get("body", b"")))
+            if not event.get("more_body", False):
+                self._http_response(self.resp_status, self.resp_headers, b"".join(self.resp_body))
+        else:
+            raise RuntimeError(f"unexpected event {kind!r} on a websocket scope")
+
+    def _accept(self, event: dict[str, Any]) -> None:
+        conn = self.conn
+        transport = conn.transport
+        if transport is None:
+            self.state = CLOSED
+            raise ClientDisconnected("the client went away before the handshake completed")
+        accept = base64.b64encode(hashlib.sha1(self.key.encode() + WS_KEY).digest())
+        lines = [
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+            b"sec-websocket-accept: %s\r\n" % accept,
+            conn.server.date_header,
+        ]
+        subprotocol = event.get("subprotocol")
+        if subprotocol:
+            lines.append(b"sec-websocket-protocol: %s\r\n" % subprotocol.encode("latin-1"))
+        if self.compress:
+            ext = ws_ext_gen(compress=self.compress, isserver=True, server_notakeover=self.notakeover)
+            lines.append(b"sec-websocket-extensions: %s\r\n" % ext.encode())
+        for name, value in event.get("headers", ()):
+            lname = name.lower()
+            if lname in (b"sec-websocket-accept", b"upgrade", b"connection", b"sec-websocket-extensions", b"date", b"server") or (
+                lname == b"sec-websocket-protocol" and subprotocol
+            ):
+                continue
+            _check_header(name, value)
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        transport.write(b"".join(lines))
+        loop = conn.server.loop
+        limits = conn.server.limits
+        self.writer = WebSocketWriter(conn, transport, compress=self.compress, notakeover=self.notakeover)
+        # aiohttp refuses a message whose size reaches its limit: +1 makes ours inclusive
+        self.reader = WebSocketReader(_Sink(self, conn, loop), limits.ws_max_message_size + 1, bool(self.compress), True)
+        self.state = OPEN
+        conn._parser = None
+        if limits.ws_ping_interval:
+            self.ping_due = loop.time() + limits.ws_ping_interval
+        tail = conn.tail
+        conn.tail = b""
+        if tail:
+            self.feed(tail)
+        if conn._buffer_paused:
+            conn._resume_reading_for_buffer()
+
+    def _http_response(self, status: int, headers: Any, body: bytes) -> None:
+        """The denial response (or the 403 for a close before accept): a real HTTP response."""
+        self.state = CLOSED
+        self.close_code = status
+        conn = self.conn
+        transport = conn.transport
+        if transport is not None:
+            from .protocol import status_line
+            lines = [status_line(status), conn.server.date_header]
+            for name, value in headers:
+                lname = name.lower()
+                if lname in (b"content-length", b"transfer-encoding", b"connection"):
+                    continue
+                _check_header(name, value)
+                lines.append(b"%s: %s\r\n" % (name, value))
+            lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+            lines.append(body)
+            transport.write(b"".join(lines))
+            transport.close()
+        self.finish(1006, "")
+
+    def _write_close(self, code: int, reason: bytes = b"") -> None:
+        writer = self.writer
+        transport = self.conn.transport
+        if writer is None or transport is None or transport.is_closing():
+            return
+        try:
+            writer._write_websocket_frame(_PACK_CODE(code) + reason, _CLOSE, 0)
+        except Exception:  # noqa: BLE001, S110 - the transport is going away anyway
+            pass
+        writer._closing = True
+
+    # -- the client's side ------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        reader = self.reader
+        if reader is None:
+            self.conn.tail += data
+            return
+        self.seen = True
+        if self.frame_limit is not None and not self._frames_ok(data):
+            self.on_error(WebSocketError(1009, f"frame larger than {self.frame_limit} bytes"))
+            return
+        reader.feed_data(data)
+
+    def _frames_ok(self, data: bytes) -> bool:
+        """Walk the frame headers in ``data``; ``False`` as soon as one announces too big a payload."""
+        i, n, limit = 0, len(data), self.frame_limit
+        while i < n:
+            if self.skip:
+                take = min(self.skip, n - i)
+                self.skip -= take
+                i += take
+                continue
+            old = self.partial
+            head = old + data[i:i + 14]
+            if len(head) < 2:
+                self.partial = head
+                return True
+            length = head[1] & 0x7F
+            size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if head[1] & 0x80 else 0)
+            if len(head) < size:
+                self.partial = head
+                return True
+            if length == 126:
+                length = _LEN2(head, 2)[0]
+            elif length == 127:
+                length = _LEN8(head, 2)[0]
+            if length > limit:  # type: ignore[operator]
+                return False
+            self.partial = b""
+            i += size - len(old)
+            self.skip = length
+        return True
+
+    def on_message(self, msg: Any) -> None:
+        kind = msg[0]
+        if kind is _TEXT:
+            self.frames_in += 1
+            if self.state == OPEN:
+                self.deliver({"type": "websocket.receive", "text": msg[1]})
+        elif kind is _BINARY:
+            self.frames_in += 1
+            if self.state == OPEN:
+                self.deliver({"type": "websocket.receive", "bytes": msg[1]})
+        elif kind is _CLOSE:
+            code = msg[1] or 1005
+            reason = msg[2] or ""
+            if self.state == OPEN:
+                self._write_close(msg[1] or 1000)
+            self.close_code = self.close_code or code
+            self.state = CLOSED
+            transport = self.conn.transport
+            if transport is not None:
+                transport.close()
+            self.finish(code, reason)
+        elif kind is _PING:
+            if self.state == OPEN and self.conn.transport is not None:
+                self.writer._write_websocket_frame(msg[1] or b"", _PONG, 0)
+        elif kind is _PONG:
+            self.ping_sent = 0.0
+
+    def on_error(self, exc: BaseException) -> None:
+        code = exc.code if isinstance(exc, WebSocketError) else 1002
+        if code not in (1002, 1003, 1007, 1008, 1009, 1011):
+            code = 1002
+        self.close_code = code
+        if self.state in (OPEN, CLOSING):
+            self._write_close(code, str(exc).encode("utf-8", "replace")[:123])
+        self.state = CLOSED
+        transport = self.conn.transport
+        if transport is not None:
+            transport.close()
+        self.finish(code, "")
+
+    def deliver(self, event: dict[str, Any]) -> None:
+        task = self.inst.task
+        if task is None or task.done():
+            return  # the app has returned: nobody will read it
+        pending = self.pending
+        if pending is None:
+            try:
+                self.inst.queue.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                pending = self.pending = deque()
+                self.conn._pause_reading_for_buffer()
+                self.pump = self.conn.server.loop.create_task(self._pump())
+        pending.append(event)
+
+    async def _pump(self) -> None:
+        pending = self.pending
+        assert pending is not None
+        while pending:
+            await self.inst.queue.put(pending[0])
+            pending.popleft()
+        self.pending = None
+        self.pump = None
+        if self.conn.transport is not None and self.conn._buffer_paused:
+            self.conn._resume_reading_for_buffer()
+
+    def finish(self, code: int, reason: str) -> None:
+        """The connection is over: the app gets ``websocket.disconnect`` (once), then the close timeout."""
+        if self.finished:
+            return
+        self.finished = True
+        inst = self.inst
+        if inst is None or inst.task is None or inst.task.done():
+            return
+        self.conn.server.loop.create_task(self._close_instance({"type": "websocket.disconnect", "code": code, "reason": reason}))
+
+    async def _close_instance(self, event: dict[str, Any]) -> None:
+        pump = self.pump
+        if pump is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(pump), self.conn.server.runner.settings.app_close_timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                pump.cancel()
+        await self.inst.close(event)
+
+    def connection_lost(self) -> None:
+        if self.state != CLOSED:
+            self.close_code = self.close_code or 1006
+            self.state = CLOSED
+        self.finish(self.close_code if self.close_code and self.close_code >= 1000 else 1006, "")
+        self._log()
+
+    def app_done(self, task: asyncio.Task[Any]) -> None:
+        result = self.inst.result
+        failed = result is None or result.outcome is not Outcome.OK
+        if self.pump is not None:
+            self.pump.cancel()
+        state = self.state
+        conn = self.conn
+        if state == CONNECTING:
+            if not failed:
+                conn.server.log.error("websocket.no_response", path=self.scope["path"],
+                                      error="the application returned without accepting or closing the WebSocket")
+            self.state = CLOSED
+            self.close_code = 500
+            conn._write_close(simple_response(500, date=conn.server.date_header))
+        elif state == RESPONDING:
+            self.state = CLOSED
+            if conn.transport is not None:
+                conn.transport.close()
+        elif state == OPEN:
+            code = 1011 if failed else 1000
+            self.close_code = code
+            self._write_close(code)
+            self.state = CLOSING
+            self.closing_at = conn.server.loop.time() + CLOSE_TIMEOUT
+
+    # -- timers and drain -----------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        state = self.state
+        if state == OPEN:
+            limits = self.conn.server.limits
+            interval = limits.ws_ping_interval
+            if not interval:
+                return
+            if self.seen:
+                self.seen = False
+                self.ping_sent = 0.0
+                self.ping_due = now + interval
+            elif self.ping_sent:
+                if now - self.ping_sent > limits.ws_ping_timeout:
+                    self.close_code = 1011
+                    self._write_close(1011, b"ping timeout")
+                    self.state = CLOSED
+                    if self.conn.transport is not None:
+                        self.conn.transport.close()
+                    self.finish(1006, "")
+            elif now >= self.ping_due and self.conn.transport is not None:
+                self.writer._write_websocket_frame(b"", _PING, 0)
+                self.ping_sent = now
+        elif state == CLOSING and now >= self.closing_at:
+            self.state = CLOSED
+            if self.conn.transport is not None:
+                self.conn.transport.close()
+
+    def shutdown(self, code: int = 1001) -> None:
+        """Graceful drain: close frame to the client, ``websocket.disconnect`` to the app."""
+        transport = self.conn.transport
+        if self.state == OPEN:
+            self.close_code = code
+            self._write_close(code, b"server shutting down")
+        self.state = CLOSED
+        if transport is not None:
+            transport.close()
+        self.finish(code, "")
+
+    def _log(self) -> None:
+        server = self.conn.server
+        if self.logged or not server.access_log:
+            return
+        self.logged = True
+        client = self.scope["client"]
+        server.log.info(
+            "websocket", path=self.scope["path"], code=self.close_code,
+            duration_ms=round((time.monotonic() - self.opened) * 1000, 3),
+            frames_in=self.frames_in, frames_out=self.frames_out,
+            client=f"{client[0]}:{client[1]}" if client else None,
+        )
