@@ -1,0 +1,526 @@
+"""Client mode: the gateway as a client of an external broker, on paho-mqtt's external loop.
+
+Why paho-mqtt (>= 2) and why its external-loop API
+--------------------------------------------------
+The acknowledgement must wait for the application, and paho-mqtt is the Python client with
+``manual_ack``: with it no PUBACK leaves before ``client.ack(mid, qos)``. Paho normally runs a
+network thread; instead this module drives it from asyncio (``loop_read`` when the socket is
+readable, ``loop_write`` when paho has bytes to send, ``loop_misc`` once a second for
+keep-alive). So every paho callback runs in the event-loop thread: no locks, no
+``call_soon_threadsafe`` on the message path, ``ack`` is called where the instance finished,
+and backpressure is exact — when a route's bound is reached the socket's reader is removed and
+the broker (then the TCP window) holds the messages. Only the blocking TCP/TLS connect of
+(re)connects runs in a worker thread.
+
+QoS 2: paho sends PUBREC as soon as a QoS 2 PUBLISH arrives, which would hand the message over
+before the app ran. ``_Client`` defers the PUBREC to ``ack()`` (and answers PUBREL with PUBCOMP),
+so a QoS 2 message the app did not handle is redelivered like a QoS 1 one (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import ssl
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.errors import StartupError
+
+from .config import broker_url
+from .dispatch import Dispatcher, message_event
+from .events import Outgoing
+
+if TYPE_CHECKING:
+    from .adapter import MqttAdapter
+
+_ids = itertools.count(1)
+_READ_BATCH = 64
+
+# MQTT 5 publish properties: paho attribute name <-> event key
+_PROPS = {
+    "PayloadFormatIndicator": "payload_format_indicator",
+    "MessageExpiryInterval": "message_expiry_interval",
+    "ContentType": "content_type",
+    "ResponseTopic": "response_topic",
+    "CorrelationData": "correlation_data",
+    "UserProperty": "user_properties",
+    "SubscriptionIdentifier": "subscription_identifier",
+    "TopicAlias": "topic_alias",
+}
+_PROPS_BACK = {v: k for k, v in _PROPS.items()}
+
+
+def properties_to_dict(props: Any) -> dict[str, Any]:
+    if props is None:
+        return {}
+    out: dict[str, Any] = {}
+    for attr, key in _PROPS.items():
+        if hasattr(props, attr):
+            value = getattr(props, attr)
+            if key == "user_properties":
+                value = [tuple(pair) for pair in value]
+            out[key] = value
+    return out
+
+
+def dict_to_properties(values: dict[str, Any] | None) -> Properties | None:
+    if not values:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    for key, value in values.items():
+        attr = _PROPS_BACK.get(key)
+        if attr is None or key in ("subscription_identifier", "topic_alias"):
+            raise ValueError(f"unknown or read-only MQTT 5 property {key!r} (known: {', '.join(sorted(_PROPS_BACK))})")
+        if key == "user_properties":
+            value = [tuple(p) for p in value]
+        setattr(props, attr, value)
+    return props
+
+
+class _Client(paho.Client):
+    """paho's Client with the QoS 2 PUBREC held back until ``ack()`` (see the module docstring)."""
+
+    _defer_pubrec = False
+    _deferred_mid = -1
+
+    def _send_pubrec(self, mid: int) -> MQTTErrorCode:
+        if self._defer_pubrec:
+            self._deferred_mid = mid
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._send_pubrec(mid)
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        qos = (self._in_packet["command"] & 0x06) >> 1
+        if qos != 2 or not self._manual_ack:
+            return super()._handle_publish()
+        self._defer_pubrec, self._deferred_mid = True, -1
+        try:
+            rc = super()._handle_publish()
+        finally:
+            self._defer_pubrec = False
+        with self._in_message_mutex:
+            message = self._in_messages.pop(self._deferred_mid, None)
+        if message is not None:
+            self._handle_on_message(message)
+        return rc
+
+    def _handle_pubrel(self) -> MQTTErrorCode:
+        if not self._manual_ack:
+            return super()._handle_pubrel()
+        (mid,) = struct.unpack("!H", bytes(self._in_packet["packet"][:2]))
+        return self._send_pubcomp(mid)
+
+    def ack(self, mid: int, qos: int) -> MQTTErrorCode:
+        if self._manual_ack and qos == 2:
+            return super()._send_pubrec(mid)
+        return super().ack(mid, qos)
+
+
+class ClientMode:
+    """Connects, subscribes, reads with backpressure, acknowledges, reconnects."""
+
+    def __init__(self, adapter: MqttAdapter) -> None:
+        self.adapter = adapter
+        self.config = cfg = adapter.config
+        self.context = adapter.context
+        self.log = adapter.context.log
+        self.broker = broker_url(cfg.url)
+        self.client_id = cfg.client_id or f"asgi-gateway-{socket.gethostname()}-{os.getpid()}-{next(_ids)}"
+        self.persistent = cfg.persistent
+        self.v5 = cfg.protocol == "5"
+        self.dispatcher = Dispatcher(self.context, adapter.send_for, self._resume)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.client: _Client | None = None
+        self.generation = 0
+        self.inflight: dict[int, int] = {}  # mid -> connection generation, QoS>0 messages being handled
+        self.acked_offline: set[int] = set()  # handled while disconnected: ack when redelivered
+        self.paused = False
+        self.stopping = False
+        self.connected = False
+        self._sock: Any = None
+        self._loop_thread = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._redeliver_handle: asyncio.TimerHandle | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._pub_waiters: dict[int, asyncio.Future[None]] = {}
+        self._sub_mid: dict[int, list[str]] = {}
+        self._subscriptions = adapter.subscriptions()
+        self._backoff = cfg.reconnect.min_delay
+
+    # -- start / stop ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        kwargs: dict[str, Any] = {"client_id": self.client_id, "manual_ack": True}
+        if self.v5:
+            kwargs["protocol"] = paho.MQTTv5
+        else:
+            kwargs["protocol"] = paho.MQTTv311
+            kwargs["clean_session"] = not self.persistent
+        client = self.client = _Client(CallbackAPIVersion.VERSION2, **kwargs)
+        client.suppress_exceptions = True
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.max_queued_messages_set(0)
+        username = cfg.username if cfg.username is not None else self.broker.username
+        password = cfg.password if cfg.password is not None else self.broker.password
+        if username is not None:
+            client.username_pw_set(username, password)
+        if self.broker.tls or cfg.tls is not None:
+            tls = cfg.tls
+            context = ssl.create_default_context(cafile=tls.ca_file if tls else None)
+            if tls and tls.cert_file:
+                context.load_cert_chain(tls.cert_file, tls.key_file)
+            if tls and tls.insecure:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            client.tls_set_context(context)
+        self._ready = self.loop.create_future()
+        connect_kwargs: dict[str, Any] = {}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry if self.persistent else 0
+            connect_kwargs = {"clean_start": not self.persistent, "properties": props}
+        try:
+            await self.loop.run_in_executor(
+                None, lambda: client.connect(self.broker.host, self.broker.port, cfg.keepalive, **connect_kwargs)
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"mqtt: cannot connect to the broker at {self.broker}: {exc}") from exc
+        self._spawn(self._misc_loop())
+        try:
+            async with asyncio.timeout(15):
+                await self._ready
+        except TimeoutError:
+            raise StartupError(f"mqtt: the broker at {self.broker} did not answer CONNECT/SUBSCRIBE within 15 s") from None
+
+    async def stop(self, drain: float) -> None:
+        self.stopping = True
+        if self._redeliver_handle is not None:
+            self._redeliver_handle.cancel()
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        await self.dispatcher.drain(drain)
+        client = self.client
+        if client is not None and self.connected:
+            deadline = time.monotonic() + 2
+            while client.want_write() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            client.disconnect()
+            deadline = time.monotonic() + 2
+            while client.socket() is not None and time.monotonic() < deadline:
+                client.loop_write()
+                if client.socket() is not None:
+                    await asyncio.sleep(0.01)
+        if client is not None and client.socket() is not None:
+            client._sock_close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fut in self._pub_waiters.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("the mqtt adapter stopped before the broker acknowledged the publish"))
+        self._pub_waiters.clear()
+
+    @property
+    def addresses(self) -> list[str]:
+        return [str(self.broker)]
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        assert self.loop is not None
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- socket plumbing ---------------------------------------------------------------------
+    def _in_loop(self, fn: Any) -> None:
+        assert self.loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn()
+        else:
+            self.loop.call_soon_threadsafe(fn)
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        try:  # acknowledgements and replies are small packets: do not let Nagle hold them back
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass
+
+        def register() -> None:
+            if sock.fileno() == -1:
+                return
+            self._sock = sock
+            if not self.paused:
+                self.loop.add_reader(sock, self._on_readable)  # type: ignore[union-attr]
+        self._in_loop(register)
+
+    def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
+        def unregister() -> None:
+            if self._sock is sock:
+                self._sock = None
+            try:
+                self.loop.remove_reader(sock)  # type: ignore[union-attr]
+                self.loop.remove_writer(sock)  # type: ignore[union-attr]
+            except (ValueError, OSError):
+                pass
+        # must run before paho closes the fd, so never deferred when we are in the loop thread
+        self._in_loop(unregister)
+
+    def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        def register() -> None:
+            if sock.fileno() != -1:
+                self.loop.add_writer(sock, self._on_writable)  # type: ignore[union-attr]
+        self._in_loop(register)
+
+    def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
+        def unregister() -> None:
+            if sock.fileno() != -1:
+                self.loop.remove_writer(sock)  # type: ignore[union-attr]
+        self._in_loop(unregister)
+
+    def _on_readable(self) -> None:
+        """Read what is there: up to ``_READ_BATCH`` packets per wake-up (paho's ``loop_read``
+        stops after one), never past the moment a full lane pauses reading."""
+        client = self.client
+        assert client is not None
+        for _ in range(_READ_BATCH):
+            if self.paused or client._sock is None:
+                return
+            rc = client._packet_read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                sock = client._sock
+                # TLS: bytes already decrypted inside the SSL object do not make the fd readable again
+                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                    return
+            elif rc > 0:
+                client._loop_rc_handle(rc)
+                return
+        sock = client._sock
+        if sock is not None and not self.paused and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            self.loop.call_soon(self._on_readable)  # type: ignore[union-attr]  # decrypted bytes wait in the SSL object
+
+    def _on_writable(self) -> None:
+        assert self.client is not None
+        self.client.loop_write()
+
+    def _pause(self) -> None:
+        if not self.paused:
+            self.paused = True
+            if self._sock is not None:
+                self.loop.remove_reader(self._sock)  # type: ignore[union-attr]
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self._sock is not None and self._sock.fileno() != -1:
+                self.loop.add_reader(self._sock, self._on_readable)  # type: ignore[union-attr]
+                self.loop.call_soon(self._maybe_read)  # type: ignore[union-attr]
+
+    def _maybe_read(self) -> None:
+        sock = self._sock
+        if sock is not None and not self.paused and isinstance(sock, ssl.SSLSocket) and sock.pending():
+            self._on_readable()
+
+    async def _misc_loop(self) -> None:
+        client = self.client
+        assert client is not None
+        while True:
+            await asyncio.sleep(1.0)
+            if client.socket() is None:
+                continue
+            # while paused for backpressure, still read when a PINGRESP is due, or paho would
+            # declare the connection dead after `keepalive` seconds of a slow consumer
+            if self.paused and client._ping_t > 0:
+                client.loop_read()
+            client.loop_misc()
+
+    # -- paho callbacks (all in the event-loop thread) ------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.log.error("mqtt.connect_refused", broker=str(self.broker), reason=str(reason))
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(StartupError(f"mqtt: the broker at {self.broker} refused the connection: {reason}"))
+            return
+        self.connected = True
+        self._backoff = self.config.reconnect.min_delay
+        self.context.health.set("adapter.mqtt.broker", "ok", str(self.broker))
+        self.log.info(
+            "mqtt.connected", broker=str(self.broker), client_id=self.client_id,
+            session_present=bool(getattr(flags, "session_present", False)), persistent=self.persistent,
+        )
+        if not self._subscriptions:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        topics = [(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in self._subscriptions]
+        rc, mid = client.subscribe(topics)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._sub_mid[mid] = [f for f, _ in self._subscriptions]
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
+        filters = self._sub_mid.pop(mid, [])
+        refused = [f for f, r in zip(filters, reasons) if r.is_failure]
+        if refused:
+            msg = f"mqtt: the broker at {self.broker} refused the subscription to {', '.join(refused)}"
+            self.log.error("mqtt.subscribe_refused", broker=str(self.broker), filters=refused)
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(StartupError(msg))
+            return
+        self.log.debug("mqtt.subscribed", filters=filters)
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        was = self.connected
+        self.connected = False
+        self.generation += 1
+        if not self.persistent:
+            self.inflight.clear()  # a clean session forgets them; their mids will mean other messages
+        # messages still waiting in a full lane stay there and run; their acks go to the resumed
+        # session (persistent) or are skipped (clean session)
+        if self.stopping:
+            return
+        self.context.health.set("adapter.mqtt.broker", "degraded", f"disconnected from {self.broker}")
+        if was:
+            self.log.warning("mqtt.disconnected", broker=str(self.broker), reason=str(reason))
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = self._spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        assert self.loop is not None and self.client is not None
+        while not self.stopping:
+            delay = self._backoff
+            self._backoff = min(self._backoff * 2, self.config.reconnect.max_delay)
+            await asyncio.sleep(delay)
+            try:
+                await self.loop.run_in_executor(None, self.client.reconnect)
+                return
+            except (OSError, ssl.SSLError) as exc:
+                self.log.warning("mqtt.reconnect_failed", broker=str(self.broker), error=str(exc), retry_in=self._backoff)
+
+    def _on_message(self, client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self.stopping:
+            return  # not acknowledged: the broker hands it to the next session
+        qos, mid = msg.qos, msg.mid
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self.dispatcher.count("invalid")
+            self.log.warning("mqtt.invalid_topic", topic=repr(msg._topic), why="not valid UTF-8; refused")
+            self._ack(mid, qos)
+            return
+        if qos and mid in self.acked_offline:
+            self.acked_offline.discard(mid)
+            self._ack(mid, qos)
+            return
+        if qos and self.persistent and mid in self.inflight:
+            self.dispatcher.count("duplicate")
+            self.log.debug("mqtt.redelivered_in_flight", topic=topic, mid=mid)
+            return
+        payload = msg.payload
+        if len(payload) > self.config.max_payload:
+            self.dispatcher.count("oversized")
+            self.log.warning(
+                "mqtt.payload_too_large", topic=topic, size=len(payload), max_payload=self.config.max_payload,
+                why="refused (acknowledged and dropped so it is not redelivered forever)",
+            )
+            self._ack(mid, qos)
+            return
+        props = properties_to_dict(msg.properties) if self.v5 else {}
+        scope = self.adapter.scope(topic, qos, msg.retain, client_id=None, username=None, broker=str(self.broker), properties=props)
+        event = message_event(topic, payload, qos, msg.retain, bool(msg.dup), props)
+        generation = self.generation
+        if qos:
+            self.inflight[mid] = generation
+        self.dispatcher.submit(scope, event, lambda ok: self._done(mid, qos, generation, ok))
+        if self.dispatcher.backlog:
+            self._pause()
+
+    def _done(self, mid: int, qos: int, generation: int, ok: bool) -> None:
+        if not qos:
+            return
+        if self.inflight.get(mid) == generation:
+            del self.inflight[mid]
+        if not ok:
+            self._schedule_redelivery()
+            return
+        if generation != self.generation and not self.persistent:
+            return  # a clean session forgot the message; this mid may mean another one now
+        if self.connected:
+            self._ack(mid, qos)
+        else:
+            self.acked_offline.add(mid)
+
+    def _ack(self, mid: int, qos: int) -> None:
+        if qos and self.client is not None:
+            self.client.ack(mid, qos)
+
+    def _schedule_redelivery(self) -> None:
+        if not self.persistent:
+            self.log.warning(
+                "mqtt.no_redelivery",
+                why="clean session: a failed message is redelivered only if the connection drops before the broker gives up; "
+                "set client_id for a persistent session",
+            )
+            return
+        if self._redeliver_handle is None and not self.stopping:
+            assert self.loop is not None
+            self._redeliver_handle = self.loop.call_later(self.config.redeliver_after, self._redeliver)
+
+    def _redeliver(self) -> None:
+        self._redeliver_handle = None
+        if self.stopping or not self.connected or self.client is None:
+            return
+        self.log.info("mqtt.reconnect_for_redelivery", why="messages were left unacknowledged by failed instances")
+        self._backoff = 0.05
+        client = self.client
+        # drop the TCP connection without DISCONNECT semantics that could end the session
+        client._sock_close()
+        client._state = paho._ConnectionState.MQTT_CS_CONNECTION_LOST
+        client._do_on_disconnect(packet_from_broker=False, v1_rc=MQTTErrorCode.MQTT_ERR_CONN_LOST)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        fut = self._pub_waiters.pop(mid, None)
+        if fut is None or fut.done():
+            return
+        if reason is not None and getattr(reason, "is_failure", False):
+            fut.set_exception(ConnectionError(f"the broker refused the publish: {reason}"))
+        else:
+            fut.set_result(None)
+
+    # -- outbound -----------------------------------------------------------------------------
+    async def publish(self, out: Outgoing, wait: bool) -> None:
+        client = self.client
+        if client is None or self.stopping:
+            raise ConnectionError("the mqtt adapter is not running")
+        info = client.publish(out.topic, out.payload, out.qos, out.retain, properties=dict_to_properties(out.properties) if self.v5 else None)
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            raise ConnectionError(f"not connected to the broker at {self.broker}: QoS 0 message to {out.topic!r} not sent")
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
+            raise ConnectionError(f"publish to {out.topic!r} failed: {paho.error_string(info.rc)}")
+        if wait and out.qos > 0 and not info.is_published():
+            assert self.loop is not None
+            fut = self._pub_waiters[info.mid] = self.loop.create_future()
+            await fut
