@@ -1,0 +1,205 @@
+"""Raw message bytes -> the parsed form applications receive (stdlib ``email``, modern policy).
+
+Parsing never raises: malformed MIME, invalid or 8-bit headers and broken encodings end up as
+best-effort values plus a list of ``defects`` (texts), so one odd message never turns into a
+failure the sender would retry forever.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+import email.utils
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+_PARSER = BytesParser(policy=email.policy.default)
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
+def _text(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a header the policy cannot render
+        return ""
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _simple(value: str) -> bool:
+    """Plain ASCII with no encoded words: the raw text is already the decoded text."""
+    return value.isascii() and "=?" not in value
+
+
+def _decode(msg: EmailMessage, name: str, value: Any, defects: list[str]) -> str:
+    if isinstance(value, str) and _simple(value):
+        return _FOLD.sub("", value).strip()
+    try:
+        return _text(msg.policy.header_fetch_parse(name, value))
+    except Exception as exc:  # noqa: BLE001
+        defects.append(f"header {name}: {type(exc).__name__}: {exc}")
+        return _text(value)
+
+
+_ADDR = re.compile(r"\s*(?:([^<>@,]*?)\s*<([^<>\s@,]+@[^<>\s@,]+)>|([^<>\s@,]+@[^<>\s@,]+))\s*")
+_HARD = re.compile(r'["()\\:;]')
+
+
+def _plain_addresses(value: str) -> list[tuple[str, str]]:
+    """``getaddresses`` for the common simple forms (``a@b``, ``Name <a@b>``, comma-separated);
+    anything with quotes, comments, groups or escapes goes to the stdlib parser."""
+    if not _HARD.search(value):
+        out = []
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            m = _ADDR.fullmatch(item)
+            if m is None:
+                break
+            out.append((m.group(1) or "", m.group(2) or m.group(3)))
+        else:
+            return out
+    return email.utils.getaddresses([value])
+
+
+def _addresses(msg: EmailMessage, name: str, defects: list[str]) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    lname = name.lower()
+    for hname, raw in msg._headers:  # noqa: SLF001
+        if hname.lower() != lname:
+            continue
+        if isinstance(raw, str) and _simple(raw):
+            pairs = _plain_addresses(_FOLD.sub("", raw))
+            out.extend({"name": d, "address": a} for d, a in pairs if a)
+            continue
+        try:
+            value = msg.policy.header_fetch_parse(hname, raw)
+        except Exception as exc:  # noqa: BLE001
+            defects.append(f"header {name}: {type(exc).__name__}: {exc}")
+            continue
+        addresses = getattr(value, "addresses", None)
+        if addresses is not None:
+            out.extend({"name": a.display_name or "", "address": a.addr_spec or ""} for a in addresses)
+        else:
+            out.extend({"name": d, "address": a} for d, a in email.utils.getaddresses([_text(value)]) if a)
+    return out
+
+
+def _payload_text(part: EmailMessage, defects: list[str]) -> str:
+    try:
+        return part.get_content()
+    except Exception as exc:  # noqa: BLE001 - unknown charset, broken encoding
+        defects.append(f"{part.get_content_type()} body: {type(exc).__name__}: {exc}")
+        raw = part.get_payload(decode=True) or b""
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+
+
+def _utf8_headers(msg: EmailMessage) -> None:
+    """Raw 8-bit header bytes (RFC 6532 UTF-8, or just broken) arrive surrogate-escaped:
+    decode them as UTF-8 (invalid bytes become U+FFFD) so names and subjects read right."""
+    for part in msg.walk():
+        fixed = []
+        for name, value in part._headers:  # noqa: SLF001
+            if isinstance(value, str) and _SURROGATES.search(value):
+                value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
+            fixed.append((name, value))
+        part._headers = fixed  # noqa: SLF001
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    """``BytesParser(policy=default).parsebytes(raw)``, with a shortcut for single-part messages:
+    the feed parser walks the body line by line, which dominates for large messages, while a
+    non-multipart body needs no parsing at all."""
+    sep = raw.find(b"\r\n\r\n")
+    if sep > 0 and b"\n\n" not in raw[:sep]:
+        head = _PARSER.parsebytes(raw[: sep + 4], headersonly=True)
+        if not head.defects and head.get_content_maintype() != "multipart" and not head.get_payload():
+            head.set_payload(raw[sep + 4:].decode("ascii", "surrogateescape"))
+            return head  # type: ignore[return-value]
+    return _PARSER.parsebytes(raw)  # type: ignore[return-value]
+
+
+def parse_message(raw: bytes) -> dict[str, Any]:
+    """The parsed form of ``raw`` (see docs/specs/email.md)."""
+    defects: list[str] = []
+    msg = _parse(raw)
+    _utf8_headers(msg)
+    headers: list[list[str]] = []
+    first: dict[str, str] = {}
+    for name, value in msg._headers:  # noqa: SLF001 - keep order and duplicates, never raise
+        text = _decode(msg, name, value, defects)
+        headers.append([name, text])
+        first.setdefault(name.lower(), text)
+
+    text_parts: list[str] = []
+    html_parts: list[str] = []
+    attachments: list[dict[str, Any]] = []
+    try:
+        parts = list(msg.walk())
+    except Exception as exc:  # noqa: BLE001
+        defects.append(f"MIME structure: {type(exc).__name__}: {exc}")
+        parts = [msg]
+    for part in parts:
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        disposition = part.get_content_disposition()
+        filename = None
+        try:
+            filename = part.get_filename()
+        except Exception as exc:  # noqa: BLE001
+            defects.append(f"attachment name: {type(exc).__name__}: {exc}")
+        if disposition != "attachment" and filename is None and ctype in ("text/plain", "text/html"):
+            (text_parts if ctype == "text/plain" else html_parts).append(_payload_text(part, defects))
+            continue
+        try:
+            content = part.get_payload(decode=True) or b""
+        except Exception as exc:  # noqa: BLE001
+            defects.append(f"attachment body: {type(exc).__name__}: {exc}")
+            content = b""
+        attachments.append({
+            "filename": filename,
+            "content_type": ctype,
+            "disposition": disposition or "attachment",
+            "content_id": _text(part.get("Content-ID")) if part.get("Content-ID") is not None else None,
+            "content": bytes(content) if not isinstance(content, bytes) else content,
+        })
+    for part in parts:
+        for defect in getattr(part, "defects", ()):
+            defects.append(f"{type(defect).__name__}: {defect}")
+
+    date_text = first.get("date")
+    date_iso = None
+    if date_text:
+        try:
+            date_iso = email.utils.parsedate_to_datetime(date_text).isoformat()
+        except (TypeError, ValueError, IndexError):
+            defects.append(f"unparsable Date header {date_text!r}")
+    references_text = first.get("references") or ""
+    from_list = _addresses(msg, "From", defects)
+    return {
+        "message_id": first.get("message-id"),
+        "from": from_list[0] if from_list else None,
+        "to": _addresses(msg, "To", defects),
+        "cc": _addresses(msg, "Cc", defects),
+        "reply_to": _addresses(msg, "Reply-To", defects),
+        "subject": first.get("subject"),
+        "date": date_iso,
+        "in_reply_to": first.get("in-reply-to"),
+        "references": references_text.split(),
+        "headers": headers,
+        "text": "\n".join(text_parts) if text_parts else None,
+        "html": "\n".join(html_parts) if html_parts else None,
+        "attachments": attachments,
+        "defects": defects,
+    }
+
+
+def scope_headers(parsed: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+    """ASGI-style ``(lowercase name, value)`` byte pairs of the decoded headers, for the scope."""
+    return [
+        (name.lower().encode("utf-8", "replace"), value.encode("utf-8", "replace"))
+        for name, value in parsed["headers"]
+    ]

@@ -1,0 +1,342 @@
+"""The SMTP listener (aiosmtpd): recipients routed at RCPT, messages handed to applications at DATA.
+
+The replies tell the truth:
+
+* RCPT: ``550 5.1.1`` when no route accepts the recipient (never an open relay),
+  ``550 5.7.1`` for a domain outside ``smtp.domains``, ``452 4.5.3`` past ``max_recipients``;
+* DATA: ``250`` only after every routed instance returned normally; ``451 4.3.0`` when one raised
+  or timed out; the code and reason of an ``email.reject`` the application sent; ``550 5.6.0``
+  for NUL bytes / bare LF (by config); ``552`` over the size limit (aiosmtpd, also ``SIZE=``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from gateway.apps import import_string
+
+from .parse import parse_message, scope_headers
+
+if TYPE_CHECKING:
+    from .adapter import EmailAdapter
+    from .config import SmtpConfig
+
+ASGI = {"version": "3.0", "spec_version": "1.0"}
+_PARSE_IN_THREAD = 256 * 1024
+
+
+def reply_text(code: int, reason: str | None, default: str) -> str:
+    """An SMTP reply line from an application's code and reason (one line, no control characters)."""
+    text = " ".join((reason or default).split())
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)[:400]
+    if not text:
+        text = default
+    return f"{code} {text}"
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's protocol with separate command/data timeouts, a ``421`` on timeout and session accounting."""
+
+    def __init__(self, handler: SmtpHandler, *, data_timeout: float, on_close: Callable[[GatewaySMTP], None], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._data_timeout = data_timeout
+        self._on_close = on_close
+        self.busy = False  # True while applications run for a message
+
+    # aiosmtpd calls the authenticator synchronously; ours returns a coroutine (async hooks).
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        result = await super().auth_PLAIN(_, args)
+        return await result if inspect.isawaitable(result) else result
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        result = await super().auth_LOGIN(_, args)
+        return await result if inspect.isawaitable(result) else result
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self._data_timeout)  # the next command sets the command timeout again
+        await super().smtp_DATA(arg)
+
+    def _timeout_cb(self) -> None:
+        if self.busy:
+            return  # the applications are working; the handler re-arms the timer
+        try:
+            self._writer.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
+        except Exception:  # noqa: BLE001 - the transport may be gone already
+            pass
+        super()._timeout_cb()
+
+    def pause_timeout(self) -> None:
+        self.busy = True
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+
+    def resume_timeout(self) -> None:
+        self.busy = False
+        if self.transport is not None:
+            self._reset_timeout()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        try:
+            super().connection_lost(error)
+        finally:
+            self._on_close(self)
+
+
+class _Busy(asyncio.Protocol):
+    """What a client over ``max_sessions`` gets: a 421 greeting and a closed connection."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"421 4.3.2 {self.hostname} Too many connections, try again later\r\n".encode())
+        transport.close()
+
+
+class SmtpHandler:
+    """aiosmtpd handler hooks: routing at RCPT, running the applications at DATA."""
+
+    def __init__(self, adapter: EmailAdapter, config: SmtpConfig) -> None:
+        self.adapter = adapter
+        self.context = adapter.context
+        self.config = config
+        self.log = adapter.context.log
+        self.domains = set(config.domains)
+        self._replies = adapter.context.metrics.counter(
+            "gateway_email_smtp_replies_total",
+            "SMTP replies that decide a recipient or a message: RCPT refusals and DATA replies, by stage and code.",
+            ("stage", "code"),
+        )
+        self._children: dict[tuple[str, str], Any] = {}
+
+    def count(self, stage: str, reply: str) -> str:
+        key = (stage, reply[:3])
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._replies.labels(*key)
+        child.inc()
+        return reply
+
+    # -- EHLO: no AUTH line when no accounts are configured --------------------------------
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if not self.adapter.auth_enabled:
+            responses = [r for r in responses if not r[4:].startswith("AUTH")]
+        # aiosmtpd reads commands one line at a time, so pipelined commands work: say so.
+        responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]) -> str:
+        if self.config.auth_required and not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    def base_scope(self, server: SMTP, session: Session, envelope: Envelope) -> dict[str, Any]:
+        mail_from = envelope.mail_from or ""
+        if mail_from == "<>":
+            mail_from = ""
+        transport = server.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        peer = session.peer
+        return {
+            "type": "email",
+            "asgi": ASGI,
+            "source": "smtp",
+            "mail_from": mail_from,
+            "rcpt_to": None,
+            "recipients": list(envelope.rcpt_tos),
+            "client": [peer[0], peer[1]] if isinstance(peer, tuple) else None,
+            "server": [sockname[0], sockname[1]] if isinstance(sockname, tuple) else None,
+            "helo": session.host_name,
+            "tls": session.ssl is not None,
+            "auth_user": session.auth_data if session.authenticated else None,
+            "smtputf8": bool(envelope.smtp_utf8),
+            "headers": None,
+        }
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.config.max_recipients:
+            return self.count("rcpt", "452 4.5.3 Error: too many recipients")
+        domain = address.rpartition("@")[2].lower()
+        if self.domains and domain not in self.domains:
+            return self.count("rcpt", f"550 5.7.1 <{address}>: relay access denied")
+        scope = self.base_scope(server, session, envelope)
+        scope["rcpt_to"] = address
+        if self.context.resolve(scope) is None:
+            return self.count("rcpt", f"550 5.1.1 <{address}>: recipient address rejected: no route accepts it")
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        assert isinstance(server, GatewaySMTP)
+        server.pause_timeout()
+        try:
+            return self.count("data", await self._data(server, session, envelope))
+        finally:
+            server.resume_timeout()
+
+    async def _data(self, server: GatewaySMTP, session: Session, envelope: Envelope) -> str:
+        raw: bytes = envelope.original_content or b""
+        lmtp = self.config.lmtp_replies
+
+        def every(reply: str) -> str:  # LMTP: one reply line per recipient
+            return "\r\n".join([reply] * len(envelope.rcpt_tos)) if lmtp else reply
+
+        if self.config.reject_nul and b"\x00" in raw:
+            return every("550 5.6.0 Message contains NUL characters")
+        if self.config.bare_lf == "reject" and raw.count(b"\n") != raw.count(b"\r\n"):
+            return every("550 5.6.0 Message contains bare LF line endings (use CRLF)")
+        if len(raw) > _PARSE_IN_THREAD:
+            parsed = await asyncio.to_thread(parse_message, raw)
+        else:
+            parsed = parse_message(raw)
+        base = self.base_scope(server, session, envelope)
+        base["headers"] = scope_headers(parsed)
+        base["message_id"] = parsed["message_id"]
+        event = {"type": "email.message", "raw": raw, "message": parsed}
+        jobs = []
+        unroutable: dict[int, str] = {}
+        for i, rcpt in enumerate(envelope.rcpt_tos):
+            scope = dict(base)
+            scope["rcpt_to"] = rcpt
+            match = self.context.resolve(scope)
+            if match is None:
+                # A header matcher said "may match" at RCPT but the headers do not.
+                refusal = f"550 5.7.1 <{rcpt}>: no route accepts this message"
+                if not lmtp:
+                    return refusal  # one reply for all recipients: refuse before anything runs
+                unroutable[i] = refusal
+                continue
+            jobs.append((rcpt, match, scope))
+        # Shielded: a client that hangs up after its final dot does not cancel the applications
+        # (it will retry, as it never saw the 250); a gateway shutdown still cancels them.
+        replies = await self.adapter.run_shielded([(m, s) for _, m, s in jobs], event) if jobs else []
+        if lmtp:
+            ran = iter(replies)
+            return "\r\n".join(unroutable[i] if i in unroutable else next(ran) for i in range(len(envelope.rcpt_tos)))
+        failed = [r for r in replies if r.startswith("451 4.3.0")]
+        if failed:
+            return failed[0]
+        refused = [r for r in replies if not r.startswith("2")]
+        if refused:
+            return refused[0]
+        return "250 2.0.0 OK: message accepted"
+
+
+class SmtpServer:
+    """Owns the listening socket and the live sessions."""
+
+    def __init__(self, adapter: EmailAdapter, config: SmtpConfig, tls_context: ssl.SSLContext | None) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.handler = SmtpHandler(adapter, config)
+        self.tls_context = tls_context
+        self.sessions: set[GatewaySMTP] = set()
+        self.server: asyncio.base_events.Server | None = None
+        self.hostname = config.hostname
+        self.authenticator = self._make_authenticator()
+
+    def _make_authenticator(self) -> Callable[..., AuthResult] | None:
+        if not self.adapter.auth_enabled:
+            return None
+        users = {u.username: u.password for u in self.config.auth_users}
+        hook = import_string(self.config.auth_hook) if self.config.auth_hook else None
+
+        async def check(user: str, password: str) -> AuthResult:
+            if user in users:
+                ok = users[user] == password
+            elif hook is not None:
+                try:
+                    ok = hook(user, password)
+                    if inspect.isawaitable(ok):
+                        ok = await ok
+                    ok = bool(ok)
+                except Exception as exc:  # noqa: BLE001 - a failing hook refuses the login
+                    self.adapter.context.log.error("smtp.auth_hook_failed", error=f"{type(exc).__name__}: {exc}")
+                    ok = False
+            else:
+                ok = False
+            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+
+        def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> Any:
+            if not isinstance(data, LoginPassword):
+                return AuthResult(success=False, handled=False)
+            # a coroutine: GatewaySMTP.auth_PLAIN/auth_LOGIN await it (the hook may be async)
+            return check(data.login.decode("utf-8", "replace"), data.password.decode("utf-8", "replace"))
+
+        return authenticate
+
+    def _protocol(self) -> asyncio.Protocol:
+        hostname = self.hostname or "localhost"
+        if len(self.sessions) >= self.config.max_sessions:
+            return _Busy(hostname)
+        cfg = self.config
+        proto = GatewaySMTP(
+            self.handler,
+            data_timeout=cfg.data_timeout,
+            on_close=self.sessions.discard,
+            data_size_limit=cfg.max_message_size or None,
+            enable_SMTPUTF8=cfg.smtputf8,
+            decode_data=False,
+            hostname=self.hostname,
+            ident="asgi-gateway ESMTP",
+            tls_context=self.tls_context,
+            require_starttls=cfg.require_starttls,
+            timeout=cfg.command_timeout,
+            auth_required=False,  # enforced in handle_MAIL with an RFC 4954 reply
+            auth_require_tls=True,
+            authenticator=self.authenticator,
+            auth_exclude_mechanism=None if self.adapter.auth_enabled else ["LOGIN", "PLAIN"],
+            loop=asyncio.get_running_loop(),
+        )
+        self.sessions.add(proto)
+        return proto
+
+    async def start(self, host: str, port: int) -> None:
+        if self.hostname is None:
+            import socket
+
+            self.hostname = await asyncio.to_thread(socket.getfqdn)
+        self.server = await asyncio.get_running_loop().create_server(self._protocol, host, port)
+
+    @property
+    def addresses(self) -> list[str]:
+        if self.server is None:
+            return []
+        out = []
+        for sock in self.server.sockets:
+            host, port = sock.getsockname()[:2]
+            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        return out
+
+    async def stop(self, drain: float) -> None:
+        if self.server is not None:
+            self.server.close()
+        deadline = time.monotonic() + drain
+        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            transport = session.transport
+            if transport is not None and not session.busy:
+                try:
+                    session._writer.write(b"421 4.3.2 Service shutting down\r\n")  # noqa: SLF001
+                except Exception:  # noqa: BLE001
+                    pass
+                transport.close()
+        if self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+            except TimeoutError:
+                pass
+            self.server = None
