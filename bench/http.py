@@ -1,0 +1,113 @@
+"""HTTP speed: the gateway vs uvicorn (httptools + uvloop) vs Daphne, same app, same run.
+
+    .venv/bin/python bench/http.py [--seconds 5] [--servers gateway,uvicorn,daphne]
+
+Measures with wrk: hello-world requests/s at 64 connections, and 1 MiB streaming upload and
+download throughput. Prints each figure with its ratio to uvicorn.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the stdlib package `http`: take its folder off sys.path before anything
+# imports `http.client` and would get this script instead.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import importlib.util
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def _load_common():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_common", os.path.join(_HERE, "_common.py"))
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules["bench_common"] = module
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+common = _load_common()
+
+MiB = 1024 * 1024
+LAST_CPU: list[float | None] = [None]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: float, connections: int, script: str | None = None, threads: int = 1, pid: int | None = None) -> float:
+    """Requests per second reported by wrk (non-2xx responses count as failure).
+
+    With ``pid``, also records in ``LAST_CPU`` the server's CPU microseconds per request: a figure
+    that, unlike req/s, barely moves when other work shares the machine."""
+    args = [common.require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    if script:
+        args += ["-s", script]
+    before = cpu_seconds(pid) if pid else 0.0
+    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=seconds + 60, check=False).stdout
+    if pid:
+        done = re.search(r"(\d+) requests in", out)
+        LAST_CPU[0] = (cpu_seconds(pid) - before) / int(done.group(1)) * 1e6 if done and int(done.group(1)) else None
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw error responses:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"cannot read wrk output:\n{out}")
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (default 5)")
+    parser.add_argument("--servers", default=",".join(common.SERVERS), help="comma-separated subset to run")
+    args = parser.parse_args()
+    common.require_wrk()
+    common.raise_fd_limit()
+    servers = [s for s in args.servers.split(",") if s]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-http-"))
+    upload = tmp / "upload.lua"
+    upload.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.body = string.rep("u", {MiB})\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+    hello: dict[str, float | None] = {}
+    cpu: dict[str, float | None] = {}
+    up: dict[str, float | None] = {}
+    down: dict[str, float | None] = {}
+    for server in servers:
+        print(f"-- {server}", file=sys.stderr, flush=True)
+        try:
+            with common.running(server) as (port, proc):
+                base = f"http://127.0.0.1:{port}"
+                wrk(base + "/", 1, 64)  # warm-up
+                hello[server] = wrk(base + "/", args.seconds, 64, pid=proc.pid)
+                cpu[server] = LAST_CPU[0]
+                up[server] = wrk(base + "/upload", args.seconds, 8, str(upload)) * MiB / MiB
+                down[server] = wrk(base + "/download", args.seconds, 8) * MiB / MiB
+        except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
+            print(f"   {server} failed: {exc}", file=sys.stderr)
+    print(common.table(
+        f"HTTP (wrk, {args.seconds:g} s per figure; 1 client core + 1 server process on one machine)",
+        [
+            ("hello world, 64 connections", "req/s", hello),
+            ("  server CPU per hello request", "us", cpu),
+            ("1 MiB upload (streamed), 8 conns", "MiB/s", up),
+            ("1 MiB download (streamed), 8 conns", "MiB/s", down),
+        ],
+        {"req/s, MiB/s": True, "us": False},
+    ))
+
+
+if __name__ == "__main__":
+    main()
