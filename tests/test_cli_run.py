@@ -1,0 +1,129 @@
+"""`gateway run` as a real process: start-up, serving, SIGTERM drain, a second signal, port taken."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .gateway_helpers import ROOT
+
+TESTS = Path(__file__).resolve().parent
+
+
+class Proc:
+    """A `gateway run` subprocess whose JSON log lines we can wait for."""
+
+    def __init__(self, config: Path, *extra: str) -> None:
+        env = {**os.environ, "PYTHONPATH": str(TESTS)}
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config), "--log-format", "json", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        )
+        self.lines: list[str] = []
+
+    def wait_for(self, event: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        assert self.p.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.p.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == event:
+                return record
+        raise AssertionError(f"{event!r} not logged; output so far:\n{''.join(self.lines)}")
+
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        out, _ = self.p.communicate(timeout=timeout)
+        return self.p.returncode, "".join(self.lines) + (out or "")
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.communicate()
+
+
+@pytest.fixture
+def proc_factory():
+    made: list[Proc] = []
+
+    def make(config: Path, *extra: str) -> Proc:
+        made.append(Proc(config, *extra))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.kill()
+
+
+def config_with(write, listen: str, routes: str, extra: str = "") -> Path:
+    return write("gw.yaml", f"""\
+adapters:
+  http: {{listen: "{listen}"}}
+routes:
+  http:
+{routes}
+{extra}""")
+
+
+def test_run_serves_then_stops_cleanly_on_sigterm(write, proc_factory):
+    cfg = config_with(write, "127.0.0.1:0", '    - {path: "/hi/<name>/", app: "testapps.basic:hello"}\n')
+    proc = proc_factory(cfg)
+    started = proc.wait_for("adapter.started")
+    address = started["addresses"][0]
+    r = httpx.get(f"http://{address}/hi/you/", timeout=10)
+    assert r.status_code == 200 and r.text == "hello {'name': 'you'}"
+    assert httpx.get(f"http://{address}/nowhere", timeout=10).status_code == 404
+    proc.p.send_signal(signal.SIGTERM)
+    code, output = proc.finish()
+    assert code == 0, output
+    assert '"gateway.stopped"' in output
+
+
+def test_second_signal_skips_the_drain(write, proc_factory):
+    cfg = config_with(write, "127.0.0.1:0", '    - {path: "/slow", app: "testapps.basic:slow"}\n', "shutdown: {drain_timeout: 600}\n")
+    proc = proc_factory(cfg)
+    address = proc.wait_for("adapter.started")["addresses"][0]
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")  # in flight for 30 s
+        time.sleep(0.3)
+        proc.p.send_signal(signal.SIGTERM)
+        proc.wait_for("gateway.stopping")
+        proc.p.send_signal(signal.SIGTERM)  # without this the drain would wait 600 s
+        code, output = proc.finish(timeout=30)
+    assert code == 0, output
+    assert "gateway.stop_now" in output
+
+
+def test_port_already_taken_is_named(write):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = config_with(write, f"127.0.0.1:{port}", '    - {path: "/", app: "testapps.basic:hello"}\n')
+        res = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(cfg)], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "PYTHONPATH": str(TESTS)})
+    assert res.returncode == 1
+    assert f"127.0.0.1:{port}" in res.stderr and "in use" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_invalid_config_exits_non_zero_before_listening(write):
+    cfg = write("bad.yaml", "adapters:\n  http: {listen: 'nonsense'}\n")
+    res = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    assert "adapters.http.listen" in res.stderr and ":2:" in res.stderr

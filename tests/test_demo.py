@@ -1,0 +1,112 @@
+"""The default config's demo, as a person uses it: two browser tabs in one chat room."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from playwright.async_api import async_playwright
+
+from gateway import Gateway
+
+from .gateway_helpers import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture
+async def gateway(monkeypatch):
+    for name in ("GATEWAY_HTTP_LISTEN", "GATEWAY_SMTP_LISTEN", "GATEWAY_MQTT_LISTEN"):
+        monkeypatch.setenv(name, "127.0.0.1:0")
+    async with Gateway.from_file(ROOT / "config" / "gateway.yaml") as gw:
+        yield gw
+
+
+@pytest.fixture
+def demo(gateway):
+    return gateway.addresses["http"][0]
+
+
+async def open_page(browser, address: str, room: str):
+    page = await browser.new_page()
+    await page.goto(f"http://{address}/?room={room}")
+    await page.wait_for_selector("#status.on", timeout=10_000)
+    return page
+
+
+async def test_default_config_serves_the_page_metrics_and_health(demo):
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and "asgi-gateway demo" in page.text
+        assert (await client.head("/")).content == b""
+        health = await client.get("/healthz")
+        assert health.json()["status"] == "ok"
+        metrics = await client.get("/metrics")
+        assert "gateway_instances_total" in metrics.text
+
+
+async def test_chat_between_two_browser_tabs(demo, tmp_path: Path):
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            alice = await open_page(browser, demo, "test")
+            bob = await open_page(browser, demo, "test")
+            await alice.fill("#name", "alice")
+            await alice.fill("#text", "hello bob")
+            await alice.click("button")
+            await bob.wait_for_selector("#log div:has-text('alice: hello bob')", timeout=10_000)
+            await alice.wait_for_selector("#log div:has-text('alice: hello bob')", timeout=10_000)
+            other = await open_page(browser, demo, "elsewhere")
+            await alice.fill("#text", "only for room test")
+            await alice.click("button")
+            await bob.wait_for_selector("#log div:has-text('only for room test')", timeout=10_000)
+            assert await other.locator("#log div").count() == 0  # other rooms hear nothing
+            await bob.screenshot(path=str(tmp_path / "bob.png"))
+        finally:
+            await browser.close()
+
+
+async def test_mail_to_support_shows_up_on_the_page(gateway, demo):
+    host, port = gateway.addresses["email"][0].rsplit(":", 1)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await open_page(browser, demo, "lobby")
+            message = EmailMessage()
+            message["From"], message["To"], message["Subject"] = "ann@example.org", "support@example.com", "printer on fire"
+            message.set_content("help")
+
+            def deliver() -> None:  # smtplib blocks: keep it off the gateway's event loop
+                with smtplib.SMTP(host, int(port), timeout=10) as smtp:
+                    assert smtp.send_message(message) == {}  # 250 only after the demo consumer returned
+                    with pytest.raises(smtplib.SMTPRecipientsRefused):  # nothing unrouted is accepted
+                        smtp.sendmail("ann@example.org", ["sales@example.com"], message.as_bytes())
+
+            await asyncio.to_thread(deliver)
+            await page.wait_for_selector("#log div.feed:has-text('[email] ann@example.org: printer on fire')", timeout=10_000)
+        finally:
+            await browser.close()
+
+
+async def test_mqtt_reading_shows_up_on_the_page(gateway, demo):
+    import paho.mqtt.publish as publish
+
+    broker = urlsplit(gateway.addresses["mqtt"][0])  # mqtt://127.0.0.1:PORT
+    host, port = broker.hostname, broker.port
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await open_page(browser, demo, "lobby")
+            await asyncio.to_thread(publish.single, "sensors/kitchen/temperature", "21.5", qos=1, hostname=host, port=int(port))
+            await page.wait_for_selector("#log div.feed:has-text('[mqtt] kitchen: 21.5 °C')", timeout=10_000)
+        finally:
+            await browser.close()

@@ -1,0 +1,254 @@
+"""IMAP ingestion against a real Dovecot started for the test on a free loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+import shutil
+
+import pytest
+
+import email_helpers as h
+from tls_helpers import self_signed
+
+pytestmark = [
+    pytest.mark.timeout(45),
+    pytest.mark.skipif(not h.dovecot_available(), reason="Dovecot (dovecot-imapd) is not installed"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    h.reset()
+    yield
+    h.reset()
+
+
+@pytest.fixture
+def dovecot():
+    server = h.Dovecot()
+    server.start()
+    yield server
+    server.stop()
+
+
+def config(d: h.Dovecot, mailbox: str = "", app: str = "email_helpers:ok") -> str:
+    if "poll_interval" not in mailbox:
+        mailbox += ", poll_interval: 0.2"
+    return f"""\
+adapters:
+  email:
+    imap:
+      - {{name: support, host: 127.0.0.1, port: {d.port}, tls: none, user: {d.user}, password: {d.password},
+         address: "support@example.com", reconnect_backoff: 0.1, timeout: 5{mailbox}}}
+routes:
+  email:
+    - {{to: "<team>@example.com", app: "{app}", name: team}}
+"""
+
+
+def message(subject: str, n: int = 1) -> bytes:
+    return (f"From: Customer <c{n}@example.org>\r\nTo: support@example.com\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject.replace(' ', '.')}@example.org>\r\n\r\nbody {n}\r\n").encode()
+
+
+def folder_state(d: h.Dovecot, folder: str) -> list[tuple[bytes, bytes]]:
+    """(flags, subject) of every message in ``folder``, read with imaplib."""
+    m = imaplib.IMAP4("127.0.0.1", d.port)
+    try:
+        m.login(d.user, d.password)
+        typ, count = m.select(f'"{folder}"')
+        if typ != "OK" or count[0] == b"0":
+            return []
+        typ, data = m.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        out = []
+        for item in data:
+            if isinstance(item, tuple):
+                out.append((item[0], item[1].strip()))
+        return out
+    finally:
+        m.logout()
+
+
+async def state(d, folder):
+    return await asyncio.to_thread(folder_state, d, folder)
+
+
+async def test_waiting_messages_are_routed_and_flagged_seen(dovecot):
+    dovecot.deliver(message("first", 1))
+    dovecot.deliver(message("second", 2))
+    async with h.email_gateway(config(dovecot)) as gw:
+        await h.eventually(lambda: len(h.RECEIVED) == 2, 10)
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: not poller.handled and poller.last_uid == 2, 5)
+        flags = await state(dovecot, "INBOX")
+    assert all(b"\\Seen" in f for f, _ in flags) and len(flags) == 2
+    scope, event = h.RECEIVED[0]
+    assert scope["source"] == "imap" and scope["mailbox"] == "support" and scope["folder"] == "INBOX"
+    assert scope["rcpt_to"] == "support@example.com" and scope["mail_from"] in ("sender@example.org", "c1@example.org")
+    assert scope["url_route"]["kwargs"] == {"team": "support"} and scope["route_name"] == "team"
+    assert scope["uid"] == 1 and isinstance(scope["uidvalidity"], int)
+    assert event["message"]["subject"] == "first" and event["raw"].endswith(b"body 1\r\n")
+
+
+async def test_idle_picks_up_new_mail_without_polling(dovecot):
+    # poll_interval is long: only IDLE can bring the new message in quickly
+    async with h.email_gateway(config(dovecot, ", idle: true, poll_interval: 20")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: poller.rounds >= 1, 10)
+        await asyncio.to_thread(dovecot.deliver, message("pushed"))
+        await h.eventually(lambda: len(h.RECEIVED) == 1, 5)
+    assert h.RECEIVED[0][1]["message"]["subject"] == "pushed"
+
+
+async def test_polling_when_idle_is_off(dovecot):
+    async with h.email_gateway(config(dovecot, ", idle: false")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: poller.rounds >= 1, 10)
+        await asyncio.to_thread(dovecot.deliver, message("polled"))
+        await h.eventually(lambda: len(h.RECEIVED) == 1, 5)
+
+
+async def test_failure_leaves_the_message_unseen_and_it_is_retried(dovecot):
+    h.CONTROL["fail_times"] = 1
+    dovecot.deliver(message("retry me"))
+    async with h.email_gateway(config(dovecot, ", idle: false", app="email_helpers:flaky")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: len(h.RECEIVED) == 1, 10)
+        # after the failure, it is still unseen in INBOX
+        flags = await state(dovecot, "INBOX")
+        assert flags and b"\\Seen" not in flags[0][0]
+        await h.eventually(lambda: len(h.RECEIVED) == 2 and not poller.handled and poller.last_uid == 1, 10)
+        await h.eventually(lambda: poller.rounds >= 3, 5)
+        flags = await state(dovecot, "INBOX")
+    assert b"\\Seen" in flags[0][0]
+    assert h.CONTROL["calls"] == 2
+
+
+async def test_after_max_attempts_it_goes_to_the_error_folder(dovecot):
+    dovecot.deliver(message("hopeless"))
+    async with h.email_gateway(config(dovecot, ", idle: false, max_attempts: 2, error_folder: Broken",
+                                      app="email_helpers:fail")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: len(h.RECEIVED) == 2, 10)
+        await h.eventually(lambda: poller.rounds >= 3, 5)
+        inbox, broken = await state(dovecot, "INBOX"), await state(dovecot, "Broken")
+        metrics = gw.metrics.render().decode()
+    assert inbox == [] and len(broken) == 1 and b"hopeless" in broken[0][1]
+    assert 'gateway_email_imap_messages_total{mailbox="support",outcome="retry"} 1.0' in metrics
+    assert 'gateway_email_imap_messages_total{mailbox="support",outcome="error_folder"} 1.0' in metrics
+    assert len(h.RECEIVED) == 2  # not tried again
+
+
+async def test_move_after_success_and_reject_goes_to_error_folder(dovecot):
+    dovecot.deliver(message("keep"))
+    async with h.email_gateway(config(dovecot, ", after: move, move_to: Done")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: len(h.RECEIVED) == 1 and poller.rounds >= 1, 10)
+        await h.eventually(lambda: not poller.handled, 5)
+        inbox, done = await state(dovecot, "INBOX"), await state(dovecot, "Done")
+    assert inbox == [] and len(done) == 1
+    h.reset()
+    dovecot.deliver(message("refused"))
+    async with h.email_gateway(config(dovecot, ", idle: false", app="email_helpers:reject")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: len(h.RECEIVED) == 1 and poller.rounds >= 2, 10)
+        errors = await state(dovecot, "Errors")
+    assert len(errors) == 1 and b"refused" in errors[0][1]
+
+
+async def test_reconnects_after_the_server_restarts(dovecot):
+    async with h.email_gateway(config(dovecot, ", idle: true, poll_interval: 20")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: poller.rounds >= 1, 10)
+        await asyncio.to_thread(dovecot.restart)
+        await asyncio.to_thread(dovecot.deliver, message("after restart"))
+        await h.eventually(lambda: len(h.RECEIVED) == 1, 15)
+    assert h.RECEIVED[0][1]["message"]["subject"] == "after restart"
+
+
+async def test_wrong_password_keeps_retrying_with_backoff(dovecot):
+    text = config(dovecot).replace(f"password: {dovecot.password}", "password: wrong")
+    async with h.email_gateway(text) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: "email.imap.support" in gw.health.components, 10)
+        assert not poller.connected.is_set()
+        assert gw.health.components["email.imap.support"].status == "degraded"
+        assert "LOGIN" in gw.health.components["email.imap.support"].detail
+
+
+async def test_one_poller_per_mailbox_across_processes_with_redis(dovecot):
+    redis = h.Redis().start()
+    try:
+        text = config(dovecot, ", idle: false, lock_ttl: 0.6").replace(
+            "adapters:", f'layer: {{backend: redis, url: "{redis.url}", prefix: imaplock}}\nadapters:', 1)
+        dovecot.deliver(message("one", 1))
+        first = h.make_gateway(text)
+        second = h.make_gateway(text)
+        await first.start()
+        try:
+            await second.start()
+            try:
+                p1, p2 = first.adapters["email"].pollers[0], second.adapters["email"].pollers[0]
+                await h.eventually(lambda: len(h.RECEIVED) == 1, 10)
+                await asyncio.sleep(0.5)
+                assert [p1.holding, p2.holding].count(True) == 1
+                holder, standby = (first, second) if p1.holding else (second, first)
+                # the holder "dies": its poller stops without releasing; the lock expires (ttl 0.6 s)
+                dead = holder.adapters["email"].pollers[0]
+                dead.task.cancel()
+                await asyncio.gather(dead.task, return_exceptions=True)
+                await asyncio.to_thread(dovecot.deliver, message("two", 2))
+                await h.eventually(lambda: len(h.RECEIVED) == 2, 10)
+                assert (p2 if holder is first else p1).holding
+            finally:
+                await second.stop(1)
+        finally:
+            await first.stop(1)
+    finally:
+        redis.stop()
+    assert [e["message"]["subject"] for _, e in h.RECEIVED] == ["one", "two"]
+
+
+async def test_unroutable_message_goes_to_the_error_folder(dovecot):
+    dovecot.deliver(message("lost"))
+    text = config(dovecot, ", idle: false").replace('address: "support@example.com"', 'address: "x@elsewhere.org"')
+    async with h.email_gateway(text) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: poller.rounds >= 2, 10)
+        inbox, errors = await state(dovecot, "INBOX"), await state(dovecot, "Errors")
+    assert inbox == [] and len(errors) == 1 and h.RECEIVED == []
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    return self_signed(tmp_path_factory.mktemp("imaptls"), "localhost")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
+@pytest.mark.parametrize("mode", ["implicit", "starttls"])
+async def test_tls_connections(cert, mode):
+    server = h.Dovecot(cert)
+    server.start()
+    try:
+        server.deliver(message(f"over {mode}"))
+        port = server.tls_port if mode == "implicit" else server.port
+        text = config(server, ", idle: false, verify_tls: false").replace(
+            f"port: {server.port}, tls: none", f"port: {port}, tls: {mode}")
+        async with h.email_gateway(text):
+            await h.eventually(lambda: len(h.RECEIVED) == 1, 10)
+        scope, event = h.RECEIVED[0]
+        assert scope["tls"] is True and event["message"]["subject"] == f"over {mode}"
+        logins = [line for line in (server.dir / "dovecot.log").read_text().splitlines() if "Login: user=<test>" in line]
+        assert logins and all("TLS" in line for line in logins), logins
+    finally:
+        server.stop()
+
+
+async def test_delete_after_success(dovecot):
+    dovecot.deliver(message("gone"))
+    async with h.email_gateway(config(dovecot, ", idle: false, after: delete")) as gw:
+        poller = gw.adapters["email"].pollers[0]
+        await h.eventually(lambda: len(h.RECEIVED) == 1 and poller.rounds >= 2, 10)
+        inbox = await state(dovecot, "INBOX")
+    assert inbox == []

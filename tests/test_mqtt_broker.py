@@ -1,0 +1,336 @@
+"""Broker mode: devices (paho) connect to the gateway's embedded amqtt broker."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from mqtt_helpers import APPS, Peer, broker_yaml, connack, only_mqtt, port_of, wait_for  # noqa: F401
+
+from gateway.server import Gateway
+
+pytestmark = [pytest.mark.usefixtures("only_mqtt"), pytest.mark.timeout(30)]
+
+QUICK = "shutdown: {drain_timeout: 1}"
+
+
+@pytest.fixture(autouse=True)
+def _clean_apps():
+    APPS.clear()
+    yield
+    APPS.clear()
+
+
+def route(topic: str, name: str, extra: str = "") -> str:
+    return f'    - {{topic: "{topic}", name: {name}, app: "mqtt_helpers:route_app"{", " + extra if extra else ""}}}\n'
+
+
+async def peer(port: int, **kwargs: Any) -> Peer:
+    return await asyncio.to_thread(Peer, port, **kwargs)
+
+
+async def test_device_message_routed_with_client_facts_and_reply_published() -> None:
+    got: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        message = await receive()
+        got.append((scope, message, await receive()))
+        await send({"type": "mqtt.publish", "topic": f"cmd/{scope['url_route']['kwargs']['device']}", "json": {"ack": True}, "qos": 1})
+
+    APPS["temp"] = app
+    async with Gateway.from_text(broker_yaml(route("sensors/+device/temperature", "temp"), extra=QUICK)) as gw:
+        port = port_of(gw)
+        assert gw.addresses["mqtt"] == [f"mqtt://127.0.0.1:{port}"]
+        watcher = await peer(port)
+        device = await peer(port, client_id="thermo-1")
+        try:
+            await asyncio.to_thread(watcher.subscribe, "cmd/#", 1)
+            await asyncio.to_thread(device.publish, "sensors/kitchen/temperature", b"21.5", 1)
+            reply = await watcher.get()
+            assert (reply.topic, reply.payload) == ("cmd/kitchen", b'{"ack":true}')
+            # the layer channel reaches devices too
+            await gw.layer.send("mqtt.publish", {"type": "mqtt.publish", "topic": "cmd/all", "payload": "x"})
+            m = await watcher.get()
+            assert (m.topic, m.payload) == ("cmd/all", b"x")
+        finally:
+            device.close()
+            watcher.close()
+    scope, message, after = got[0]
+    assert scope["mode"] == "broker" and scope["client_id"] == "thermo-1" and scope["username"] is None
+    assert scope["url_route"]["kwargs"] == {"device": "kitchen"}
+    assert scope["client"][0] == "127.0.0.1"
+    assert message == {"type": "mqtt.message", "topic": "sensors/kitchen/temperature", "payload": b"21.5", "qos": 1, "retain": False, "dup": False}
+    assert after == {"type": "mqtt.disconnect"}
+
+
+async def test_other_subscribers_still_get_the_message_at_once() -> None:
+    release = asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await release.wait()
+
+    APPS["slow"] = slow
+    async with Gateway.from_text(broker_yaml(route("a/#", "slow"), extra=QUICK)) as gw:
+        sub = await peer(port_of(gw))
+        pub = await peer(port_of(gw))
+        try:
+            await asyncio.to_thread(sub.subscribe, "a/#", 1)
+            pub.client.publish("a/b", b"1", 1)
+            m = await sub.get()
+            assert m.payload == b"1"
+            release.set()
+        finally:
+            pub.close()
+            sub.close()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_puback_waits_for_the_app(qos: int) -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def gated(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        entered.set()
+        await release.wait()
+
+    APPS["g"] = gated
+    async with Gateway.from_text(broker_yaml(route("g/+x", "g"), extra=QUICK)) as gw:
+        device = await peer(port_of(gw))
+        try:
+            info = device.client.publish("g/1", b"x", qos)
+            await asyncio.wait_for(entered.wait(), 5)
+            await asyncio.sleep(0.3)
+            assert not info.is_published(), "acknowledged before the app returned"
+            release.set()
+            await wait_for(info.is_published, what="PUBACK/PUBCOMP after the app returned")
+        finally:
+            device.close()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_failed_app_leaves_message_unacknowledged_and_device_resends_it(qos: int) -> None:
+    seen: list[bytes] = []
+
+    async def flaky(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append((await receive())["payload"])
+        if len(seen) == 1:
+            raise RuntimeError("not this time")
+
+    APPS["f"] = flaky
+    async with Gateway.from_text(broker_yaml(route("f/+x", "f"), extra=QUICK)) as gw:
+        device = await peer(port_of(gw), client_id="dev-flaky", clean=False)
+        try:
+            info = device.client.publish("f/1", b"m1", qos)
+            await wait_for(lambda: len(seen) == 1, what="first attempt")
+            await asyncio.sleep(0.3)
+            assert not info.is_published()
+            # the device's next session resends what was never acknowledged
+            device.client.reconnect()
+            await wait_for(info.is_published, timeout=10, what="resent, handled and acknowledged")
+        finally:
+            device.close()
+    assert seen == [b"m1", b"m1"]
+
+
+async def test_users_and_auth_app() -> None:
+    yaml = broker_yaml(route("x", "x"), extra=QUICK, users="{alice: {password: s3cret}}", auth_app='"mqtt_helpers:device_auth"')
+    async with Gateway.from_text(yaml) as gw:
+        port = port_of(gw)
+        assert (await asyncio.to_thread(connack, port, "alice", "s3cret")) == 0
+        assert (await asyncio.to_thread(connack, port, "alice", "wrong")) != 0
+        assert (await asyncio.to_thread(connack, port)) != 0  # anonymous: not with users configured
+        assert (await asyncio.to_thread(connack, port, "device-42", "token-42")) == 0  # the app says yes
+        assert (await asyncio.to_thread(connack, port, "device-42", "nope")) != 0
+
+
+async def test_acl_with_username_and_client_id_patterns() -> None:
+    got: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["topic"])
+
+    APPS["all"] = app
+    yaml = broker_yaml(
+        route("#", "all"), extra=QUICK, users="{bob: {password: pw}}",
+        acl='{"*": {publish: ["devices/%c/#"], subscribe: ["cmd/%u/+"]}}',
+    )
+    async with Gateway.from_text(yaml) as gw:
+        bob = await peer(port_of(gw), client_id="bob-phone", username="bob", password="pw")
+        try:
+            assert [c.value for c in await asyncio.to_thread(bob.subscribe, "cmd/bob/+", 1)] == [1]
+            assert (await asyncio.to_thread(bob.subscribe, "cmd/alice/+", 1))[0].is_failure
+            assert (await asyncio.to_thread(bob.subscribe, "cmd/#", 1))[0].is_failure
+            await asyncio.to_thread(bob.publish, "devices/other/x", b"no", 1)  # denied: acknowledged, dropped
+            await asyncio.to_thread(bob.publish, "devices/bob-phone/x", b"yes", 1)
+            await wait_for(lambda: got, what="allowed message")
+            await asyncio.sleep(0.1)
+        finally:
+            bob.close()
+    assert got == ["devices/bob-phone/x"]
+
+
+async def test_backpressure_and_bound_in_broker_mode() -> None:
+    running = peak = 0
+    release = asyncio.Event()
+    done: list[int] = []
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal running, peak
+        n = int((await receive())["payload"])
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        done.append(n)
+
+    APPS["s"] = slow
+    async with Gateway.from_text(broker_yaml(route("load/#", "s", "concurrency: 2"), extra=QUICK)) as gw:
+        mode = gw.adapters["mqtt"].mode
+        device = await peer(port_of(gw))
+        try:
+            for i in range(100):
+                device.client.publish("load/x", str(i).encode(), 0)
+            await wait_for(lambda: running == 2 and not mode.gate.is_set(), what="bound reached, reading stopped")
+            await asyncio.sleep(0.2)
+            assert peak == 2
+            release.set()
+            await wait_for(lambda: len(done) == 100, timeout=10, what="all handled")
+            assert mode.gate.is_set()
+        finally:
+            device.close()
+    assert sorted(done) == list(range(100))
+
+
+async def test_retained_publish_from_app_reaches_later_subscribers() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "mqtt.publish", "topic": "state/lamp", "payload": b"on", "retain": True, "qos": 1})
+
+    APPS["a"] = app
+    async with Gateway.from_text(broker_yaml(route("set/lamp", "a"), extra=QUICK)) as gw:
+        device = await peer(port_of(gw))
+        try:
+            await asyncio.to_thread(device.publish, "set/lamp", b"on", 1)
+            await asyncio.sleep(0.2)
+            later = await peer(port_of(gw))
+            try:
+                await asyncio.to_thread(later.subscribe, "state/#", 1)
+                m = await later.get()
+                assert (m.topic, m.payload, m.retain) == ("state/lamp", b"on", True)
+            finally:
+                later.close()
+        finally:
+            device.close()
+
+
+async def test_oversized_payload_and_garbage_client() -> None:
+    got: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append(await receive())
+
+    APPS["s"] = app
+    async with Gateway.from_text(broker_yaml(route("s/#", "s"), extra=QUICK, max_payload=8)) as gw:
+        port = port_of(gw)
+        # a client that connects and sends garbage does not hurt anyone else
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"\xff\x00GET / HTTP/1.1\r\n\r\n" * 10)
+            raw.settimeout(2)
+            try:
+                assert raw.recv(100) == b""  # closed by the broker
+            except (ConnectionResetError, TimeoutError):
+                pass
+        device = await peer(port)
+        try:
+            await asyncio.to_thread(device.publish, "s/big", b"x" * 9, 1)  # acknowledged, refused
+            await asyncio.to_thread(device.publish, "s/ok", b"x" * 8, 1)
+            await wait_for(lambda: got, what="small message")
+            await asyncio.sleep(0.1)
+        finally:
+            device.close()
+        text = gw.metrics.render().decode()
+    assert [m["topic"] for m in got] == ["s/ok"]
+    assert 'gateway_mqtt_messages_total{outcome="oversized"} 1.0' in text
+
+
+async def test_listen_address_in_use_is_a_startup_error() -> None:
+    from gateway.errors import StartupError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(StartupError, match=r"cannot listen on 127\.0\.0\.1:\d+: address already in use \(another MQTT broker"):
+            async with Gateway.from_text(broker_yaml(route("x", "x"), extra=QUICK, listen=f'["127.0.0.1:{port}"]')):
+                pass
+
+
+def _raw_connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + b"\x00\x03raw"  # MQTT 3.1.1, clean session, keepalive 60, id "raw"
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    assert sock.recv(4) == b"\x20\x02\x00\x00"  # CONNACK accepted
+    return sock
+
+
+def _raw_publish(topic: bytes, payload: bytes) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + payload  # QoS 0
+    return bytes([0x30, len(body)]) + body
+
+
+@pytest.mark.parametrize("topic", [b"a/+/b", b"a/#", b"\xff\xfe/bad-utf8", b"$SYS/fake", b""])
+async def test_bad_publish_topics_close_that_connection_only(topic: bytes) -> None:
+    got: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["topic"])
+
+    APPS["all"] = app
+    async with Gateway.from_text(broker_yaml(route("#", "all"), extra=QUICK)) as gw:
+        port = port_of(gw)
+        sock = await asyncio.to_thread(_raw_connect, port)
+        try:
+            sock.sendall(_raw_publish(topic, b"x"))
+            closed = await asyncio.to_thread(sock.recv, 10)
+            assert closed == b""
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+        good = await peer(port)
+        try:
+            await asyncio.to_thread(good.publish, "ok/topic", b"y", 1)
+            await wait_for(lambda: got, what="a good client still served")
+        finally:
+            good.close()
+        text = gw.metrics.render().decode()
+    assert got == ["ok/topic"]
+    assert 'gateway_mqtt_messages_total{outcome="invalid"} 1.0' in text
+
+
+async def test_resent_copy_of_a_running_message_is_not_routed_twice() -> None:
+    release = asyncio.Event()
+    runs: list[bytes] = []
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        runs.append((await receive())["payload"])
+        await release.wait()
+
+    APPS["slow"] = slow
+    async with Gateway.from_text(broker_yaml(route("work/#", "slow"), extra=QUICK)) as gw:
+        device = await peer(port_of(gw), client_id="dev-resend", clean=False)
+        try:
+            info = device.client.publish("work/1", b"once", 1)
+            await wait_for(lambda: runs, what="first delivery")
+            device.client.reconnect()  # paho resends the unacknowledged PUBLISH with DUP set
+            await wait_for(lambda: 'outcome="duplicate"} 1.0' in gw.metrics.render().decode(), what="resent copy recognised")
+            assert not info.is_published()
+            release.set()
+            await wait_for(info.is_published, what="acknowledged once the instance ended")
+        finally:
+            device.close()
+    assert runs == [b"once"]

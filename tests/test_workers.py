@@ -1,0 +1,170 @@
+"""`gateway run --workers N`: processes share one port (reuse_port) and, through Redis, groups."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import websockets
+
+from .gateway_helpers import PLUGINS, ROOT
+from .test_layer_redis_helpers import RedisServer, free_port
+
+TESTS = Path(__file__).resolve().parent
+
+
+def run(cfg: Path, *args: str, **kw) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(cfg), "--log-format", "json", *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(TESTS)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
+    )
+
+
+def test_workers_refuse_the_in_memory_layer(write):
+    cfg = write("gw.yaml", "adapters:\n  http: {listen: '127.0.0.1:8123'}\n")
+    out, _ = run(cfg, "--workers", "2").communicate(timeout=60)
+    assert "--workers 2 needs a channel layer all processes share" in out
+    assert "layer.backend" in out
+
+
+def test_workers_refuse_an_adapter_that_cannot_share_its_port(write):
+    cfg = write("gw.yaml", f"""\
+layer: {{backend: redis, hosts: ["redis://127.0.0.1:1/0"]}}
+plugins: {{paths: ["{PLUGINS}"]}}
+adapters:
+  syslog: {{listen: "127.0.0.1:5514", transport: tcp}}
+""")
+    proc = run(cfg, "--workers", "2")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "adapter 'syslog' listens on tcp:127.0.0.1:5514 and cannot share it" in out
+
+
+def read_until(proc: subprocess.Popen[str], needle: str, count: int, timeout: float = 60) -> str:
+    """Read the process's output until ``needle`` has appeared ``count`` times."""
+    import time
+
+    seen, lines, deadline = 0, [], time.monotonic() + timeout
+    assert proc.stdout is not None
+    while seen < count and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        seen += needle in line
+    assert seen >= count, "".join(lines)
+    return "".join(lines)
+
+
+async def test_two_workers_share_a_port_and_groups_through_redis(write):
+    redis = RedisServer().start()
+    port = free_port()
+    cfg = write("gw.yaml", f"""\
+layer: {{backend: redis, hosts: ["{redis.url}"], prefix: workers}}
+adapters:
+  http: {{listen: "127.0.0.1:{port}"}}
+routes:
+  websocket:
+    - {{path: /room/, app: "testapps.rooms:PidRoom"}}
+""")
+    proc = run(cfg, "--workers", "2")
+    try:
+        url = f"ws://127.0.0.1:{port}/room/"
+        # Both workers must listen before we count: a slow second start would get no connection.
+        lines = await asyncio.to_thread(read_until, proc, '"adapter.started"', 2)
+        by_pid, opened = await connect_until_n_processes(url, 2, limit=40)
+        assert len(by_pid) == 2, f"all connections went to one process: {list(by_pid)}"
+        (pid_a, [a, *_]), (pid_b, [b, *_]) = list(by_pid.items())
+        await a.send("hello from A")
+        for ws in (a, b):  # the group spans both processes
+            assert await next_said(ws) == "said:hello from A"
+        for ws in opened:
+            await ws.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, lines + out
+        assert out.count('"gateway.stopped"') == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        redis.stop()
+
+
+async def test_four_workers_share_groups_and_deliver_each_outbound_message_once(write, tmp_path):
+    """Four processes: a group spans all of them, and each message sent to the `mqtt.publish`
+    layer channel from outside is published by exactly one of them."""
+    from mqtt_helpers import Peer, mosquitto
+
+    from gateway.layers.redis import RedisChannelLayer
+
+    redis = RedisServer().start()
+    port = free_port()
+    with mosquitto(tmp_path) as mqtt_port:
+        cfg = write("gw.yaml", f"""\
+layer: {{backend: redis, hosts: ["{redis.url}"], prefix: four}}
+adapters:
+  http: {{listen: "127.0.0.1:{port}"}}
+  mqtt: {{mode: client, url: "mqtt://127.0.0.1:{mqtt_port}"}}
+routes:
+  websocket:
+    - {{path: /room/, app: "testapps.rooms:PidRoom"}}
+""")
+        proc = run(cfg, "--workers", "4")
+        subscriber = Peer(mqtt_port)
+        layer = RedisChannelLayer(hosts=[redis.url], prefix="four")
+        try:
+            lines = await asyncio.to_thread(read_until, proc, '"adapter.started"', 8)  # 2 adapters x 4 workers
+            by_pid, opened = await connect_until_n_processes(f"ws://127.0.0.1:{port}/room/", 4, limit=120)
+            assert len(by_pid) == 4, f"connections reached only {len(by_pid)} processes"
+            members = [sockets[0] for sockets in by_pid.values()]
+            await members[0].send("to all four")
+            for ws in members:
+                assert await next_said(ws) == "said:to all four"
+
+            subscriber.subscribe("out/#", qos=1)
+            for n in range(40):
+                await layer.send("mqtt.publish", {"type": "mqtt.publish", "topic": f"out/{n}", "payload": str(n), "qos": 1})
+            got = [int((await subscriber.get(10)).payload) for _ in range(40)]
+            assert sorted(got) == list(range(40))  # every message, each once
+            with pytest.raises(queue.Empty):  # and no second copy arrives
+                await asyncio.to_thread(subscriber.messages.get, True, 1.0)
+
+            for ws in opened:
+                await ws.close()
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 0, lines + out
+            assert out.count('"gateway.stopped"') == 4
+        finally:
+            subscriber.close()
+            await layer.close()
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            redis.stop()
+
+
+async def next_said(ws) -> str:
+    while (msg := await asyncio.wait_for(ws.recv(), 10)).startswith("pid:"):
+        pass
+    return msg
+
+
+async def connect_until_n_processes(url: str, n: int, limit: int):
+    by_pid: dict[str, list] = {}
+    opened = []
+    for _ in range(limit):
+        ws = await websockets.connect(url, open_timeout=10)
+        opened.append(ws)
+        pid = (await asyncio.wait_for(ws.recv(), 10)).split(":", 1)[1]
+        by_pid.setdefault(pid, []).append(ws)
+        if len(by_pid) == n:
+            break
+    return by_pid, opened

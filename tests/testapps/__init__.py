@@ -1,0 +1,1 @@
+"""Applications that the tests' YAML names by import string."""
