@@ -145,9 +145,14 @@ class Gateway:
         self.health.set("layer", *layer.health)  # type: ignore[arg-type]
 
     async def _deliver(self, adapter: Adapter, channel: str) -> None:
-        """Relay one outbound layer channel to its adapter. One failed message never stops it."""
+        """Relay one outbound layer channel to its adapter. One failed message never stops it.
+
+        The loop also ends on a cancellation that the handler swallowed (aiosmtplib does while it
+        closes a connection): ``stop()`` would otherwise wait for ever on the next ``receive``."""
         assert self.layer is not None
-        while True:
+        me = asyncio.current_task()
+        assert me is not None
+        while not me.cancelling():
             try:
                 message = await self.layer.receive(channel)
             except Exception as exc:  # noqa: BLE001 - e.g. Redis away: keep the relay alive

@@ -139,3 +139,40 @@ def test_installed_import_names_do_not_clash_with_a_users_modules(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["user-adapters", "user-plugins", "http"]
+
+
+STUBBORN_PLUGIN = '''
+import asyncio
+from gateway.plugins import Adapter
+from gateway.schema import RouteConfig
+
+HANDLED = []
+
+class StubbornAdapter(Adapter):
+    """Swallows the cancellation of its outbound handler, as aiosmtplib does while it closes."""
+    name = "stubborn"
+    scope_types = ("stubborn",)
+    route_models = {"stubborn": RouteConfig}
+    outbound_channels = ("stubborn.out",)
+    async def start(self): pass
+    async def stop(self, drain): pass
+    async def handle_outbound(self, channel, message):
+        HANDLED.append(message)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass
+'''
+
+
+async def test_stop_ends_an_outbound_relay_whose_handler_swallowed_the_cancellation(tmp_path):
+    import asyncio
+
+    (tmp_path / "stubborn.py").write_text(STUBBORN_PLUGIN)
+    gw = Gateway.from_text(f"plugins: {{paths: ['{tmp_path}']}}\nadapters: {{stubborn: {{}}}}\n")
+    await gw.start()
+    handled = sys.modules["asgi_gateway_plugins.stubborn"].HANDLED
+    await gw.layer.send("stubborn.out", {"type": "stubborn.send"})
+    await eventually(lambda: handled)
+    await asyncio.wait_for(gw.stop(0), 30)  # hung for ever before the relay checked for a pending cancel
+    assert handled == [{"type": "stubborn.send"}] and not gw.started
