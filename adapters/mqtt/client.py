@@ -30,6 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
+import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -44,8 +45,10 @@ from .events import Outgoing
 if TYPE_CHECKING:
     from .adapter import MqttAdapter
 
+_log = structlog.get_logger("gateway.adapters.mqtt")
 _ids = itertools.count(1)
 _READ_BATCH = 64
+_RECV_CHUNK = 65536
 
 # MQTT 5 publish properties: paho attribute name <-> event key
 _PROPS = {
@@ -89,10 +92,49 @@ def dict_to_properties(values: dict[str, Any] | None) -> Properties | None:
 
 
 class _Client(paho.Client):
-    """paho's Client with the QoS 2 PUBREC held back until ``ack()`` (see the module docstring)."""
+    """paho's Client with the QoS 2 PUBREC held back until ``ack()`` (see the module docstring),
+    reads buffered, and ``on_message`` called directly.
+
+    paho reads a packet with three ``recv`` calls (the command byte, each byte of the length,
+    the body): three system calls for a 64-byte message. Here ``_sock_recv`` serves those
+    reads from one ``recv`` of up to ``_RECV_CHUNK`` bytes. Bytes left in that buffer do not
+    make the socket readable, so the reader asks ``has_buffered()`` before it waits again.
+    The gateway routes topics itself and never registers per-filter callbacks, so paho's
+    filter walk for every message is skipped."""
 
     _defer_pubrec = False
     _deferred_mid = -1
+    _rbuf = b""
+    _rpos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf, pos = self._rbuf, self._rpos
+        if pos >= len(buf):
+            data = super()._sock_recv(_RECV_CHUNK)
+            if len(data) <= bufsize:
+                return data
+            buf, pos = self._rbuf, self._rpos = data, 0
+        end = self._rpos = min(pos + bufsize, len(buf))
+        return buf[pos:end]
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def has_buffered(self) -> bool:
+        """Bytes received but not parsed yet, here or (TLS) decrypted inside the SSL object."""
+        if self._rpos < len(self._rbuf):
+            return True
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        on_message = self.on_message
+        if on_message is not None:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception:  # a bug of ours must not end the connection's read loop
+                _log.exception("mqtt.on_message_failed", mid=message.mid)
 
     def _send_pubrec(self, mid: int) -> MQTTErrorCode:
         if self._defer_pubrec:
@@ -310,16 +352,18 @@ class ClientMode:
                 return
             rc = client._packet_read()
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                sock = client._sock
-                # TLS: bytes already decrypted inside the SSL object do not make the fd readable again
-                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                if not client.has_buffered():
                     return
             elif rc > 0:
                 client._loop_rc_handle(rc)
                 return
-        sock = client._sock
-        if sock is not None and not self.paused and isinstance(sock, ssl.SSLSocket) and sock.pending():
-            self.loop.call_soon(self._on_readable)  # type: ignore[union-attr]  # decrypted bytes wait in the SSL object
+        self._maybe_read_soon()
+
+    def _maybe_read_soon(self) -> None:
+        """Buffered bytes never wake the selector: read them on the next loop turn."""
+        client = self.client
+        if client is not None and client._sock is not None and not self.paused and client.has_buffered():
+            self.loop.call_soon(self._on_readable)  # type: ignore[union-attr]
 
     def _on_writable(self) -> None:
         assert self.client is not None
@@ -336,12 +380,7 @@ class ClientMode:
             self.paused = False
             if self._sock is not None and self._sock.fileno() != -1:
                 self.loop.add_reader(self._sock, self._on_readable)  # type: ignore[union-attr]
-                self.loop.call_soon(self._maybe_read)  # type: ignore[union-attr]
-
-    def _maybe_read(self) -> None:
-        sock = self._sock
-        if sock is not None and not self.paused and isinstance(sock, ssl.SSLSocket) and sock.pending():
-            self._on_readable()
+                self._maybe_read_soon()
 
     async def _misc_loop(self) -> None:
         client = self.client

@@ -5,8 +5,11 @@ callback that receives ``True`` when the routed application returned normally (a
 ``False`` otherwise (leave it unacknowledged). Each route has a lane: at most ``concurrency``
 instances run at once; a message that finds its lane full waits in the lane's queue and
 ``backlog`` becomes non-zero, which is the signal for the mode to stop reading from the
-network (backpressure) until the backlog is empty again. So memory stays bounded by the
-routes' bounds plus what one network read can deliver, never by the publishers' rate.
+network (backpressure). ``on_backlog_empty`` tells it to read again once the backlog is empty
+and the lane that emptied it has come down to half its bound: resuming at the first free slot
+would pause and resume the socket for every message under steady load, and those two system
+calls cost more than the message. So memory stays bounded by the routes' bounds plus what one
+network read can deliver, never by the publishers' rate.
 """
 
 from __future__ import annotations
@@ -112,8 +115,8 @@ class Dispatcher:
                 self.backlog -= 1
                 self._backlog_gauge.set(self.backlog)
                 self._start(lane, *nxt)
-                if self.backlog == 0 and self.on_backlog_empty is not None:
-                    self.on_backlog_empty()
+            if self.backlog == 0 and lane.running <= lane.limit // 2 and self.on_backlog_empty is not None:
+                self.on_backlog_empty()
 
     def drop_waiting(self) -> int:
         """Forget queued (never started) messages: they stay unacknowledged for the broker."""
