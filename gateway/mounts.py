@@ -1,13 +1,17 @@
-"""HTTP handlers that other parts attach to the HTTP listener (metrics, health, webhooks).
+"""Handlers that other parts attach to the HTTP listener (metrics, health, webhooks, MQTT over
+WebSocket).
 
 The core keeps the list; the HTTP adapter consults it before the router. That way an SMS
-adapter can receive provider webhooks on the same port without knowing the HTTP adapter.
+adapter can receive provider webhooks, or the MQTT broker its WebSocket clients, on the same
+port without knowing the HTTP adapter. A mount marked ``required`` is useless unless some
+adapter serves the mounts, so the gateway refuses to start when none does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from .routing import MatchAll, Route
 from .types import ASGIApp
 
 
@@ -16,6 +20,13 @@ class Mount:
     prefix: str
     app: ASGIApp
     owner: str
+    scope_types: tuple[str, ...] = ("http",)
+    required: bool = False
+    route: Route = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # lets the HTTP adapter run a mounted WebSocket app through the runner like a routed one
+        object.__setattr__(self, "route", Route(MatchAll(), self.app, name=f"mount:{self.prefix}", target=self.owner))
 
     def matches(self, path: str) -> bool:
         if self.prefix.endswith("/"):
@@ -28,21 +39,29 @@ class Mounts:
 
     def __init__(self) -> None:
         self._mounts: list[Mount] = []
+        self.served_by: str | None = None
 
-    def add(self, prefix: str, app: ASGIApp, owner: str) -> None:
+    def add(self, prefix: str, app: ASGIApp, owner: str, *, scope_types: tuple[str, ...] = ("http",), required: bool = False) -> None:
+        """Attach ``app`` at ``prefix`` for the given scope types (``"http"``, ``"websocket"``)."""
         if not prefix.startswith("/"):
             raise ValueError(f"mount path {prefix!r} must start with '/'")
         for m in self._mounts:
-            if m.prefix == prefix:
+            if m.prefix == prefix and set(m.scope_types) & set(scope_types):
                 raise ValueError(f"{owner} and {m.owner} both want to mount {prefix!r}")
-        self._mounts.append(Mount(prefix, app, owner))
+        self._mounts.append(Mount(prefix, app, owner, tuple(scope_types), required))
         self._mounts.sort(key=lambda m: len(m.prefix), reverse=True)
 
-    def find(self, path: str) -> Mount | None:
+    def find(self, path: str, scope_type: str = "http") -> Mount | None:
         for m in self._mounts:
-            if m.matches(path):
+            if scope_type in m.scope_types and m.matches(path):
                 return m
         return None
+
+    def unserved(self) -> list[Mount]:
+        """Required mounts that no adapter serves (nothing called ``served_by``)."""
+        if self.served_by is not None:
+            return []
+        return [m for m in self._mounts if m.required]
 
     def __bool__(self) -> bool:
         return bool(self._mounts)

@@ -120,6 +120,10 @@ class Gateway:
                 await adapter.start()
                 self.health.set(f"adapter.{ap.name}", "ok")
                 log.info("adapter.started", adapter=ap.name, addresses=adapter.addresses)
+            unserved = self.mounts.unserved()
+            if unserved:
+                wanted = ", ".join(f"{m.owner} at {m.prefix!r}" for m in unserved)
+                raise StartupError(f"{wanted} needs an HTTP listener: configure adapters.http (the mount shares its port)")
         except BaseException as exc:
             log.error("gateway.start_failed", error=str(exc))
             await asyncio.gather(*(a.stop(0) for a in self.adapters.values()), return_exceptions=True)

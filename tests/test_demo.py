@@ -108,5 +108,10 @@ async def test_mqtt_reading_shows_up_on_the_page(gateway, demo):
             page = await open_page(browser, demo, "lobby")
             await asyncio.to_thread(publish.single, "sensors/kitchen/temperature", "21.5", qos=1, hostname=host, port=int(port))
             await page.wait_for_selector("#log div.feed:has-text('[mqtt] kitchen: 21.5 °C')", timeout=10_000)
+            # the same broker over WebSocket on the page's own port (ws_path: /mqtt, paho's default path)
+            http_host, http_port = demo.rsplit(":", 1)
+            await asyncio.to_thread(publish.single, "sensors/attic/temperature", "30", qos=1, hostname=http_host,
+                                    port=int(http_port), transport="websockets")
+            await page.wait_for_selector("#log div.feed:has-text('[mqtt] attic: 30 °C')", timeout=10_000)
         finally:
             await browser.close()

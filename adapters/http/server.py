@@ -39,6 +39,7 @@ class ServerState:
         self.loop = loop
         self.runner = context.runner
         self.mounts = context.mounts
+        self.mounts.served_by = context.name
         self.proxies = TrustedProxies(config.trusted_proxies)
         self.root_path = config.root_path
         self.log = context.log

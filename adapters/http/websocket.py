@@ -22,6 +22,7 @@ from aiohttp._websocket.models import WebSocketError, WSMsgType
 from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp._websocket.writer import WebSocketWriter
 
+from gateway.routing import Match
 from gateway.runner import Outcome
 
 from .protocol import ASGI, _check_header, simple_response
@@ -115,7 +116,8 @@ async def start_websocket(conn: HttpProtocol, msg: Any) -> None:
         "subprotocols": subprotocols,
         "extensions": WS_EXTENSIONS,
     }
-    match = server.resolve("websocket", scope)
+    mount = server.mounts.find(path, "websocket") if server.mounts else None
+    match = Match(mount.route, (), {}) if mount is not None else server.resolve("websocket", scope)
     if match is None:
         conn._write_close(simple_response(403, date=server.date_header))
         if server.access_log:

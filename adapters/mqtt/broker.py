@@ -56,6 +56,7 @@ from gateway.schema import parse_listen
 from .dispatch import Dispatcher, message_event
 from .events import Outgoing
 from .topics import TopicMatcher
+from .websocket import EXTERNAL_LISTENER, MqttOverWebSocket
 
 if TYPE_CHECKING:
     from .adapter import MqttAdapter
@@ -265,11 +266,16 @@ class BrokerMode:
 
     async def start(self) -> None:
         listeners = dict(self._listeners)
-        if not listeners:
-            raise StartupError("mqtt: broker mode needs at least one listener (listen, tls_listen or ws_listen)")
-        first = next(iter(listeners))
-        listeners["default"] = listeners.pop(first)
-        names = {"default": first}
+        if not listeners and not self.config.ws_path:
+            raise StartupError("mqtt: broker mode needs at least one listener (listen, tls_listen, ws_listen or ws_path)")
+        names = {}
+        if listeners:
+            first = next(iter(listeners))
+            listeners["default"] = listeners.pop(first)
+            names["default"] = first
+        if self.config.ws_path:
+            # amqtt skips listeners without "bind"; an external one never binds anything
+            listeners[EXTERNAL_LISTENER] = {"type": "external", "bind": self.config.ws_path}
         # amqtt logs every connection and session state change at INFO (through `transitions`);
         # the adapter logs what matters itself. A level set explicitly by the user is kept.
         for name in ("amqtt", "transitions"):
@@ -297,12 +303,17 @@ class BrokerMode:
         finally:
             amqtt_log.setLevel(level)
         self.broker = broker
+        if self.config.ws_path:
+            app = MqttOverWebSocket(lambda r, w: broker.external_connected(r, w, EXTERNAL_LISTENER), self.log)
+            self.context.mounts.add(self.config.ws_path, app, "mqtt", scope_types=("websocket",), required=True)
         for name, server in broker._servers.items():
             kind = names.get(name, name).split("-")[0]
             for sock in getattr(server.instance, "sockets", ()) or ():
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 self._addresses.append(f"{'ws' if kind == 'ws' else 'mqtts' if kind == 'tls' else 'mqtt'}://{shown}:{port}")
+        if self.config.ws_path:
+            self._addresses.append(f"mount:{self.config.ws_path}")
 
     async def stop(self, drain: float) -> None:
         # New messages are refused (left unacknowledged) from now on. The gate stays open: a

@@ -82,7 +82,11 @@ class MqttConfig(Section):
         description="Broker mode: TCP addresses the embedded broker listens on (`host:port`, port 0 = any free port).",
     )
     tls_listen: list[str] = Field(default_factory=list, description="Broker mode: TLS listeners (needs `tls.cert_file`/`key_file`).")
-    ws_listen: list[str] = Field(default_factory=list, description="Broker mode: MQTT-over-WebSocket listeners (`host:port`).")
+    ws_listen: list[str] = Field(default_factory=list, description="Broker mode: MQTT-over-WebSocket listeners on ports of their own (`host:port`).")
+    ws_path: str | None = Field(
+        None, description="Broker mode: also accept MQTT over WebSocket on the HTTP adapter's listeners at this path "
+        "(e.g. `/mqtt`), sharing their port, TLS and limits. Needs `adapters.http`."
+    )
     allow_anonymous: bool | None = Field(
         None, description="Broker mode: accept clients without credentials. Default: true when no `users` are configured."
     )
@@ -115,6 +119,13 @@ class MqttConfig(Section):
             addr = parse_listen(item)
             if addr.kind != "tcp":
                 raise ValueError(f"{item!r}: the MQTT broker listens on TCP addresses only (host:port)")
+        return value
+
+    @field_validator("ws_path")
+    @classmethod
+    def _ws_path_ok(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("/") or value == "/"):
+            raise ValueError(f"ws_path {value!r} must be a path below the root, such as '/mqtt'")
         return value
 
     @field_validator("shared")
@@ -152,7 +163,7 @@ CLIENT_ONLY = frozenset({
     "client_id", "username", "password", "clean_session", "protocol", "session_expiry", "reconnect",
     "shared", "redeliver_after", "max_inflight",
 })
-BROKER_ONLY = frozenset({"listen", "tls_listen", "ws_listen", "allow_anonymous", "users", "acl", "auth_app"})
+BROKER_ONLY = frozenset({"listen", "tls_listen", "ws_listen", "ws_path", "allow_anonymous", "users", "acl", "auth_app"})
 
 
 class BrokerAddress:
