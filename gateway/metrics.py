@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -17,7 +21,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._made: dict[str, Counter | Gauge | Histogram] = {}
+        self._made: dict[str, Counter | Gauge | Histogram | LoopCounter | LoopHistogram] = {}
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
         return self._get(Counter, name, doc, labels)  # type: ignore[return-value]
@@ -33,6 +37,23 @@ class Metrics:
             )
         return made  # type: ignore[return-value]
 
+    def loop_counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> LoopCounter:
+        """A counter for the hot path, updated from the event loop's thread only (see ``LoopCounter``)."""
+        return self._get_loop(LoopCounter, name, doc, labels)  # type: ignore[return-value]
+
+    def loop_histogram(self, name: str, doc: str, labels: Sequence[str] = ()) -> LoopHistogram:
+        """A duration histogram (``DURATION_BUCKETS``) for the hot path, event-loop thread only."""
+        return self._get_loop(LoopHistogram, name, doc, labels)  # type: ignore[return-value]
+
+    def _get_loop(self, kind: type, name: str, doc: str, labels: Sequence[str]) -> LoopCounter | LoopHistogram:
+        made = self._made.get(name)
+        if made is None:
+            made = self._made[name] = kind(name, doc, labels)
+            self.registry.register(made)
+        elif not isinstance(made, kind):
+            raise ValueError(f"metric {name!r} already exists as a {type(made).__name__}")
+        return made  # type: ignore[return-value]
+
     def _get(self, kind: type, name: str, doc: str, labels: Sequence[str]) -> Counter | Gauge:
         made = self._made.get(name)
         if made is None:
@@ -43,3 +64,85 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# -- metrics for the per-instance hot path -----------------------------------------------------
+# prometheus_client takes a lock for every increment, as it must when any thread may call it.
+# The runner counts every instance (every MQTT message, every HTTP request) from the event
+# loop's thread, and /metrics is served from that thread too; so these keep plain numbers and
+# build the metric families only when scraped. Same names, labels and exposition as
+# prometheus_client's Counter and Histogram (without the ``_created`` samples).
+
+
+class _CounterChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class _HistogramChild:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * size
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(DURATION_BUCKETS, value)] += 1  # first bucket with value <= bound
+        self.sum += value
+
+
+class _LoopMetric(Collector):
+    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.doc = doc
+        self.labelnames = tuple(labels)
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def _child(self, values: tuple[str, ...]) -> object:
+        raise NotImplementedError
+
+    def labels(self, *values: str) -> object:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
+            child = self._children[values] = self._child(values)
+        return child
+
+
+class LoopCounter(_LoopMetric):
+    def _child(self, values: tuple[str, ...]) -> _CounterChild:
+        return _CounterChild()
+
+    def labels(self, *values: str) -> _CounterChild:  # type: ignore[override]
+        return super().labels(*values)  # type: ignore[return-value]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, child in self._children.items():
+            family.add_metric(values, child.value)  # type: ignore[attr-defined]
+        yield family
+
+
+class LoopHistogram(_LoopMetric):
+    def _child(self, values: tuple[str, ...]) -> _HistogramChild:
+        return _HistogramChild(len(DURATION_BUCKETS) + 1)
+
+    def labels(self, *values: str) -> _HistogramChild:  # type: ignore[override]
+        return super().labels(*values)  # type: ignore[return-value]
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        bounds = [*map(floatToGoString, DURATION_BUCKETS), "+Inf"]
+        for values, child in self._children.items():
+            running, buckets = 0, []
+            for bound, count in zip(bounds, child.counts, strict=True):  # type: ignore[attr-defined]
+                running += count
+                buckets.append((bound, running))
+            family.add_metric(values, buckets, child.sum)  # type: ignore[attr-defined]
+        yield family

@@ -96,6 +96,66 @@ async def test_default_message_timeout_applies_without_route_timeout():
     assert result.outcome is Outcome.TIMEOUT
 
 
+async def test_timeouts_of_many_instances_each_fire_at_their_own_deadline():
+    """One timer serves every deadline: a shorter timeout registered after a longer one still
+    fires first, and instances that finish in time are not touched."""
+    runner, metrics = make_runner()
+    ended: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+
+    async def slow(scope, receive, send):
+        await asyncio.sleep(10)
+
+    async def quick(scope, receive, send):
+        await asyncio.sleep(0.01)
+
+    async def run(name, app, timeout):
+        result = await runner.run_message(match_for(app, name=name, timeout=timeout), {"type": "mqtt"}, {"type": "mqtt.message"}, Sink(), adapter="mqtt")
+        ended[name] = loop.time() - start
+        return result.outcome
+
+    start = loop.time()
+    long, short, fine = await asyncio.gather(run("long", slow, 0.6), run("short", slow, 0.1), run("fine", quick, 0.3))
+    assert (long, short, fine) == (Outcome.TIMEOUT, Outcome.TIMEOUT, Outcome.OK)
+    assert ended["short"] < ended["long"]  # order, not speed: the later deadline fired later
+    assert ended["long"] >= 0.6 and ended["short"] >= 0.1
+    assert metric(metrics, "gateway_instances_total", adapter="mqtt", scope_type="mqtt", route="short", outcome="timeout") == 1
+    assert not runner._deadlines._pending
+
+
+async def test_an_app_that_swallows_the_timeout_still_timed_out():
+    runner, _ = make_runner()
+
+    async def stubborn(scope, receive, send):
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass
+
+    result = await runner.run_message(match_for(stubborn, timeout=0.05), {"type": "mqtt"}, {"type": "mqtt.message"}, Sink(), adapter="mqtt")
+    assert result.outcome is Outcome.TIMEOUT
+    assert asyncio.current_task().cancelling() == 0  # the runner took its cancel back
+
+
+@pytest.mark.parametrize("with_deadline", [False, True])
+async def test_a_shutdown_cancel_is_not_swallowed_even_when_the_deadline_fires_with_it(with_deadline):
+    runner, metrics = make_runner()
+
+    async def slow(scope, receive, send):
+        await asyncio.sleep(10)
+
+    task = asyncio.ensure_future(runner.run_message(match_for(slow, timeout=30), {"type": "mqtt"}, {"type": "mqtt.message"}, Sink(), adapter="mqtt"))
+    await asyncio.sleep(0.01)
+    task.cancel()  # e.g. the end of the drain
+    if with_deadline:
+        (inst,) = runner.active
+        inst._expire()  # what the deadline timer does, in the same loop turn
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert metric(metrics, "gateway_instances_total", adapter="mqtt", scope_type="mqtt", route="r", outcome="cancelled") == 1
+    assert not runner._deadlines._pending
+
+
 async def test_app_raising_its_own_timeout_error_is_a_failure_not_a_timeout():
     runner, _ = make_runner()
 

@@ -54,7 +54,7 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
         metrics = context.metrics
-        self._messages = metrics.counter(
+        self._messages = metrics.loop_counter(
             "gateway_mqtt_messages_total", "Inbound MQTT messages, by what became of them.", ("outcome",)
         )
         self._outcomes = {name: self._messages.labels(name) for name in (
