@@ -21,7 +21,7 @@ from unittest import mock
 from aiosmtpd.smtp import SMTP as AioSMTP
 
 import gateway.config as gateway_config
-from gateway_helpers import eventually, free_port  # noqa: F401 - re-exported for the e-mail tests
+from gateway_helpers import eventually, free_port, require  # noqa: F401 - re-exported for the e-mail tests
 from gateway.server import Gateway
 from gateway_adapters.email import EmailAdapter
 
@@ -207,12 +207,6 @@ class Sink:
 
 
 # -- Dovecot -------------------------------------------------------------------------------------
-DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
-DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
-
-
-def dovecot_available() -> bool:
-    return os.path.exists(DOVECOT) and os.path.exists(DOVECOT_LDA)
 
 
 class Dovecot:
@@ -307,7 +301,7 @@ namespace inbox {{
         os.chmod(d, 0o755)
         (d / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}::::::\n")
         self.conf.write_text(self.config_text())
-        self.proc = subprocess.Popen([DOVECOT, "-F", "-c", str(self.conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([require("dovecot", "/usr/sbin/dovecot"), "-F", "-c", str(self.conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -323,7 +317,7 @@ namespace inbox {{
 
     def deliver(self, raw: bytes, folder: str | None = None) -> None:
         """Deliver one message with dovecot-lda (it switches to the mail user for the storage)."""
-        cmd = [DOVECOT_LDA, "-c", str(self.conf), "-d", self.user, "-f", "sender@example.org"]
+        cmd = [require("dovecot-lda", "/usr/lib/dovecot/dovecot-lda"), "-c", str(self.conf), "-d", self.user, "-f", "sender@example.org"]
         if folder:
             cmd += ["-m", folder]
         done = subprocess.run(cmd, input=raw, timeout=10, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ROOT / "plugins"
@@ -46,3 +49,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def require(program: str, *fallbacks: str) -> str:
+    """The path of a peer program the tests run; a clear failure (never a skip) when it is missing."""
+    for candidate in (shutil.which(program), *fallbacks):
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.fail(f"{program} is not installed: `make test` installs every test peer (tests/install-peers.sh)", pytrace=False)

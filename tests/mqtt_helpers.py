@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,15 +24,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from gateway_helpers import require
 from paho.mqtt.enums import CallbackAPIVersion
 
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-
-needs_mosquitto = pytest.mark.skipif(
-    MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto mosquitto-clients; `make test` does it)"
-)
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 APPS: dict[str, App] = {}
@@ -89,8 +84,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
 @contextmanager
 def mosquitto(tmp: Path, extra: str = "") -> Iterator[int]:
     """A Mosquitto on a free loopback port; yields the port."""
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto is not installed")
+    binary = require("mosquitto", "/usr/sbin/mosquitto")
     for attempt in range(3):
         port = free_port()
         conf = tmp / f"mosquitto-{port}.conf"
@@ -104,7 +98,7 @@ def mosquitto(tmp: Path, extra: str = "") -> Iterator[int]:
             + ("user root\n" if os.geteuid() == 0 else "")
             + extra
         )
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _wait_port(port, proc)
         except RuntimeError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import imaplib
-import shutil
 
 import pytest
 
@@ -13,7 +12,6 @@ from tls_helpers import self_signed
 
 pytestmark = [
     pytest.mark.timeout(45),
-    pytest.mark.skipif(not h.dovecot_available(), reason="Dovecot (dovecot-imapd) is not installed"),
 ]
 
 
@@ -225,7 +223,6 @@ def cert(tmp_path_factory):
     return self_signed(tmp_path_factory.mktemp("imaptls"), "localhost")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 @pytest.mark.parametrize("mode", ["implicit", "starttls"])
 async def test_tls_connections(cert, mode):
     server = h.Dovecot(cert)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import smtplib
 import subprocess
 from email.message import EmailMessage
@@ -395,12 +394,11 @@ async def test_sessions_over_the_limit_get_421():
         await third.close()
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
 async def test_swaks_delivers_a_message():
     async with h.email_gateway(config(ROUTES)) as gw:
         host, port = h.smtp_address(gw)
         proc = await asyncio.create_subprocess_exec(
-            "swaks", "--server", host, "--port", str(port), "--from", "a@example.org",
+            h.require("swaks"), "--server", host, "--port", str(port), "--from", "a@example.org",
             "--to", "ticket+7@support.example.com", "--header", "Subject: from swaks",
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 
 import aiosmtplib
 import pytest
@@ -12,7 +11,6 @@ from tls_helpers import self_signed
 
 pytestmark = [
     pytest.mark.timeout(30),
-    pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate"),
 ]
 
 

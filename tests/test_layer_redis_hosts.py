@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import shutil
 import socket
 import subprocess
 import time
@@ -19,7 +18,8 @@ pytest.importorskip("redis")
 
 from gateway.layers.redis import LayerUnavailable, RedisChannelLayer  # noqa: E402
 from gateway.layers.redis_hosts import HashRing, decode_hosts, host_label  # noqa: E402
-from test_layer_redis_helpers import REDIS_SERVER, RedisServer, free_port, prefix  # noqa: E402,F401
+from gateway_helpers import require  # noqa: E402
+from test_layer_redis_helpers import RedisServer, free_port, prefix  # noqa: E402,F401
 from tls_helpers import make_ca  # noqa: E402
 
 pytestmark = pytest.mark.timeout(40)
@@ -58,8 +58,6 @@ def test_host_entries_and_labels_hide_passwords() -> None:
 
 @pytest.fixture
 def two_servers() -> Iterator[list[RedisServer]]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
     servers = [RedisServer().start(), RedisServer().start()]
     yield servers
     for s in servers:
@@ -129,8 +127,6 @@ async def test_one_host_down_degrades_only_its_share(two_servers: list[RedisServ
 
 @pytest.fixture
 def secured() -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
     server = RedisServer(None, "--requirepass", "s3cret", "--user", "alice", "on", ">wonder", "~*", "&*", "+@all")
     server_start_no_ping(server)
     yield server
@@ -139,9 +135,8 @@ def secured() -> Iterator[RedisServer]:
 
 def server_start_no_ping(server: RedisServer) -> None:
     """Start a server the plain PING probe cannot check (auth or TLS): wait for the port instead."""
-    assert REDIS_SERVER is not None
     server.proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *server.extra],
+        [require("redis-server"), "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *server.extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_port(server.port, server)
@@ -188,8 +183,6 @@ async def test_password_and_acl_user(secured: RedisServer, prefix: str) -> None:
 
 @pytest.fixture
 def tls_server(tmp_path: Path) -> Iterator[tuple[RedisServer, Path]]:
-    if REDIS_SERVER is None or shutil.which("openssl") is None:
-        pytest.skip("redis-server and openssl are needed")
     make_ca(tmp_path, ("server",))
     ca, crt, key = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
     tls_port = free_port()
@@ -214,8 +207,6 @@ async def test_rediss_url(tls_server: tuple[RedisServer, Path], prefix: str) -> 
 
 @pytest.fixture
 def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
     master = RedisServer().start()
     port = free_port()
     conf = tmp_path / "sentinel.conf"
@@ -223,7 +214,7 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[RedisServer, int]]:
         f"port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
         "sentinel down-after-milliseconds mymaster 5000\n"
     )
-    proc = subprocess.Popen([REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([require("redis-server"), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         holder = RedisServer(port)
         holder.proc = proc

@@ -9,13 +9,13 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_helpers import APPS, Peer, client_yaml, mosquitto, needs_mosquitto, only_mqtt, wait_for  # noqa: F401
+from mqtt_helpers import APPS, Peer, client_yaml, mosquitto, only_mqtt, wait_for  # noqa: F401
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.server import Gateway
 
-pytestmark = [needs_mosquitto, pytest.mark.usefixtures("only_mqtt"), pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.usefixtures("only_mqtt"), pytest.mark.timeout(30)]
 
 
 @pytest.fixture
@@ -363,9 +363,10 @@ async def test_reconnects_and_resubscribes_after_broker_restart(tmp_path: Path) 
         conf = tmp_path / f"mosquitto-{port}.conf"
         import subprocess
 
-        from mqtt_helpers import MOSQUITTO, _wait_port
+        from gateway_helpers import require
+        from mqtt_helpers import _wait_port
 
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([require("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _wait_port(port, proc)
             await wait_for(lambda: mode.connected, timeout=10, what="reconnected")

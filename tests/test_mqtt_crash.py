@@ -10,9 +10,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from mqtt_helpers import Peer, gateway_process, mosquitto, needs_mosquitto, wait_for
+from mqtt_helpers import Peer, gateway_process, mosquitto, wait_for
 
-pytestmark = [needs_mosquitto, pytest.mark.timeout(40)]
+pytestmark = [pytest.mark.timeout(40)]
 
 
 class Started:

@@ -10,7 +10,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_helpers import APPS, Peer, broker_yaml, free_port, mosquitto, needs_mosquitto, only_mqtt, wait_for  # noqa: F401
+from mqtt_helpers import APPS, Peer, broker_yaml, free_port, mosquitto, only_mqtt, wait_for  # noqa: F401
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.server import Gateway
@@ -67,7 +67,6 @@ async def test_broker_tls_and_websocket_listeners(certs: Path) -> None:
     assert got == [b"over-tls", b"over-ws"]
 
 
-@needs_mosquitto
 async def test_client_mode_over_tls(tmp_path: Path, certs: Path) -> None:
     got: list[bytes] = []
     APPS["in"] = recorder(got)
@@ -96,7 +95,6 @@ routes:
     assert sorted(got) == sorted(f"m{i}".encode() for i in range(200))
 
 
-@needs_mosquitto
 async def test_client_mode_refuses_an_untrusted_broker_certificate(tmp_path: Path, certs: Path) -> None:
     from gateway.errors import StartupError
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from gateway_helpers import require
+
 _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 
 def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+    subprocess.run([require("openssl"), *args], cwd=cwd, check=True, capture_output=True, timeout=30)
 
 
 def make_ca(directory: Path, names: tuple[str, ...] = ("server",), ca_name: str = "test-ca") -> Path:
