@@ -128,7 +128,7 @@ class Peer:
 
     def __init__(
         self, port: int, client_id: str = "", *, clean: bool = True, protocol: int = paho.MQTTv311,
-        username: str | None = None, password: str | None = None,
+        username: str | None = None, password: str | None = None, keepalive: int = 30,
     ) -> None:
         kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
         if protocol != paho.MQTTv5:
@@ -138,7 +138,7 @@ class Peer:
             self.client.username_pw_set(username, password)
         self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
         self.client.on_message = lambda c, u, m: self.messages.put(m)
-        self.client.connect("127.0.0.1", port, 30)
+        self.client.connect("127.0.0.1", port, keepalive)
         self.client.loop_start()
         deadline = time.monotonic() + 5
         while not self.client.is_connected():

@@ -334,3 +334,43 @@ async def test_resent_copy_of_a_running_message_is_not_routed_twice() -> None:
         finally:
             device.close()
     assert runs == [b"once"]
+
+
+def _silent_device_with_a_will(port: int, keep_alive: int) -> socket.socket:
+    """CONNECT with a keep-alive and a will, then never another packet (a device that lost power)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    will_topic, will = b"wills/sensor-9", b"sensor-9 vanished"
+    flags = 0x02 | 0x04  # clean session, will flag (will QoS 0, not retained)
+    body = (b"\x00\x04MQTT\x04" + bytes([flags]) + keep_alive.to_bytes(2, "big")
+            + b"\x00\x08sensor-9" + len(will_topic).to_bytes(2, "big") + will_topic + len(will).to_bytes(2, "big") + will)
+    sock.sendall(bytes([0x10, len(body)]) + body)
+    assert sock.recv(4) == b"\x20\x02\x00\x00"
+    return sock
+
+
+async def test_a_silent_device_is_disconnected_after_its_keep_alive_and_its_will_published() -> None:
+    from structlog.testing import capture_logs
+
+    async with Gateway.from_text(broker_yaml("    []\n", extra=QUICK)) as gw:
+        port = port_of(gw)
+        watcher = await peer(port)
+        lively = await peer(port, keepalive=1)  # pings on its own: must stay connected
+        try:
+            await asyncio.to_thread(watcher.subscribe, "wills/#", 0)
+            with capture_logs() as logs:
+                sock = await asyncio.to_thread(_silent_device_with_a_will, port, 1)
+                try:
+                    closed = await asyncio.to_thread(sock.recv, 10)  # the broker closes it: b""
+                finally:
+                    sock.close()
+                will = await watcher.get(timeout=10)
+            assert closed == b""
+            assert (will.topic, will.payload) == ("wills/sensor-9", b"sensor-9 vanished")
+            expired = [e for e in logs if e["event"] == "mqtt.keepalive_expired"]
+            assert [e["client_id"] for e in expired] == ["sensor-9"] and expired[0]["timeout_s"] == 2  # 1.5 x 1 s, rounded up
+            await asyncio.sleep(1)  # > 2 s since the lively client connected, through its PINGREQs
+            assert lively.client.is_connected()
+            await asyncio.to_thread(lively.publish, "still/here", b"yes", 1)
+        finally:
+            watcher.close()
+            lively.close()

@@ -13,6 +13,12 @@ application. This module goes one level deeper, with two narrow subclasses:
   come from the gateway config, and every client's reader waits on one gate that closes while
   a route's bound is reached (backpressure towards the devices).
 
+* Keep-alive: amqtt 0.12's broker reads each packet under a timeout of the client's keep-alive
+  and then ignores the timeout, so a device that vanished without closing its TCP connection
+  kept its session (and never had its will published). ``_Handler`` ends such a connection,
+  and ``_Broker`` sets the timeout to one and a half times the keep-alive (MQTT 3.1.1,
+  3.1.2.10).
+
 * ``_CheckedPublishPacket`` replaces amqtt's PUBLISH packet class in its packet table: a topic
   with a wildcard (amqtt dropped the packet silently and kept the connection) or that is not
   UTF-8 (amqtt routed it as the text ``"b'...'"``) ends the connection, as MQTT requires.
@@ -34,6 +40,7 @@ import errno
 import contextvars
 import hmac
 import logging
+import math
 from struct import unpack
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +69,7 @@ if TYPE_CHECKING:
     from .adapter import MqttAdapter
 
 
+_closing: set[asyncio.Task[None]] = set()  # connections being closed for an expired keep-alive
 _connection: contextvars.ContextVar[tuple[BrokerMode, Any] | None] = contextvars.ContextVar("mqtt_broker_connection", default=None)
 
 
@@ -124,7 +132,23 @@ class _GatedReader:
 
 
 class _Handler(BrokerProtocolHandler):
-    """Acknowledges inbound QoS 1/2 messages only when the gateway says they were handled."""
+    """Acknowledges inbound QoS 1/2 messages only when the gateway says they were handled, and
+    ends connections whose keep-alive expired."""
+
+    def handle_read_timeout(self) -> None:
+        # called by amqtt's reader loop, which goes on reading: end the connection as if it
+        # had dropped (amqtt then publishes the will) and let the loop be cancelled by that
+        if self.__dict__.get("_gw_expired"):
+            return
+        self.__dict__["_gw_expired"] = True
+        current = _connection.get()
+        if current is not None:
+            mode, session = current
+            mode.log.info("mqtt.keepalive_expired", client_id=session.client_id, timeout_s=session.keep_alive,
+                          why="no packet from the client within 1.5 x its keep-alive; connection closed")
+        task = asyncio.get_running_loop().create_task(self.handle_connection_closed())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
 
     def _gw_pending(self) -> dict[int, asyncio.Future[bool]]:
         pending = self.__dict__.get("_gw_acks")
@@ -184,6 +208,8 @@ class _Broker(Broker):
             handler.__class__ = _Handler
         _connection.set((self.mode, client_session))  # inherited by the reader task amqtt starts below
         gated = _GatedReader(reader, self.mode.gate)
+        if client_session.keep_alive > 0:  # amqtt waits exactly this long for each packet
+            client_session.keep_alive = math.ceil(client_session.keep_alive * 1.5)
         await super()._handle_client_session(gated, writer, client_session, handler, server, listener_name)
 
     async def _authenticate(self, session: Any, listener: Any) -> bool:
