@@ -279,9 +279,7 @@ class Instance:
         if self.task is None:  # run inline in the adapter's task: that is the task to cancel
             self.task = asyncio.current_task()  # type: ignore[assignment]
         runner._started(self)
-        tokens = structlog.contextvars.bind_contextvars(
-            adapter=self.adapter, route=self.route_label, instance=self.id
-        )
+        token = logs.instance_context(self.adapter, self.route_label, self.id)
         start = time.perf_counter()
         outcome, error = Outcome.OK, None
         task = self.task
@@ -298,7 +296,7 @@ class Instance:
                 outcome, error = Outcome.CANCELLED, exc
                 self._deadlines_done()
                 self._finish(outcome, error, start)
-                structlog.contextvars.reset_contextvars(**tokens)
+                logs.reset_instance_context(token)
                 raise
             self.expired = False
             outcome, error = Outcome.TIMEOUT, TimeoutError(f"the route's timeout of {self.timeout} s expired")
@@ -309,7 +307,7 @@ class Instance:
             outcome, error = Outcome.TIMEOUT, TimeoutError(f"the route's timeout of {self.timeout} s expired")
         self._deadlines_done()
         result = self._finish(outcome, error, start)
-        structlog.contextvars.reset_contextvars(**tokens)
+        logs.reset_instance_context(token)
         return result
 
     def _deadlines_done(self) -> None:

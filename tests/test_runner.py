@@ -296,25 +296,32 @@ async def test_drain_waits_for_running_then_cancels_the_rest():
     assert b.result.outcome is Outcome.CANCELLED
 
 
-@pytest.fixture
-def debug_logging():
-    from gateway import logs
+async def test_one_log_line_per_finished_instance_with_context():
+    import io
+    import json
+    import logging
 
-    logs.configure("debug", "json")  # a successful instance reports at debug
-    yield
-    logs.configure("info", "json")
+    from gateway import logs as gateway_logs
 
-
-async def test_one_log_line_per_finished_instance_with_context(debug_logging):
     runner, _ = make_runner()
+    stream = io.StringIO()
 
     async def app(scope, receive, send):
         structlog.get_logger("user").info("inside")
+        logging.getLogger("some.library").warning("stdlib too")
 
-    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+    gateway_logs.configure("debug", "json", stream=stream)  # a successful instance reports at debug
+    try:
         await runner.run_message(match_for(app, "named"), {"type": "mqtt"}, {"type": "mqtt.message"}, Sink(), adapter="mqtt")
-    inside = [e for e in logs if e["event"] == "inside"]
+        structlog.get_logger("user").info("after")
+    finally:
+        gateway_logs.configure("info", "json")
+    logs = [json.loads(line) for line in stream.getvalue().splitlines()]
+    inside = [e for e in logs if e["event"] in ("inside", "stdlib too")]
     finished = [e for e in logs if e["event"] == "instance.finished"]
+    after = [e for e in logs if e["event"] == "after"]
+    assert len(inside) == 2 and inside[1]["adapter"] == "mqtt" and inside[1]["logger"] == "some.library"
+    assert "instance" not in after[0]  # the context ends with the instance
     assert len(finished) == 1
     assert finished[0]["outcome"] == "ok" and finished[0]["route"] == "named" and "duration_ms" in finished[0]
     # lines the application logs while it runs carry the adapter, route and instance id
