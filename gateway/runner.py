@@ -81,7 +81,6 @@ class Runner:
         )
         self._gauge = metrics.gauge("gateway_instances_active", "Application instances running now.", ("adapter",))
         self._running: dict[str, int] = {}  # read by the gauge when scraped: no lock per instance
-        self._children: dict[tuple[Any, ...], Any] = {}
         self._deadlines = _Deadlines()
 
     def instance(
@@ -155,18 +154,10 @@ class Runner:
         self.active.discard(inst)
         if not self.active:
             self._idle.set()
-        route = inst.route_label
-        self._running[inst.adapter] -= 1
-        self._child("c", inst.adapter, inst.scope_type, route, result.outcome.value).inc()
-        self._child("h", inst.adapter, inst.scope_type, route).observe(result.duration)
-
-    def _child(self, kind: str, *labels: str) -> Any:
-        key = (kind, *labels)
-        child = self._children.get(key)
-        if child is None:
-            metric = self._finished if kind == "c" else self._duration
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        adapter, scope_type, route = inst.adapter, inst.scope_type, inst.route_label
+        self._running[adapter] -= 1
+        self._finished.labels(adapter, scope_type, route, result.outcome.value).inc()
+        self._duration.labels(adapter, scope_type, route).observe(result.duration)
 
 
 class _MessageEvents:
