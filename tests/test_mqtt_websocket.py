@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,12 +16,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.errors import ConfigError, StartupError
 from gateway.server import Gateway
+from tls_helpers import make_ca
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def config(ws_path: str = "/mqtt", http: bool = True) -> str:
-    http_block = '  http: {listen: ["127.0.0.1:0"]}\n' if http else ""
+def config(ws_path: str = "/mqtt", http: bool = True, http_tls: str = "") -> str:
+    http_block = f'  http: {{listen: ["127.0.0.1:0"]{http_tls}}}\n' if http else ""
     return f"""\
 adapters:
 {http_block}  mqtt: {{mode: broker, listen: ["127.0.0.1:0"], ws_path: "{ws_path}"}}
@@ -42,9 +44,11 @@ def tcp_port(gw: Gateway) -> int:
 class WsDevice:
     """A paho client speaking MQTT over WebSocket to the HTTP listener."""
 
-    def __init__(self, port: int, path: str = "/mqtt") -> None:
+    def __init__(self, port: int, path: str = "/mqtt", ca: Path | None = None) -> None:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, transport="websockets")
         self.client.ws_set_options(path=path)
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
         self.connected: queue.Queue[int] = queue.Queue()
         self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
         self.client.on_connect = lambda c, u, f, rc, p: self.connected.put(rc.value)
@@ -91,6 +95,27 @@ async def test_devices_on_the_http_port_publish_to_apps_and_to_tcp_subscribers()
             await asyncio.to_thread(device.close)
             await asyncio.to_thread(watcher.close)
     assert handled == [("in/door", b"open")]
+
+
+async def test_mqtt_over_wss_through_the_http_adapters_tls(tmp_path: Path) -> None:
+    got: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["payload"])
+
+    APPS["in"] = app
+    certs = make_ca(tmp_path, ("server",))
+    cert, key = certs / "server.pem", certs / "server.key"
+    tls = f', tls: {{cert: "{cert}", key: "{key}"}}'
+    async with Gateway.from_text(config(http_tls=tls)) as gw:
+        device = await asyncio.to_thread(WsDevice, http_port(gw), ca=certs / "ca.pem")
+        try:
+            assert await asyncio.to_thread(device.connected.get, True, 5) == 0
+            info = device.client.publish("in/secure", b"over wss", 1)
+            await wait_for(info.is_published, what="PUBACK over wss")
+        finally:
+            await asyncio.to_thread(device.close)
+    assert got == [b"over wss"]
 
 
 async def test_handshake_rules_and_plain_http_on_the_mount_path() -> None:
