@@ -282,23 +282,27 @@ class Instance:
                 outcome, error = Outcome.FAILED, self._invalid
         except asyncio.CancelledError as exc:
             # our deadline's cancel is taken back; one from elsewhere (shutdown) goes on
-            if not (self.expired and task.uncancel() <= cancelling):
+            only_ours = self.expired and task.uncancel() <= cancelling
+            self.expired = False
+            if not only_ours:
                 outcome, error = Outcome.CANCELLED, exc
                 self._deadlines_done()
                 self._finish(outcome, error, start)
                 logs.reset_instance_context(token)
                 raise
-            self.expired = False
-            outcome, error = Outcome.TIMEOUT, TimeoutError(f"the route's timeout of {self.timeout} s expired")
+            outcome, error = Outcome.TIMEOUT, self._timeout_error()
         except Exception as exc:
             outcome, error = Outcome.FAILED, exc
         if self.expired:  # the app swallowed the cancellation: it still timed out
             task.uncancel()
-            outcome, error = Outcome.TIMEOUT, TimeoutError(f"the route's timeout of {self.timeout} s expired")
+            outcome, error = Outcome.TIMEOUT, self._timeout_error()
         self._deadlines_done()
         result = self._finish(outcome, error, start)
         logs.reset_instance_context(token)
         return result
+
+    def _timeout_error(self) -> TimeoutError:
+        return TimeoutError(f"the route's timeout of {self.timeout} s expired")
 
     def _deadlines_done(self) -> None:
         if self.timeout is not None:
