@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -87,8 +88,8 @@ class _CounterChild:
 class _HistogramChild:
     __slots__ = ("counts", "sum")
 
-    def __init__(self, size: int) -> None:
-        self.counts = [0] * size
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
@@ -96,53 +97,47 @@ class _HistogramChild:
         self.sum += value
 
 
-class _LoopMetric(Collector):
+Child = TypeVar("Child", _CounterChild, _HistogramChild)
+
+
+class _LoopMetric(Collector, Generic[Child]):
+    new_child: Callable[[], Child]
+
     def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
         self.name = name
         self.doc = doc
         self.labelnames = tuple(labels)
-        self._children: dict[tuple[str, ...], object] = {}
+        self._children: dict[tuple[str, ...], Child] = {}
 
-    def _child(self, values: tuple[str, ...]) -> object:
-        raise NotImplementedError
-
-    def labels(self, *values: str) -> object:
+    def labels(self, *values: str) -> Child:
         child = self._children.get(values)
         if child is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values}")
-            child = self._children[values] = self._child(values)
+            child = self._children[values] = self.new_child()
         return child
 
 
-class LoopCounter(_LoopMetric):
-    def _child(self, values: tuple[str, ...]) -> _CounterChild:
-        return _CounterChild()
-
-    def labels(self, *values: str) -> _CounterChild:  # type: ignore[override]
-        return super().labels(*values)  # type: ignore[return-value]
+class LoopCounter(_LoopMetric[_CounterChild]):
+    new_child = _CounterChild
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
         for values, child in self._children.items():
-            family.add_metric(values, child.value)  # type: ignore[attr-defined]
+            family.add_metric(values, child.value)
         yield family
 
 
-class LoopHistogram(_LoopMetric):
-    def _child(self, values: tuple[str, ...]) -> _HistogramChild:
-        return _HistogramChild(len(DURATION_BUCKETS) + 1)
-
-    def labels(self, *values: str) -> _HistogramChild:  # type: ignore[override]
-        return super().labels(*values)  # type: ignore[return-value]
+class LoopHistogram(_LoopMetric[_HistogramChild]):
+    new_child = _HistogramChild
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
         bounds = [*map(floatToGoString, DURATION_BUCKETS), "+Inf"]
         for values, child in self._children.items():
             running, buckets = 0, []
-            for bound, count in zip(bounds, child.counts, strict=True):  # type: ignore[attr-defined]
+            for bound, count in zip(bounds, child.counts, strict=True):
                 running += count
                 buckets.append((bound, running))
-            family.add_metric(values, buckets, child.sum)  # type: ignore[attr-defined]
+            family.add_metric(values, buckets, child.sum)
         yield family
