@@ -351,10 +351,16 @@ def _silent_device_with_a_will(port: int, keep_alive: int) -> socket.socket:
 async def test_a_silent_device_is_disconnected_after_its_keep_alive_and_its_will_published() -> None:
     from structlog.testing import capture_logs
 
+    async def keep_talking(client: Any) -> None:
+        while True:  # a packet every 0.3 s: well inside the 2 s limit (paho's own pings may be 1 s late)
+            client.publish("still/here", b".", 0)
+            await asyncio.sleep(0.3)
+
     async with Gateway.from_text(broker_yaml("    []\n", extra=QUICK)) as gw:
         port = port_of(gw)
         watcher = await peer(port)
-        lively = await peer(port, keepalive=1)  # pings on its own: must stay connected
+        lively = await peer(port, keepalive=1)  # must stay connected
+        talking = asyncio.ensure_future(keep_talking(lively.client))
         try:
             await asyncio.to_thread(watcher.subscribe, "wills/#", 0)
             with capture_logs() as logs:
@@ -364,13 +370,13 @@ async def test_a_silent_device_is_disconnected_after_its_keep_alive_and_its_will
                 finally:
                     sock.close()
                 will = await watcher.get(timeout=10)
+                await asyncio.sleep(1)  # the lively client is now well past 2 s of keep-alive 1
             assert closed == b""
             assert (will.topic, will.payload) == ("wills/sensor-9", b"sensor-9 vanished")
             expired = [e for e in logs if e["event"] == "mqtt.keepalive_expired"]
             assert [e["client_id"] for e in expired] == ["sensor-9"] and expired[0]["timeout_s"] == 2  # 1.5 x 1 s, rounded up
-            await asyncio.sleep(1)  # > 2 s since the lively client connected, through its PINGREQs
             assert lively.client.is_connected()
-            await asyncio.to_thread(lively.publish, "still/here", b"yes", 1)
         finally:
+            talking.cancel()
             watcher.close()
             lively.close()
