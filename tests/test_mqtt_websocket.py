@@ -51,8 +51,10 @@ class WsDevice:
             self.client.tls_set(ca_certs=str(ca))
         self.connected: queue.Queue[int] = queue.Queue()
         self.messages: queue.Queue[paho.MQTTMessage] = queue.Queue()
+        self.subacks: queue.Queue[int] = queue.Queue()
         self.client.on_connect = lambda c, u, f, rc, p: self.connected.put(rc.value)
         self.client.on_message = lambda c, u, m: self.messages.put(m)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.put(mid)
         self.client.connect("127.0.0.1", port, 30)
         self.client.loop_start()
 
@@ -86,8 +88,8 @@ async def test_devices_on_the_http_port_publish_to_apps_and_to_tcp_subscribers()
             release.set()
             await wait_for(info.is_published, what="PUBACK over WebSocket after the app returned")
             # and the other way: a TCP publisher reaches the WebSocket device
-            await asyncio.to_thread(lambda: device.client.subscribe("news/#", 1)[0])
-            await asyncio.sleep(0.2)
+            _, mid = device.client.subscribe("news/#", 1)
+            assert await asyncio.to_thread(device.subacks.get, True, 5) == mid
             await asyncio.to_thread(watcher.publish, "news/today", b"hello ws", 1)
             got = await asyncio.to_thread(device.messages.get, True, 5)
             assert (got.topic, got.payload) == ("news/today", b"hello ws")
