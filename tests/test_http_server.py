@@ -207,6 +207,27 @@ async def test_mounts_share_the_listener():
     assert calls == ["/sms/twilio"]
 
 
+def test_mount_table_scope_types_and_required_mounts():
+    from gateway.mounts import Mounts
+
+    async def app(scope, receive, send):
+        pass
+
+    mounts = Mounts()
+    mounts.add("/hooks", app, "sms")
+    mounts.add("/hooks", app, "mqtt", scope_types=("websocket",), required=True)  # same path, other scope type
+    mounts.add("/hooks/deep", app, "other")
+    with pytest.raises(ValueError, match="mqtt and sms both want to mount '/hooks'"):
+        mounts.add("/hooks", app, "mqtt")
+    assert mounts.find("/hooks/deep/x").owner == "other"  # longest prefix first
+    assert mounts.find("/hooks/x").owner == "sms"
+    assert mounts.find("/hooks/x", "websocket").owner == "mqtt"
+    assert mounts.find("/hooks/deep", "websocket").owner == "mqtt"  # "other" takes http only
+    assert [m.owner for m in mounts.unserved()] == ["mqtt"]
+    mounts.served_by = "http"
+    assert mounts.unserved() == []
+
+
 # -- access log -----------------------------------------------------------------------------
 
 async def test_access_log_lines():
