@@ -136,6 +136,7 @@ class Runner:
                     await self._idle.wait()
             except TimeoutError:
                 log.warning("runner.cancel_incomplete", still_running=len(self.active))
+        self._deadlines.clear()  # nothing left to time out; a later start may run on another loop
         return len(left)
 
     # -- bookkeeping, called by Instance ---------------------------------------------------
@@ -359,6 +360,12 @@ class _Deadlines:
 
     def discard(self, inst: Instance) -> None:
         self._pending.pop(inst, None)
+
+    def clear(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._pending.clear()
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         if self._handle is not None:

@@ -326,3 +326,27 @@ async def test_one_log_line_per_finished_instance_with_context():
     assert finished[0]["outcome"] == "ok" and finished[0]["route"] == "named" and "duration_ms" in finished[0]
     # lines the application logs while it runs carry the adapter, route and instance id
     assert inside[0]["adapter"] == "mqtt" and inside[0]["route"] == "named" and inside[0]["instance"] == finished[0]["instance"]
+
+
+def test_a_runner_times_out_instances_again_after_a_drain_on_another_event_loop():
+    """A gateway stopped and started again (a new loop) must not wait on the old loop's timer."""
+    runner, _ = make_runner()
+
+    async def slow(scope, receive, send):
+        await asyncio.sleep(10)
+
+    async def one_run(timeout):
+        task = asyncio.ensure_future(runner.run_message(match_for(slow, timeout=timeout), {"type": "mqtt"}, {"type": "mqtt.message"}, Sink(), adapter="mqtt"))
+        await asyncio.sleep(0.01)
+        return task
+
+    async def first():
+        await one_run(0.05)  # its timer is set on this loop, then the drain cancels the instance
+        await runner.drain(0)
+
+    async def second():
+        return await (await one_run(0.5))  # would wait for the first loop's timer without the reset
+
+    asyncio.run(first())
+    started = asyncio.run(asyncio.wait_for(second(), 5))
+    assert started.outcome is Outcome.TIMEOUT
