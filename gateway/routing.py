@@ -12,7 +12,6 @@ to refuse an SMTP recipient) before they start an instance.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -75,7 +74,7 @@ class Match(NamedTuple):
         child["url_route"] = {"args": self.args, "kwargs": self.kwargs}
         child["route_name"] = self.route.name
         if self.route.state is not None:
-            child["state"] = copy.copy(self.route.state)
+            child["state"] = dict(self.route.state)  # a shallow copy per instance, as the lifespan spec asks
         return child
 
 
