@@ -8,13 +8,54 @@ failure the sender would retry forever.
 from __future__ import annotations
 
 import email.policy
+import functools
 import re
 import email.utils
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any
 
-_PARSER = BytesParser(policy=email.policy.default)
+
+class _HeaderClasses(HeaderRegistry):
+    """The stdlib's registry builds a new header class (a metaclass call) every time it parses a
+    header; build one per kind of header and reuse it. Keyed by the registry's class for the
+    name, so odd header names cannot grow the cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[type, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        kind = self.registry.get(name.lower(), self.default_class)
+        made = self._made.get(kind)
+        if made is None:
+            made = self._made[kind] = super().__getitem__(name)
+        return made
+
+
+# MIME headers the parser and the message API read again and again (content type, charset,
+# disposition, filename, ...): every read parses the stored text anew, seven times per part.
+_MIME_HEADERS = frozenset({"content-type", "content-disposition", "content-transfer-encoding"})
+
+
+class _Policy(email.policy.EmailPolicy):
+    """The modern policy (``email.policy.default``), with parsed MIME headers remembered by their
+    text. Parsed headers are immutable, and the same few values come in every message."""
+
+    def header_fetch_parse(self, name: str, value: Any) -> Any:
+        if not hasattr(value, "name") and name.lower() in _MIME_HEADERS:
+            return _mime_header(self, name, value)
+        return super().header_fetch_parse(name, value)
+
+
+@functools.lru_cache(maxsize=512)
+def _mime_header(policy: _Policy, name: str, value: str) -> Any:
+    return email.policy.EmailPolicy.header_fetch_parse(policy, name, value)
+
+
+_POLICY = _Policy(header_factory=_HeaderClasses())
+_PARSER = BytesParser(policy=_POLICY)
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
 
