@@ -107,7 +107,11 @@ routes:
 
     # -- the load generator ------------------------------------------------------------------------
     def make_message(size: int) -> bytes:
-        head = b"From: bench@example.org\r\nTo: sink@example.com\r\nSubject: bench\r\nMessage-ID: <b@example.org>\r\n\r\n"
+        head = (  # the headers a mail client sends with a plain-text message
+            b"From: Bench <bench@example.org>\r\nTo: sink@example.com\r\nSubject: bench\r\n"
+            b"Date: Sun, 22 Nov 2026 05:00:00 +0000\r\nMessage-ID: <b@example.org>\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+        )
         line = b"x" * 76 + b"\r\n"
         body = line * max(1, (size - len(head)) // len(line))
         return head + body
