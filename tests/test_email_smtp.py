@@ -330,6 +330,21 @@ async def test_smtputf8_addresses_and_null_sender():
     assert scope["mail_from"] == "" and scope["rcpt_to"] == "jürgen@example.com" and scope["smtputf8"] is True
 
 
+async def test_mail_and_rcpt_address_syntax():
+    routes = '    - {to: "*@example.com", app: "email_helpers:ok"}\n'
+    async with h.email_gateway(config(routes)) as gw:
+        raw, _ = await Raw.connect(gw)
+        await raw.cmd("EHLO c.test")
+        replies = [await raw.cmd(line) for line in (
+            "MAIL FROM:<a b@@example.org>", "MAIL FROM:<>x", "MAIL FROM:plain@example.org SIZE=10",
+            "RCPT TO:<@relay.example,:bad>", "RCPT TO:<ok@example.com> NOTIFY=NEVER", "RCPT TO:<ok@example.com>",
+        )]
+        await raw.close()
+    # the same replies as aiosmtpd's own address parsing gives (the listener replaces it for speed)
+    assert [r.split(" ", 1)[0] for r in replies] == ["553", "555", "250", "550", "555", "250"]
+    assert replies[0] == "553 5.1.3 Error: malformed address"
+    assert replies[3] == "550 5.7.1 <bad>: relay access denied"  # a source route is dropped (RFC 5321 4.1.2)
+
 async def test_commands_out_of_order_get_503():
     async with h.email_gateway(config(ROUTES)) as gw:
         raw, _ = await Raw.connect(gw)
