@@ -5,7 +5,9 @@ against aiosmtpd with a no-op handler (the ceiling), side by side in one run.
 
 Each server runs in its own subprocess on a free loopback port (uvloop when installed); the load
 generator is one asyncio process holding ``--sessions`` SMTP sessions, each sending
-MAIL/RCPT/DATA in a loop for ``--seconds``. Only 250 replies count. Cells alternate between the
+MAIL/RCPT/DATA in a loop for ``--seconds``; each message is plain text with the headers a mail
+client sends (Content-Type with a charset, Date, MIME-Version), so the gateway parses what it
+would parse in real life. Only 250 replies count. Cells alternate between the
 two servers for ``--rounds`` rounds and the best of each is kept. Output: a table with the
 gateway/aiosmtpd ratio per message size (target: >= 0.7).
 """
