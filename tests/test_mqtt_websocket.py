@@ -25,7 +25,7 @@ def config(ws_path: str = "/mqtt", http: bool = True, http_tls: str = "") -> str
     http_block = f'  http: {{listen: ["127.0.0.1:0"]{http_tls}}}\n' if http else ""
     return f"""\
 adapters:
-{http_block}  mqtt: {{mode: broker, listen: ["127.0.0.1:0"], ws_path: "{ws_path}"}}
+{http_block}  mqtt: {{mode: broker, listen: ["127.0.0.1:0"], ws_path: "{ws_path}", connect_timeout: 1}}
 routes:
   mqtt:
     - {{topic: "in/#", name: in, app: "mqtt_helpers:route_app"}}
@@ -136,6 +136,13 @@ async def test_handshake_rules_and_plain_http_on_the_mount_path() -> None:
                 await ws.send_str("CONNECT")
                 closing = await ws.receive(timeout=5)
                 assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            # binary garbage instead of an MQTT CONNECT, or nothing at all: closed (connect_timeout)
+            for first in (b"\xff\x00garbage, not MQTT\r\n" * 4, b""):
+                async with session.ws_connect(f"{base}/mqtt", protocols=("mqtt",)) as ws:
+                    if first:
+                        await ws.send_bytes(first)
+                    closing = await ws.receive(timeout=10)
+                    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             # the mount takes WebSocket upgrades only; plain HTTP goes to the routes (none here)
             async with session.get(f"{base}/mqtt") as resp:
                 assert resp.status == 404

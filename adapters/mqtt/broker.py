@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import amqtt.mqtt
 from amqtt.broker import Broker
+from amqtt.errors import AMQTTError, NoDataError
 from amqtt.codecs_amqtt import decode_packet_id, read_or_raise
 from amqtt.contexts import Action
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
@@ -211,6 +212,21 @@ class _Broker(Broker):
         if client_session.keep_alive > 0:  # amqtt waits exactly this long for each packet
             client_session.keep_alive = math.ceil(client_session.keep_alive * 1.5)
         await super()._handle_client_session(gated, writer, client_session, handler, server, listener_name)
+
+    async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> Any:
+        # amqtt waits for ever for a CONNECT, and leaves the connection open when the first
+        # packet is not one: a client that sends nothing, or garbage, would hold it
+        try:
+            async with asyncio.timeout(self.mode.config.connect_timeout):
+                return await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+        except (TimeoutError, AMQTTError, NoDataError) as exc:
+            why = "no complete CONNECT in time" if isinstance(exc, TimeoutError) else "the first packet is not a valid CONNECT"
+            self.mode.log.info("mqtt.connection_refused", client=f"{remote_address}:{remote_port}", why=f"{why}; closed")
+            try:
+                await writer.close()
+            except Exception:  # noqa: BLE001, S110 - gone already
+                pass
+            raise AMQTTError(why) from None
 
     async def _authenticate(self, session: Any, listener: Any) -> bool:
         return await self.mode.authenticate(session)

@@ -95,6 +95,10 @@ class MqttConfig(Section):
         None, description="Broker mode: per-user topic ACL (`*` is the rule for users without their own and for "
         "anonymous clients); filters may use `%u` and `%c`. Default: no ACL (everything allowed)."
     )
+    connect_timeout: float = Field(
+        10.0, gt=0, description="Broker mode: seconds a new connection has to send a complete CONNECT; "
+        "after that, or on a malformed one, it is closed."
+    )
     auth_app: str | None = Field(
         None, description="Broker mode: `module:callable` `async (client_id, username, password) -> bool` deciding logins "
         "(e.g. a Django-backed check); used in addition to `users`."
@@ -163,7 +167,7 @@ CLIENT_ONLY = frozenset({
     "client_id", "username", "password", "clean_session", "protocol", "session_expiry", "reconnect",
     "shared", "redeliver_after", "max_inflight",
 })
-BROKER_ONLY = frozenset({"listen", "tls_listen", "ws_listen", "ws_path", "allow_anonymous", "users", "acl", "auth_app"})
+BROKER_ONLY = frozenset({"listen", "tls_listen", "ws_listen", "ws_path", "connect_timeout", "allow_anonymous", "users", "acl", "auth_app"})
 
 
 class BrokerAddress:
