@@ -13,10 +13,10 @@ import paho.mqtt.client as paho
 import pytest
 from mqtt_helpers import APPS, Peer, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
+from tls_helpers import make_ca
 
 from gateway.errors import ConfigError, StartupError
 from gateway.server import Gateway
-from tls_helpers import make_ca
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -36,8 +36,8 @@ instance ends.
 from __future__ import annotations
 
 import asyncio
-import errno
 import contextvars
+import errno
 import hmac
 import logging
 import math
@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING, Any
 
 import amqtt.mqtt
 from amqtt.broker import Broker
-from amqtt.errors import AMQTTError, NoDataError
 from amqtt.codecs_amqtt import decode_packet_id, read_or_raise
 from amqtt.contexts import Action
+from amqtt.errors import AMQTTError, NoDataError
+from amqtt.mqtt.packet import PUBLISH
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import INCOMING
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.pubcomp import PubcompPacket
-from amqtt.mqtt.packet import PUBLISH
 from amqtt.mqtt.publish import PublishPacket, PublishVariableHeader
 from amqtt.mqtt.pubrec import PubrecPacket
 
