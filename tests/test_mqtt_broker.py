@@ -381,3 +381,26 @@ async def test_a_silent_device_is_disconnected_after_its_keep_alive_and_its_will
             talking.cancel()
             watcher.close()
             lively.close()
+
+
+async def test_a_burst_of_publishes_right_before_disconnect_is_routed_in_full() -> None:
+    """amqtt's client loop drops what is still queued when it handles a DISCONNECT; its reader
+    yields after every packet, which keeps the queue empty. This guards that for the gateway."""
+    got: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["payload"])
+
+    APPS["b"] = app
+    async with Gateway.from_text(broker_yaml(route("b/#", "b", "concurrency: 64"), extra=QUICK)) as gw:
+        port = port_of(gw)
+        body = b"\x00\x04MQTT\x04\x02\x00\x3c" + b"\x00\x05burst"
+        packets = [bytes([0x10, len(body)]) + body]
+        for i in range(500):
+            publish = b"\x00\x03b/x" + str(i).encode()
+            packets.append(bytes([0x30, len(publish)]) + publish)
+        packets.append(b"\xe0\x00")  # DISCONNECT
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"".join(packets))  # one write: CONNECT, 500 QoS 0 PUBLISH, DISCONNECT
+            await wait_for(lambda: len(got) == 500, what="all 500 messages routed", timeout=15)
+    assert sorted(int(p) for p in got) == list(range(500))
