@@ -12,7 +12,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
+
+log = structlog.get_logger("gateway.layers")
 
 MAX_NAME_LENGTH = 100
 _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
@@ -64,9 +67,9 @@ class BaseChannelLayer(abc.ABC):
 
     options_model: ClassVar[type[LayerOptions]] = LayerOptions
     extensions: ClassVar[list[str]] = ["groups", "flush"]
-    on_full: FullHook | None = None
+    on_full: FullHook | None
     """Set by the gateway to count refused messages in its metrics."""
-    on_health: HealthHook | None = None
+    on_health: HealthHook | None
     """Set by the gateway to report the layer's state on the health endpoint."""
     health: tuple[str, str] = ("ok", "")
     """The layer's current ``(status, detail)``."""
@@ -77,8 +80,16 @@ class BaseChannelLayer(abc.ABC):
         group_expiry: float = 86400,
         capacity: int = 100,
         channel_capacity: Mapping[str, int] | None = None,
+        on_full: FullHook | None = None,
+        on_health: HealthHook | None = None,
         **kwargs: Any,
     ) -> None:
+        self.on_full = on_full
+        self.on_health = on_health
+        self.full_drops = 0
+        """Messages ``group_send`` could not queue for a member because its channel was full."""
+        self.expired_drops = 0
+        """Messages dropped because nobody received them within ``expiry`` seconds."""
         self.expiry = expiry
         self.group_expiry = group_expiry
         self.capacity = capacity
@@ -86,6 +97,13 @@ class BaseChannelLayer(abc.ABC):
             (re.compile(fnmatch.translate(pattern)) if isinstance(pattern, str) else pattern, cap)
             for pattern, cap in (channel_capacity or {}).items()
         ]
+
+    def _count_full(self, channel: str, group: str | None) -> None:
+        """A message was not queued because ``channel`` is full: counted, logged, reported."""
+        self.full_drops += 1
+        log.warning("layer.channel_full", channel=channel, group=group, capacity=self.get_capacity(channel))
+        if self.on_full is not None:
+            self.on_full(channel, group)
 
     def get_capacity(self, channel: str) -> int:
         """Capacity of ``channel``: the first matching ``channel_capacity`` glob, else ``capacity``."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from .base import BaseChannelLayer, ChannelFull, FullHook
+from .base import BaseChannelLayer, ChannelFull
 
 log = structlog.get_logger("gateway.layers.memory")
 
@@ -49,25 +49,17 @@ class _Channel:
 class InMemoryChannelLayer(BaseChannelLayer):
     """Channels' layer API held in this process's memory (the ``memory`` backend)."""
 
-    extensions = ["groups", "flush"]
-
     def __init__(
         self,
         expiry: float = 60,
         group_expiry: float = 86400,
         capacity: int = 100,
         channel_capacity: Mapping[str, int] | None = None,
-        on_full: FullHook | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity, **kwargs
         )
-        self.on_full = on_full
-        self.full_drops = 0
-        """Messages ``group_send`` could not queue because the member's channel was full."""
-        self.expired_drops = 0
-        """Messages dropped because nobody received them within ``expiry`` seconds."""
         self._channels: dict[str, _Channel] = {}
         self._groups: dict[str, dict[str, float]] = {}  # group -> {channel: joined_at}
         self._member_of: dict[str, set[str]] = {}  # channel -> groups; makes leaving all groups O(groups joined)
@@ -230,12 +222,6 @@ class InMemoryChannelLayer(BaseChannelLayer):
         """Free an empty channel nobody waits on, so short-lived channels do not accumulate."""
         if not state.messages and not state.waiters and self._channels.get(channel) is state:
             del self._channels[channel]
-
-    def _count_full(self, channel: str, group: str | None) -> None:
-        self.full_drops += 1
-        log.warning("layer.channel_full", channel=channel, group=group, capacity=self.get_capacity(channel))
-        if self.on_full is not None:
-            self.on_full(channel, group)
 
     def _sweep_interval(self) -> float:
         return max(min(self.expiry, self.group_expiry), 0.001)

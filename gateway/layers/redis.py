@@ -152,7 +152,6 @@ class RedisChannelLayer(BaseChannelLayer):
     """Channels' layer API on Redis (the ``redis`` backend); several processes and machines share it."""
 
     options_model = RedisLayerOptions
-    extensions = ["groups", "flush"]
 
     def __init__(
         self,
@@ -177,7 +176,10 @@ class RedisChannelLayer(BaseChannelLayer):
         unknown = sorted(set(kwargs) - {"symmetric_encryption_keys", "serializer_format", "random_prefix_length"})
         if unknown:
             raise TypeError(f"unknown RedisChannelLayer option(s): {', '.join(unknown)}")
-        super().__init__(expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity)
+        super().__init__(
+            expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity,
+            on_full=on_full, on_health=on_health,
+        )
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be a non-empty str")
         if url and hosts:
@@ -189,13 +191,6 @@ class RedisChannelLayer(BaseChannelLayer):
         self.inbox_limit = inbox_limit
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
-        self.on_full = on_full
-        self.on_health = on_health
-        self.full_drops = 0
-        """Group messages not queued for a member because its channel was full."""
-        self.expired_drops = 0
-        """Messages dropped because nobody received them within ``expiry`` seconds."""
-        self.health: tuple[str, str] = ("ok", "")
         self.client_id = secrets.token_hex(6)
         self._ttl_ms = max(int(expiry * 1000), 1)
         self._gexp_ms = max(int(group_expiry * 1000), 1)
@@ -614,12 +609,6 @@ class RedisChannelLayer(BaseChannelLayer):
         st.spawn(leave())
 
     # -- accounting ------------------------------------------------------------------------------
-
-    def _count_full(self, channel: str, group: str | None) -> None:
-        self.full_drops += 1
-        log.warning("layer.channel_full", channel=channel, group=group, capacity=self.get_capacity(channel))
-        if self.on_full is not None:
-            self.on_full(channel, group)
 
     def _expired(self, channel: str, count: int) -> None:
         self.expired_drops += count
