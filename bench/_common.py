@@ -1,4 +1,9 @@
-"""Shared bench plumbing: start each server under test in a subprocess, wait for it, measure RSS."""
+"""Shared bench plumbing: start each server under test in a subprocess, wait for it, measure RSS.
+
+Every bench script imports it as ``_common``. bench/http.py and bench/email.py are named like
+standard-library modules, so each script first moves its own folder from the front of
+``sys.path`` to the end: the standard library wins, and ``_common`` is still found.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -33,6 +38,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], name: str, output: Callable[[], str], timeout: float = 20) -> None:
+    """Return once something accepts on ``port``; raise with the process's ``output`` if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited at start:\n{output()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start listening on {port} within {timeout:g} s")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGINT) -> None:
+    """Ask ``proc`` to stop with ``sig``; kill it if it has not within 10 s."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def gateway_config(port: int, appdir: Path, max_connections: int = 50_000) -> str:
@@ -79,24 +107,11 @@ def running(server: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(command(server, port, workdir), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{server} exited at start: {(workdir / 'server.log').read_text()[-2000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{server} did not start listening within 20 s")
-            time.sleep(0.05)
+        wait_listening(port, proc, server, lambda: (workdir / "server.log").read_text(errors="replace"))
         time.sleep(0.3)
         yield port, proc
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -11,28 +11,17 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named like the stdlib package `http`: take its folder off sys.path before anything
-# imports `http.client` and would get this script instead.
+# bench/http.py and bench/email.py shadow the standard library: this folder goes last on sys.path
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
 
 import argparse
-import importlib.util
 import re
 import subprocess
 import tempfile
 from pathlib import Path
 
-
-def _load_common():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_common", os.path.join(_HERE, "_common.py"))
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["bench_common"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-common = _load_common()
+import _common as common
 
 MiB = 1024 * 1024
 LAST_CPU: list[float | None] = [None]

@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# bench/ holds http.py and email.py: keep it off sys.path so they cannot shadow the stdlib.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+# bench/http.py and bench/email.py shadow the standard library: this folder goes last on sys.path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"] + [str(ROOT / "bench")]
 sys.path.insert(0, str(ROOT))
+
+import _common as common  # noqa: E402
 
 CAPACITY = 1_000_000
 KINDS = ("channels_redis", "channels_redis_pubsub", "gateway")
@@ -77,17 +79,11 @@ async def close_layer(layer: Any) -> None:
             pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     exe = shutil.which("redis-server")
     if exe is None:
         sys.exit("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
+    port = common.free_port()
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

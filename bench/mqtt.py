@@ -24,12 +24,14 @@ import os
 import sys
 
 _here = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _here]  # bench/http.py, bench/email.py
+# bench/http.py and bench/email.py shadow the standard library: this folder goes last on sys.path
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here] + [_here]
 
 import argparse  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import queue  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -42,7 +44,7 @@ from pathlib import Path  # noqa: E402
 import paho.mqtt.client as paho  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-ROOT = Path(_here).parent
+import _common as common  # noqa: E402
 
 APPS = '''
 import time
@@ -67,27 +69,10 @@ async def echo(scope, receive, send):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 @contextmanager
 def mosquitto(tmp: Path) -> Iterator[int]:
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
+    port = common.free_port()
     conf = tmp / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest none\n"
@@ -95,11 +80,10 @@ def mosquitto(tmp: Path) -> Iterator[int]:
     )
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port)
+        common.wait_listening(port, proc, "mosquitto", lambda: "")
         yield port
     finally:
-        proc.terminate()
-        proc.wait()
+        common.stop(proc, signal.SIGTERM)
 
 
 @contextmanager
@@ -126,16 +110,11 @@ routes:
     except ImportError:
         pass
     log = open(tmp / "gateway.log", "ab")
-    proc = subprocess.Popen(cmd, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=str(common.ROOT), stdout=log, stderr=subprocess.STDOUT)
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        common.stop(proc, signal.SIGTERM)
         log.close()
 
 
@@ -294,9 +273,9 @@ def main() -> None:
                 rows.append(("gateway client mode", qos, throughput(mport, mport, "bench/load", f"client{qos}-{n}", n, args.publishers, qos, False)))
             for qos in (0, 1):
                 lat.append(("gateway client mode", qos, *roundtrip(mport, args.roundtrips, qos)))
-    bport = free_port()
-    with gateway(tmp, f'{{mode: broker, listen: ["127.0.0.1:{bport}"]}}'):
-        wait_port(bport)
+    bport = common.free_port()
+    with gateway(tmp, f'{{mode: broker, listen: ["127.0.0.1:{bport}"]}}') as proc:
+        common.wait_listening(bport, proc, "gateway", lambda: (tmp / "gateway.log").read_text(errors="replace"))
         time.sleep(0.5)
         for qos in (0, 1):
             rows.append(("gateway broker mode", qos, throughput(bport, bport, "bench/load", f"broker{qos}-{n}", n, args.publishers, qos, False)))

@@ -10,27 +10,20 @@ uvloop (no WebSocket library) so that it costs as little CPU as possible.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# bench/http.py and bench/email.py shadow the standard library: this folder goes last on sys.path
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] + [_HERE]
+
 import argparse
 import asyncio
 import base64
-import importlib.util
-import os
 import struct
-import sys
 import time
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _load_common():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_common", os.path.join(_HERE, "_common.py"))
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules["bench_common"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-common = _load_common()
+import _common as common
 MASK = b"\x00\x00\x00\x00"  # a zero mask keeps the client cheap; servers accept any mask
 
 
