@@ -34,8 +34,21 @@ App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 APPS: dict[str, App] = {}
 
 
+@pytest.fixture
+def clean_apps() -> Iterator[None]:
+    """Each test starts and ends with no per-route apps registered (``route_app`` looks them up)."""
+    APPS.clear()
+    yield
+    APPS.clear()
+
+
 async def route_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await APPS[scope["route_name"]](scope, receive, send)
+
+
+def route(topic: str, name: str, extra: str = "") -> str:
+    """A YAML route line sending ``topic`` to the test app registered as ``APPS[name]``."""
+    return f'    - {{topic: "{topic}", name: {name}, app: "mqtt_helpers:route_app"{", " + extra if extra else ""}}}\n'
 
 
 def mqtt_entry_points(group: str) -> list[Any]:

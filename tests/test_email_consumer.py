@@ -6,15 +6,9 @@ import aiosmtplib
 import pytest
 
 import email_helpers as h
+from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    h.reset()
-    yield
-    h.reset()
 
 
 def config(port: int) -> str:

@@ -8,18 +8,12 @@ import imaplib
 import pytest
 
 import email_helpers as h
+from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
 pytestmark = [
     pytest.mark.timeout(45),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    h.reset()
-    yield
-    h.reset()
 
 
 @pytest.fixture

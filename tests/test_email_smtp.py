@@ -11,16 +11,10 @@ import aiosmtplib
 import pytest
 
 import email_helpers as h
+from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from gateway.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    h.reset()
-    yield
-    h.reset()
 
 
 def config(routes: str, smtp: str = "") -> str:

@@ -7,18 +7,12 @@ import aiosmtplib
 import pytest
 
 import email_helpers as h
+from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
 pytestmark = [
     pytest.mark.timeout(30),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _reset():
-    h.reset()
-    yield
-    h.reset()
 
 
 @pytest.fixture(scope="module")

@@ -7,24 +7,13 @@ import socket
 from typing import Any
 
 import pytest
-from mqtt_helpers import APPS, Peer, broker_yaml, connack, only_mqtt, port_of, wait_for  # noqa: F401
+from mqtt_helpers import APPS, Peer, broker_yaml, clean_apps, connack, only_mqtt, port_of, route, wait_for  # noqa: F401
 
 from gateway.server import Gateway
 
-pytestmark = [pytest.mark.usefixtures("only_mqtt"), pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.usefixtures("only_mqtt", "clean_apps"), pytest.mark.timeout(30)]
 
 QUICK = "shutdown: {drain_timeout: 1}"
-
-
-@pytest.fixture(autouse=True)
-def _clean_apps():
-    APPS.clear()
-    yield
-    APPS.clear()
-
-
-def route(topic: str, name: str, extra: str = "") -> str:
-    return f'    - {{topic: "{topic}", name: {name}, app: "mqtt_helpers:route_app"{", " + extra if extra else ""}}}\n'
 
 
 async def peer(port: int, **kwargs: Any) -> Peer:

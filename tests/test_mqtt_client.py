@@ -9,30 +9,19 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_helpers import APPS, Peer, client_yaml, mosquitto, only_mqtt, wait_for  # noqa: F401
+from mqtt_helpers import APPS, Peer, clean_apps, client_yaml, mosquitto, only_mqtt, route, wait_for  # noqa: F401
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.server import Gateway
 
-pytestmark = [pytest.mark.usefixtures("only_mqtt"), pytest.mark.timeout(30)]
+pytestmark = [pytest.mark.usefixtures("only_mqtt", "clean_apps"), pytest.mark.timeout(30)]
 
 
 @pytest.fixture
 def broker(tmp_path: Path):
     with mosquitto(tmp_path) as port:
         yield port
-
-
-@pytest.fixture(autouse=True)
-def _clean_apps():
-    APPS.clear()
-    yield
-    APPS.clear()
-
-
-def route(topic: str, name: str, extra: str = "") -> str:
-    return f'    - {{topic: "{topic}", name: {name}, app: "mqtt_helpers:route_app"{", " + extra if extra else ""}}}\n'
 
 
 def recorder(into: list[Any]):
