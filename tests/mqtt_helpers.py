@@ -94,6 +94,19 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) 
     raise RuntimeError(f"mosquitto did not listen on {port} within {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes], kill: bool = False) -> None:
+    """End a peer process (SIGTERM, or SIGKILL with ``kill``), killing it if it lingers, and close its pipe."""
+    if proc.poll() is None:
+        proc.kill() if kill else proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
 @contextmanager
 def mosquitto(tmp: Path, extra: str = "") -> Iterator[int]:
     """A Mosquitto on a free loopback port; yields the port."""
@@ -115,24 +128,14 @@ def mosquitto(tmp: Path, extra: str = "") -> Iterator[int]:
         try:
             _wait_port(port, proc)
         except RuntimeError:
-            proc.kill()
-            proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
+            stop_process(proc, kill=True)
             if attempt == 2:
                 raise
             continue
         try:
             yield port
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
+            stop_process(proc)
         return
 
 
@@ -182,14 +185,7 @@ class Peer:
 
 
 def client_yaml(port: int, routes: str, *, extra: str = "", **adapter: Any) -> str:
-    opts = ", ".join(f"{k}: {v}" for k, v in {"mode": "client", "url": f"mqtt://127.0.0.1:{port}", **adapter}.items())
-    return f"""\
-adapters:
-  mqtt: {{{opts}}}
-routes:
-  mqtt:
-{routes}
-{extra}"""
+    return _mqtt_yaml(routes, extra, {"mode": "client", "url": f"mqtt://127.0.0.1:{port}", **adapter})
 
 
 def gateway_process(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -238,7 +234,11 @@ def connack(port: int, username: str | None = None, password: str | None = None,
 
 
 def broker_yaml(routes: str, *, extra: str = "", **adapter: Any) -> str:
-    opts = ", ".join(f"{k}: {v}" for k, v in {"mode": "broker", "listen": '["127.0.0.1:0"]', **adapter}.items())
+    return _mqtt_yaml(routes, extra, {"mode": "broker", "listen": '["127.0.0.1:0"]', **adapter})
+
+
+def _mqtt_yaml(routes: str, extra: str, adapter: dict[str, Any]) -> str:
+    opts = ", ".join(f"{k}: {v}" for k, v in adapter.items())
     return f"""\
 adapters:
   mqtt: {{{opts}}}

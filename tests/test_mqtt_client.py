@@ -353,7 +353,7 @@ async def test_reconnects_and_resubscribes_after_broker_restart(tmp_path: Path) 
         import subprocess
 
         from gateway_helpers import require
-        from mqtt_helpers import _wait_port
+        from mqtt_helpers import _wait_port, stop_process
 
         proc = subprocess.Popen([require("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -368,9 +368,7 @@ async def test_reconnects_and_resubscribes_after_broker_restart(tmp_path: Path) 
                 peer.close()
         finally:
             await gw.stop(0.5)
-            proc.terminate()
-            proc.wait(5)
-            proc.stderr.close()
+            stop_process(proc)
     finally:
         await gw.stop(0.5)
     assert got[0][1]["payload"] == b"after"

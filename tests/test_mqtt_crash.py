@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from mqtt_helpers import Peer, gateway_process, mosquitto, wait_for
+from mqtt_helpers import Peer, gateway_process, mosquitto, stop_process, wait_for
 
 pytestmark = [pytest.mark.timeout(40)]
 
@@ -35,18 +35,6 @@ class Started:
     async def wait(self, timeout: float = 15) -> None:
         ok = await asyncio.to_thread(self.ready.wait, timeout)
         assert ok, "gateway did not start:\n" + "".join(self.lines[-30:])
-
-
-def stop(proc: subprocess.Popen[bytes], kill: bool = False) -> None:
-    if proc.poll() is None:
-        proc.kill() if kill else proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    if proc.stderr:
-        proc.stderr.close()
 
 
 async def test_message_comes_again_after_the_gateway_is_killed_mid_message(tmp_path: Path) -> None:
@@ -78,7 +66,7 @@ logging: {{format: json}}
                 peer.close()
             await wait_for(lambda: lines() == [b"crash-1"], timeout=10, what="the first gateway took the message")
         finally:
-            stop(first, kill=True)  # mid-message: the app is sleeping, nothing was acknowledged
+            stop_process(first, kill=True)  # mid-message: the app is sleeping, nothing was acknowledged
 
         second = gateway_process(config, {**env, "MQTT_PROBE_SLEEP": "0"})
         try:
@@ -86,7 +74,7 @@ logging: {{format: json}}
             await wait_for(lambda: len(lines()) == 2, timeout=10, what="redelivery to the restarted gateway")
             await asyncio.sleep(0.3)  # let the PUBACK leave
         finally:
-            stop(second)
+            stop_process(second)
         assert lines() == [b"crash-1", b"crash-1"]
 
         third = gateway_process(config, {**env, "MQTT_PROBE_SLEEP": "0"})
@@ -94,7 +82,7 @@ logging: {{format: json}}
             await Started(third).wait()
             await asyncio.sleep(0.7)
         finally:
-            stop(third)
+            stop_process(third)
         assert lines() == [b"crash-1", b"crash-1"], "handled and acknowledged: never delivered a third time"
 
 
@@ -130,7 +118,7 @@ logging: {{format: json}}
                 peer.close()
         finally:
             for p in procs:
-                stop(p)
+                stop_process(p)
         a, b = (p.read_bytes().splitlines() for p in probes)
     assert a and b, (len(a), len(b))
     assert sorted(int(x) for x in a + b) == list(range(60))  # each job exactly once
