@@ -272,8 +272,11 @@ def _raw_publish(topic: bytes, payload: bytes) -> bytes:
     return bytes([0x30, len(body)]) + body
 
 
-@pytest.mark.parametrize("topic", [b"a/+/b", b"a/#", b"\xff\xfe/bad-utf8", b"$SYS/fake", b""])
-async def test_bad_publish_topics_close_that_connection_only(topic: bytes) -> None:
+async def _closes_that_connection_only(data: bytes, event: str) -> tuple[str, list[dict[str, Any]]]:
+    """Sends ``data`` after a CONNECT; the broker must close that connection, log ``event`` and
+    go on serving others. Returns the metrics text and the log lines."""
+    from structlog.testing import capture_logs
+
     got: list[str] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -283,23 +286,98 @@ async def test_bad_publish_topics_close_that_connection_only(topic: bytes) -> No
     async with Gateway.from_text(broker_yaml(route("#", "all"), extra=QUICK)) as gw:
         port = port_of(gw)
         sock = await asyncio.to_thread(_raw_connect, port)
-        try:
-            sock.sendall(_raw_publish(topic, b"x"))
-            closed = await asyncio.to_thread(sock.recv, 10)
-            assert closed == b""
-        except ConnectionResetError:
-            pass
-        finally:
-            sock.close()
-        good = await peer(port)
-        try:
-            await asyncio.to_thread(good.publish, "ok/topic", b"y", 1)
-            await wait_for(lambda: got, what="a good client still served")
-        finally:
-            good.close()
+        with capture_logs() as logs:
+            try:
+                sock.sendall(data)
+                closed = await asyncio.to_thread(sock.recv, 10)
+                assert closed == b""
+            except ConnectionResetError:
+                pass
+            finally:
+                sock.close()
+            good = await peer(port)
+            try:
+                await asyncio.to_thread(good.publish, "ok/topic", b"y", 1)
+                await wait_for(lambda: got, what="a good client still served")
+            finally:
+                good.close()
         text = gw.metrics.render().decode()
     assert got == ["ok/topic"]
+    assert [e["client_id"] for e in logs if e["event"] == event] == ["raw"]
+    return text, logs
+
+
+@pytest.mark.parametrize("topic", [b"a/+/b", b"a/#", b"\xff\xfe/bad-utf8", b"$SYS/fake", b""])
+async def test_bad_publish_topics_close_that_connection_only(topic: bytes) -> None:
+    text, _ = await _closes_that_connection_only(_raw_publish(topic, b"x"), "mqtt.invalid_publish")
     assert 'gateway_mqtt_messages_total{outcome="invalid"} 1.0' in text
+
+
+@pytest.mark.parametrize("data", [
+    pytest.param(b"\x30\xff\xff\xff\xff\x01", id="remaining-length-of-five-bytes"),
+    pytest.param(b"\x00\x00", id="reserved-type-0"),
+    pytest.param(b"\xf0\x00", id="reserved-type-15"),
+    pytest.param(b"\x36\x06\x00\x01a\x00\x01x", id="publish-with-qos-3"),
+    pytest.param(b"\x30\x03\x00\x09a", id="topic-longer-than-the-packet"),
+    pytest.param(b"\x30\x01\x00", id="publish-too-short-for-a-topic"),
+])
+async def test_malformed_packets_close_that_connection_only(data: bytes) -> None:
+    _, logs = await _closes_that_connection_only(data, "mqtt.protocol_error")
+    why = next(e["why"] for e in logs if e["event"] == "mqtt.protocol_error")
+    assert why.endswith("; closing the connection") and len(why) > len("; closing the connection")
+
+
+async def test_a_packet_split_across_reads_is_routed_and_acknowledged_after_the_app() -> None:
+    got: list[bytes] = []
+    release = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["payload"])
+        await release.wait()
+
+    APPS["s"] = app
+    async with Gateway.from_text(broker_yaml(route("s/#", "s"), extra=QUICK)) as gw:
+        sock = await asyncio.to_thread(_raw_connect, port_of(gw))
+        try:
+            body = b"\x00\x03s/x" + b"\x12\x34" + b"in pieces"  # QoS 1, packet id 0x1234
+            packet = bytes([0x32, len(body)]) + body
+            for i in range(len(packet)):  # one byte per TCP segment
+                sock.sendall(packet[i:i + 1])
+                await asyncio.sleep(0.01)
+            await wait_for(lambda: got, what="the message routed")
+            sock.settimeout(0.3)
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(sock.recv, 4)  # no PUBACK while the app runs
+            release.set()
+            sock.settimeout(5)
+            assert await asyncio.to_thread(sock.recv, 4) == b"\x40\x02\x12\x34"
+        finally:
+            sock.close()
+    assert got == [b"in pieces"]
+
+
+async def test_subscribers_get_the_lower_of_the_message_and_subscription_qos() -> None:
+    async with Gateway.from_text(broker_yaml("    []\n", extra=QUICK)) as gw:
+        port = port_of(gw)
+        low, high, device = await peer(port), await peer(port), await peer(port)
+        try:
+            await asyncio.to_thread(low.subscribe, "q/#", 0)
+            await asyncio.to_thread(high.subscribe, "q/#", 1)
+            await asyncio.to_thread(device.publish, "q/one", b"1", 1)
+            await asyncio.to_thread(device.publish, "q/zero", b"0", 0)
+            await gw.layer.send("mqtt.publish", {"type": "mqtt.publish", "topic": "q/app", "payload": "a", "qos": 1})
+            seen = {}
+            for sub in (low, high):
+                for _ in range(3):
+                    m = await sub.get()
+                    seen[(sub is high, m.topic)] = m.qos
+        finally:
+            for p in (low, high, device):
+                p.close()
+    assert seen == {
+        (False, "q/one"): 0, (False, "q/zero"): 0, (False, "q/app"): 0,
+        (True, "q/one"): 1, (True, "q/zero"): 0, (True, "q/app"): 1,
+    }
 
 
 async def test_resent_copy_of_a_running_message_is_not_routed_twice() -> None:
@@ -373,8 +451,8 @@ async def test_a_silent_device_is_disconnected_after_its_keep_alive_and_its_will
 
 
 async def test_a_burst_of_publishes_right_before_disconnect_is_routed_in_full() -> None:
-    """amqtt's client loop drops what is still queued when it handles a DISCONNECT; its reader
-    yields after every packet, which keeps the queue empty. This guards that for the gateway."""
+    """One read may hold many PUBLISHes and the DISCONNECT after them: every one is routed
+    before the DISCONNECT is handled (amqtt's client loop drops what it still has queued then)."""
     got: list[bytes] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -2,29 +2,32 @@
 
 amqtt's plugin events are fire-and-forget and its protocol handler acknowledges an inbound
 QoS 1 PUBLISH as soon as the message is queued, so neither can make the PUBACK wait for an
-application. This module goes one level deeper, with two narrow subclasses:
+application; and its per-packet machinery (tasks and queues for every message) cost about two
+thirds of the broker's time. This module goes one level deeper, with two narrow subclasses:
 
-* ``_Handler`` (amqtt's ``BrokerProtocolHandler``): for an *inbound* QoS 1 message it queues the
-  message together with a future and sends PUBACK only when the future says the routed app
-  returned normally; for QoS 2 it holds the PUBREC back the same way (then PUBREL/PUBCOMP as
-  usual). A failed message stays unacknowledged, so the device resends it on its next session.
-* ``_Broker`` (amqtt's ``Broker``): its per-client delivery step routes each accepted PUBLISH
-  to the gateway (and still fans it out to MQTT subscribers at once), authentication and ACL
-  come from the gateway config, and every client's reader waits on one gate that closes while
-  a route's bound is reached (backpressure towards the devices).
+* ``_Handler`` (amqtt's ``BrokerProtocolHandler``) reads each connection with the gateway's
+  own reader (``broker_reader``): QoS 0 and 1 PUBLISHes are checked and routed as they are
+  decoded, everything else goes to amqtt's handler methods. A QoS 1 message gets its PUBACK
+  only when the routed app returned normally; for QoS 2 the PUBREC is held back the same way
+  (then PUBREL/PUBCOMP as usual). A failed message stays unacknowledged, so the
+  device resends it on its next session.
+* ``_Broker`` (amqtt's ``Broker``): every accepted PUBLISH is routed to the gateway and fanned
+  out to MQTT subscribers at once (``accept``, ``fan_out``); authentication and ACL come from
+  the gateway config; every reader waits on one gate that closes while a route's bound is
+  reached (backpressure towards the devices).
 
-* Keep-alive: amqtt 0.12's broker reads each packet under a timeout of the client's keep-alive
-  and then ignores the timeout, so a device that vanished without closing its TCP connection
-  kept its session (and never had its will published). ``_Handler`` ends such a connection,
-  and ``_Broker`` sets the timeout to one and a half times the keep-alive (MQTT 3.1.1,
-  3.1.2.10).
+What the reader enforces that amqtt 0.12 does not:
 
-* ``_CheckedPublishPacket`` replaces amqtt's PUBLISH packet class in its packet table: a topic
-  with a wildcard (amqtt dropped the packet silently and kept the connection) or that is not
-  UTF-8 (amqtt routed it as the text ``"b'...'"``) ends the connection, as MQTT requires.
+* Keep-alive: amqtt read each packet under a timeout of the client's keep-alive and then
+  ignored the timeout, so a device that vanished without closing its TCP connection kept its
+  session (and never had its will published). The reader ends such a connection after one and
+  a half times the keep-alive (MQTT 3.1.1, 3.1.2.10).
+* Topics: a PUBLISH topic with a wildcard (amqtt dropped the packet and kept the connection),
+  that is not UTF-8 (amqtt routed it as the text ``"b'...'"``), empty or starting with ``$``
+  ends the connection, as does a malformed packet, as MQTT requires.
 
 Each connection's handler is switched to ``_Handler`` right after amqtt created it from the
-CONNECT packet (``handler.__class__ = _Handler``: same object, same state, two methods
+CONNECT packet (``handler.__class__ = _Handler``: same object, same state, a few methods
 overridden). That and the private methods overridden here tie this module to the amqtt minor
 version pinned in pyproject.toml; ``tests/test_mqtt_broker.py`` covers each of them.
 
@@ -41,26 +44,26 @@ import errno
 import hmac
 import logging
 import math
-from struct import unpack
+from collections import deque
+from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import amqtt.mqtt
-from amqtt.broker import Broker
-from amqtt.codecs_amqtt import decode_packet_id, read_or_raise
+from amqtt.broker import Broker, RetainedApplicationMessage
 from amqtt.contexts import Action
 from amqtt.errors import AMQTTError, NoDataError
-from amqtt.mqtt.packet import PUBLISH
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import INCOMING
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.pubcomp import PubcompPacket
-from amqtt.mqtt.publish import PublishPacket, PublishVariableHeader
+from amqtt.mqtt.publish import PublishPacket
 from amqtt.mqtt.pubrec import PubrecPacket
 
 from gateway.apps import import_string
 from gateway.errors import StartupError
 from gateway.schema import parse_listen
 
+from .broker_reader import BadPacket, InvalidPublish, chunk_source, read_packets
 from .dispatch import Dispatcher, message_event
 from .events import Outgoing
 from .topics import TopicMatcher
@@ -70,86 +73,43 @@ if TYPE_CHECKING:
     from .adapter import MqttAdapter
 
 
-_closing: set[asyncio.Task[None]] = set()  # connections being closed for an expired keep-alive
-_connection: contextvars.ContextVar[tuple[BrokerMode, Any] | None] = contextvars.ContextVar("mqtt_broker_connection", default=None)
-
-
-class InvalidPublish(ValueError):
-    """A PUBLISH whose topic MQTT forbids; amqtt's reader closes the connection on it."""
-
-
-class _CheckedPublishHeader(PublishVariableHeader):
-    """Reads the topic as raw bytes so a topic that is not UTF-8 (amqtt would route it as the
-    text ``"b'...'"``) or holds a wildcard (amqtt would silently drop it and keep the
-    connection) ends that connection instead, as MQTT requires, and is counted and logged."""
-
-    __slots__ = ()
-
-    @classmethod
-    async def from_stream(cls, reader: Any, fixed_header: Any) -> Any:
-        (size,) = unpack("!H", await read_or_raise(reader, 2))
-        raw = await read_or_raise(reader, size) if size else b""
-        try:
-            topic = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            topic, problem = "", "PUBLISH topic is not valid UTF-8"
-        else:
-            problem = (
-                "empty PUBLISH topic" if not topic
-                else "wildcard ('+' or '#') in a PUBLISH topic" if ("+" in topic or "#" in topic)
-                else "PUBLISH to a '$' topic (reserved for the broker)" if topic.startswith("$")
-                else None
-            )
-        if problem:
-            current = _connection.get()
-            if current is not None:
-                mode, session = current
-                mode.dispatcher.count("invalid")
-                mode.log.warning("mqtt.invalid_publish", client_id=session.client_id, topic=repr(raw[:100]),
-                                 why=f"{problem}; closing the connection")
-            raise InvalidPublish(problem)
-        packet_id = await decode_packet_id(reader) if (fixed_header.flags >> 1) & 0x03 else None
-        return cls(topic, packet_id)
-
-
-class _CheckedPublishPacket(PublishPacket):
-    VARIABLE_HEADER = _CheckedPublishHeader
-
-
-class _GatedReader:
-    """A client's reader that waits while the gateway is saturated (backpressure)."""
-
-    def __init__(self, inner: Any, gate: asyncio.Event) -> None:
-        self._inner = inner
-        self._gate = gate
-
-    async def read(self, n: int = -1) -> bytes:
-        if not self._gate.is_set():
-            await self._gate.wait()
-        return await self._inner.read(n)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+_acks: set[asyncio.Task[None]] = set()  # PUBACKs being written
+_connection: contextvars.ContextVar[tuple[_Broker, Any] | None] = contextvars.ContextVar("mqtt_broker_connection", default=None)
 
 
 class _Handler(BrokerProtocolHandler):
-    """Acknowledges inbound QoS 1/2 messages only when the gateway says they were handled, and
-    ends connections whose keep-alive expired."""
+    """Reads with the gateway's reader and acknowledges inbound QoS 1/2 messages only when the
+    gateway says they were handled."""
 
-    def handle_read_timeout(self) -> None:
-        # called by amqtt's reader loop, which goes on reading: end the connection as if it
-        # had dropped (amqtt then publishes the will) and let the loop be cancelled by that
-        if self.__dict__.get("_gw_expired"):
-            return
-        self.__dict__["_gw_expired"] = True
+    async def _reader_loop(self) -> None:
         current = _connection.get()
-        if current is not None:
-            mode, session = current
+        assert current is not None and self._reader_ready is not None
+        broker, session = current
+        mode = broker.mode
+        tasks: deque[asyncio.Task[None]] = deque()
+        publish = partial(broker.publish_from, session, self)
+        self._reader_ready.set()
+        try:
+            await read_packets(self, chunk_source(self.reader), publish, mode.gate, session.keep_alive or None, tasks)
+        except TimeoutError:
             mode.log.info("mqtt.keepalive_expired", client_id=session.client_id, timeout_s=session.keep_alive,
                           why="no packet from the client within 1.5 x its keep-alive; connection closed")
-        task = asyncio.get_running_loop().create_task(self.handle_connection_closed())
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        except InvalidPublish as exc:
+            mode.dispatcher.count("invalid")
+            mode.log.warning("mqtt.invalid_publish", client_id=session.client_id, topic=repr(exc.raw_topic[:100]),
+                             why=f"{exc}; closing the connection")
+        except BadPacket as exc:
+            mode.log.warning("mqtt.protocol_error", client_id=session.client_id, why=f"{exc}; closing the connection")
+        except asyncio.CancelledError:
+            pass  # amqtt's stop() cancels the reader and waits for _reader_stopped below
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the device dropped the connection: handled as such below (the will is published)
+        # what follows is what amqtt's own reader loop does when it ends
+        while tasks:
+            tasks.popleft().cancel()
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
 
     def _gw_pending(self) -> dict[int, asyncio.Future[bool]]:
         pending = self.__dict__.get("_gw_acks")
@@ -166,14 +126,13 @@ class _Handler(BrokerProtocolHandler):
         finally:
             self._gw_pending().pop(app_message.packet_id, None)
 
-    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
-        if app_message.direction != INCOMING:
-            await super()._handle_qos1_message_flow(app_message)
-            return
-        if await self._wait_handled(app_message):
-            puback = PubackPacket.build(app_message.packet_id)
-            await self._send_packet(puback)
-            app_message.puback_packet = puback
+    def acknowledge(self, packet_id: int, ok: bool) -> None:
+        """PUBACK an inbound QoS 1 message once its app returned, unless the connection ended
+        meanwhile (the device then resends it on its next session)."""
+        if ok and not self._reader_stopped.is_set():
+            task = asyncio.get_running_loop().create_task(self._send_packet(PubackPacket.build(packet_id)))
+            _acks.add(task)
+            task.add_done_callback(_acks.discard)
 
     async def _handle_qos2_message_flow(self, app_message: Any) -> None:
         if app_message.direction != INCOMING:
@@ -207,11 +166,10 @@ class _Broker(Broker):
     async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, handler: Any, server: Any, listener_name: str) -> None:
         if type(handler) is BrokerProtocolHandler:
             handler.__class__ = _Handler
-        _connection.set((self.mode, client_session))  # inherited by the reader task amqtt starts below
-        gated = _GatedReader(reader, self.mode.gate)
-        if client_session.keep_alive > 0:  # amqtt waits exactly this long for each packet
+        _connection.set((self, client_session))  # inherited by the reader task amqtt starts below
+        if client_session.keep_alive > 0:  # the reader waits exactly this long for the next packet
             client_session.keep_alive = math.ceil(client_session.keep_alive * 1.5)
-        await super()._handle_client_session(gated, writer, client_session, handler, server, listener_name)
+        await super()._handle_client_session(reader, writer, client_session, handler, server, listener_name)
 
     async def _initialize_client_session(self, reader: Any, writer: Any, remote_address: str, remote_port: int) -> Any:
         # amqtt waits for ever for a CONNECT, and leaves the connection open when the first
@@ -234,45 +192,101 @@ class _Broker(Broker):
     async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
         return self.mode.allowed(session, topic, action)
 
+    def publish_from(self, session: Any, handler: Any, topic: str, payload: bytes, qos: int, packet_id: int | None,
+                     retain: bool, dup: bool) -> Coroutine[Any, Any, None] | None:
+        """A PUBLISH the reader decoded. QoS 0 and 1 are accepted at once (a QoS 1 message is
+        acknowledged when its app returned); QoS 2 goes through amqtt's four-packet flow, with
+        ``_Handler`` holding the PUBREC back, returned for the reader to run."""
+        if qos == 2:
+            return handler.handle_publish(PublishPacket.build(topic, payload, packet_id, dup, qos, retain))  # type: ignore[no-any-return]
+        done = _ignore if packet_id is None else partial(handler.acknowledge, packet_id)
+        self.accept(session, topic, payload, qos, packet_id, retain, dup, done)
+        return None
+
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: asyncio.Future[Any]) -> bool:
+        # amqtt's per-client loop hands over the QoS 2 messages here, after its own flow
         app_message = wait_deliver.result()
         if app_message is None:
             return True
-        pending = handler.__dict__.get("_gw_acks", {})
-        fut = pending.get(app_message.packet_id) if app_message.packet_id is not None else None
+        fut = handler.__dict__.get("_gw_acks", {}).get(app_message.packet_id)
 
         def done(ok: bool) -> None:
             if fut is not None and not fut.done():
                 fut.set_result(ok)
 
-        topic = app_message.topic
-        if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
-            self.mode.dispatcher.count("invalid")
-            self.mode.log.warning(
-                "mqtt.invalid_publish", client_id=client_session.client_id, topic=topic,
-                why="empty, wildcard or '$' topic in PUBLISH; closing the connection",
-            )
-            done(False)
-            await handler.handle_connection_closed()  # returning False would only stop amqtt's loop, not the connection
-            return True
-        if not await self._topic_filtering(client_session, topic, Action.PUBLISH):
-            self.mode.log.info("mqtt.publish_denied", client_id=client_session.client_id, username=client_session.username, topic=topic)
+        packet = app_message.publish_packet
+        self.accept(client_session, app_message.topic, bytes(app_message.data), app_message.qos, app_message.packet_id,
+                    bool(packet and packet.retain_flag), bool(packet and packet.dup_flag), done)
+        return True
+
+    def accept(self, session: Any, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool, dup: bool,
+               done: Callable[[bool], None]) -> None:
+        """One PUBLISH from a device: ACL and size checks, then fan-out, retain and routing."""
+        mode = self.mode
+        if not mode.allowed(session, topic, Action.PUBLISH):
+            mode.log.info("mqtt.publish_denied", client_id=session.client_id, username=session.username, topic=topic)
             done(True)  # MQTT 3.1.1 has no negative PUBACK: acknowledged and dropped, as Mosquitto does
-            return True
-        if len(app_message.data) > self.mode.config.max_payload:
-            self.mode.dispatcher.count("oversized")
-            self.mode.log.warning(
-                "mqtt.payload_too_large", client_id=client_session.client_id, topic=topic, size=len(app_message.data),
-                max_payload=self.mode.config.max_payload, why="refused (acknowledged and dropped, not forwarded)",
+            return
+        if len(payload) > mode.config.max_payload:
+            mode.dispatcher.count("oversized")
+            mode.log.warning(
+                "mqtt.payload_too_large", client_id=session.client_id, topic=topic, size=len(payload),
+                max_payload=mode.config.max_payload, why="refused (acknowledged and dropped, not forwarded)",
             )
             done(True)
-            return True
-        retain = bool(app_message.publish_packet and app_message.publish_packet.retain_flag)
-        await self._broadcast_message(client_session, topic, app_message.data)
+            return
+        self.fan_out(session, topic, payload, qos)
         if retain:
-            await self.retain_message(client_session, topic, app_message.data, app_message.qos)
-        self.mode.route(client_session, app_message, retain, done)
-        return True
+            self.retain(session, topic, payload, qos)
+        mode.route(session, topic, payload, qos, packet_id, retain, dup, done)
+
+    async def _broadcast_message(self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None) -> None:
+        # amqtt calls this for wills; it would queue them for its broadcast task
+        if topic is not None and data is not None:
+            self.fan_out(session, topic, bytes(data), 0 if force_qos is None else force_qos)
+
+    def fan_out(self, source: Any, topic: str, data: bytes, qos: int) -> None:
+        """Deliver a message to the MQTT subscribers whose filters match, at once.
+
+        The rules are those of amqtt's broadcast task, which this replaces (one queue hop and
+        a task per message fewer), except the QoS: each subscriber gets the lower of the
+        message's and its subscription's, as MQTT 3.1.1 (3.8.4) requires; amqtt upgraded.
+        """
+        deliveries = self._tasks_queue
+        while deliveries and deliveries[0].done():
+            _log_failure(deliveries.popleft(), self.mode.log)
+        for topic_filter, subscribers in self._subscriptions.items():
+            if not self._matches(topic, topic_filter):
+                continue
+            for target, granted in subscribers:
+                if not self.mode.allowed(target, topic, Action.RECEIVE):
+                    continue
+                level = min(qos, granted)
+                if target.transitions.state != "connected":
+                    # kept for a persistent session that is away (MQTT 3.1.2.4), except QoS 0
+                    # and anonymous ones, as amqtt does
+                    if level and not target.clean_session and not target.is_anonymous:
+                        target.retained_messages.put_nowait(RetainedApplicationMessage(source, topic, data, level))
+                    continue
+                handler = self._get_handler(target)
+                if handler is not None:
+                    deliveries.append(asyncio.ensure_future(handler.mqtt_publish(topic, data, level, retain=False)))
+
+    def retain(self, source: Any, topic: str, data: bytes, qos: int) -> None:
+        """Keep (or, for an empty payload, forget) the topic's retained message (MQTT 3.3.1.3)."""
+        if data:
+            self._retained_messages[topic] = RetainedApplicationMessage(source, topic, data, qos)
+        else:
+            self._retained_messages.pop(topic, None)
+
+
+def _ignore(ok: bool) -> None:
+    """QoS 0 has nothing to acknowledge."""
+
+
+def _log_failure(task: asyncio.Task[Any], log: Any) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("mqtt.delivery_failed", error=f"{type(task.exception()).__name__}: {task.exception()}")
 
 
 class BrokerMode:
@@ -324,8 +338,6 @@ class BrokerMode:
             logger = logging.getLogger(name)
             if logger.level == logging.NOTSET:
                 logger.setLevel(logging.WARNING)
-        # amqtt looks packet classes up in this table on every packet: PUBLISH topics get checked
-        amqtt.mqtt.packet_dict[PUBLISH] = _CheckedPublishPacket
         broker = _Broker({"listeners": listeners, "plugins": {}, "timeout_disconnect_delay": 0})
         broker.mode = self
         amqtt_log = logging.getLogger("amqtt.broker")
@@ -377,24 +389,22 @@ class BrokerMode:
         return list(self._addresses)
 
     # -- called by _Broker ------------------------------------------------------------------
-    def route(self, session: Any, app_message: Any, retain: bool, done: Any) -> None:
+    def route(self, session: Any, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool, dup: bool,
+              done: Callable[[bool], None]) -> None:
         if self.stopping:
             done(False)  # not acknowledged: the device resends it to the next gateway session
             return
-        qos = app_message.qos or 0
-        dup = bool(app_message.publish_packet and app_message.publish_packet.dup_flag)
-        payload = bytes(app_message.data)
         if qos:
-            key = (session.client_id, app_message.packet_id)
+            key = (session.client_id, packet_id)
             running = self.inflight.get(key)
-            if running is not None and dup and running[0] == (app_message.topic, payload):
+            if running is not None and dup and running[0] == (topic, payload):
                 # the device reconnected and resent a message whose instance is still running:
                 # acknowledge this copy when that instance ends instead of routing it twice
                 running[1].append(done)
                 self.dispatcher.count("duplicate")
                 return
             waiters = [done]
-            self.inflight[key] = ((app_message.topic, payload), waiters)
+            self.inflight[key] = ((topic, payload), waiters)
 
             def finished(ok: bool, key: Any = key, waiters: list[Any] = waiters) -> None:
                 if self.inflight.get(key, (None, None))[1] is waiters:
@@ -403,11 +413,10 @@ class BrokerMode:
                     waiter(ok)
 
             done = finished
-        scope = self.adapter.scope(app_message.topic, qos, retain, client_id=session.client_id, username=session.username)
+        scope = self.adapter.scope(topic, qos, retain, client_id=session.client_id, username=session.username)
         if session.remote_address is not None:
             scope["client"] = (session.remote_address, session.remote_port)
-        event = message_event(app_message.topic, payload, qos, retain, dup)
-        self.dispatcher.submit(scope, event, done)
+        self.dispatcher.submit(scope, message_event(topic, payload, qos, retain, dup), done)
         if self.dispatcher.backlog:
             self.gate.clear()
 
@@ -457,9 +466,9 @@ class BrokerMode:
             raise ConnectionError("the embedded mqtt broker is not running")
         if out.properties:
             self.log.debug("mqtt.properties_ignored", topic=out.topic, why="the embedded broker speaks MQTT 3.1.1")
-        await broker._broadcast_message(None, out.topic, out.payload, out.qos)
+        broker.fan_out(None, out.topic, out.payload, out.qos)
         if out.retain:
-            await broker.retain_message(None, out.topic, out.payload, out.qos)
+            broker.retain(None, out.topic, out.payload, out.qos)
 
 
 def filter_covers(allowed: str, requested: str) -> bool:

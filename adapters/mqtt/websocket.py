@@ -38,6 +38,22 @@ class _Reader(ReaderAdapter):
 
     async def read(self, n: int = -1) -> bytes:
         # amqtt expects n bytes unless the stream ended, as from StreamReader.readexactly
+        await self._fill(n)
+        size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+    async def read_some(self) -> bytes:
+        """Whatever has arrived (at least one message's worth), for the broker's reader;
+        empty at the end of the stream."""
+        await self._fill(1)
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    async def _fill(self, n: int) -> None:
+        """Receive until the buffer holds ``n`` bytes (all of the stream for ``n < 0``)."""
         while not self._eof and (n < 0 or len(self._buffer) < n):
             event = await self._receive()
             if event["type"] == "websocket.receive":
@@ -49,10 +65,6 @@ class _Reader(ReaderAdapter):
                     self._buffer += data
             elif event["type"] == "websocket.disconnect":
                 self._eof = True
-        size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
 
     def feed_eof(self) -> None:
         self._eof = True

@@ -1,0 +1,212 @@
+"""The embedded broker's reader for one device connection: whole reads, PUBLISH decoded in place.
+
+amqtt's own reader loop costs more per message than the rest of the gateway together: it reads
+the fixed header a byte at a time under ``asyncio.wait_for`` (a task per packet on Python 3.11),
+starts another task per packet, passes each PUBLISH through a queue to a per-client loop that
+waits on four futures, and then through a second queue to a broadcast task. This reader takes
+whatever the connection holds (up to 64 KiB), cuts it into packets and decodes each PUBLISH
+itself; the broker step (``Publish``) decides what becomes of it. Every other packet type is
+decoded by amqtt's packet classes and handed to amqtt's handler methods, as amqtt's loop does,
+so sessions, subscriptions and the QoS 1/2 flows stay amqtt's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any, Protocol
+
+from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter
+from amqtt.errors import MQTTError
+from amqtt.mqtt import packet_class
+from amqtt.mqtt.packet import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    MQTTFixedHeader,
+)
+
+READ_SIZE = 65536
+
+Chunks = Callable[[], Awaitable[bytes]]
+
+# amqtt's handler method for each packet type a connection may carry after CONNECT (the ones a
+# broker never expects, such as CONNACK, are handled by amqtt's methods the way amqtt does)
+_HANDLERS = {
+    CONNACK: "handle_connack", SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe",
+    SUBACK: "handle_suback", UNSUBACK: "handle_unsuback", PUBACK: "handle_puback", PUBREC: "handle_pubrec",
+    PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq", PINGRESP: "handle_pingresp",
+    DISCONNECT: "handle_disconnect",
+}
+
+
+class BadPacket(ValueError):
+    """A packet MQTT forbids; the connection is ended, as MQTT requires (3.1.1, 4.8)."""
+
+
+class InvalidPublish(BadPacket):
+    """A PUBLISH whose topic is empty, not UTF-8, holds a wildcard or starts with ``$``."""
+
+    def __init__(self, why: str, raw_topic: bytes) -> None:
+        super().__init__(why)
+        self.raw_topic = raw_topic
+
+
+class Publish(Protocol):
+    """The broker step for one decoded PUBLISH from the device."""
+
+    def __call__(
+        self, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool, dup: bool
+    ) -> Coroutine[Any, Any, None] | None:
+        """Handle it at once (``None``), or return the work the reader must run as a task."""
+
+
+def chunk_source(reader: ReaderAdapter) -> Chunks:
+    """How to take whatever the connection holds from one of amqtt's reader adapters.
+
+    A TCP or TLS connection reads up to 64 KiB at once; the HTTP adapter's WebSocket mount
+    hands over each binary message (``read_some``); any other adapter (amqtt's own WebSocket
+    listener) is read one packet at a time through amqtt's exact-size ``read``.
+    """
+    if isinstance(reader, StreamReaderAdapter):
+        return partial(reader._reader.read, READ_SIZE)  # noqa: SLF001 - the asyncio StreamReader it wraps
+    read_some = getattr(reader, "read_some", None)
+    if read_some is not None:
+        return read_some  # type: ignore[no-any-return]
+    return partial(_one_packet, reader)
+
+
+async def _one_packet(reader: ReaderAdapter) -> bytes:
+    """One whole packet through amqtt's exact-size reads; short at the end of the stream."""
+    data = bytearray(await reader.read(1))
+    while data and (len(data) == 1 or data[-1] & 0x80) and len(data) < 5:
+        byte = await reader.read(1)
+        if not byte:
+            break
+        data += byte
+    head = _header(data, 0, len(data)) if data else None
+    if head is not None and head[2]:
+        data += await reader.read(head[2])
+    return bytes(data)
+
+
+def _header(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int, int] | None:
+    """The first byte, the body's start and its length of the packet at ``pos``; ``None``
+    while the fixed header is incomplete."""
+    i = pos + 1
+    length = 0
+    shift = 0
+    while True:
+        if i >= end:
+            return None
+        byte = buf[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return buf[pos], i, length
+        shift += 7
+        if shift == 28:
+            raise BadPacket("remaining length longer than four bytes")
+
+
+def _decode_publish(first: int, buf: bytes, start: int, end: int, publish: Publish) -> Coroutine[Any, Any, None] | None:
+    qos = (first >> 1) & 0x03
+    if qos == 3:
+        raise BadPacket("PUBLISH with QoS 3")
+    if end - start < 2:
+        raise BadPacket("PUBLISH shorter than its topic length")
+    topic_end = start + 2 + (buf[start] << 8 | buf[start + 1])
+    payload_start = topic_end + 2 if qos else topic_end
+    if payload_start > end:
+        raise BadPacket("PUBLISH topic longer than the packet")
+    raw = buf[start + 2:topic_end]
+    try:
+        topic = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidPublish("PUBLISH topic is not valid UTF-8", raw) from None
+    if not topic:
+        raise InvalidPublish("empty PUBLISH topic", raw)
+    if "+" in topic or "#" in topic:
+        raise InvalidPublish("wildcard ('+' or '#') in a PUBLISH topic", raw)
+    if topic[0] == "$":
+        raise InvalidPublish("PUBLISH to a '$' topic (reserved for the broker)", raw)
+    packet_id = (buf[topic_end] << 8 | buf[topic_end + 1]) if qos else None
+    return publish(topic, buf[payload_start:end], qos, packet_id, bool(first & 0x01), bool(first & 0x08))
+
+
+async def _other_packet(handler: Any, first: int, body: bytes, tasks: deque[asyncio.Task[None]]) -> None:
+    kind = first >> 4
+    fixed = MQTTFixedHeader(kind, first & 0x0F, len(body))
+    try:
+        packet = await packet_class(fixed).from_stream(BufferReader(body), fixed_header=fixed)
+    except MQTTError:
+        return  # amqtt discards a packet its classes cannot decode and reads on
+    if kind == CONNECT:
+        await handler.handle_connect(packet)  # a second CONNECT: amqtt ends the session
+    else:
+        tasks.append(asyncio.get_running_loop().create_task(getattr(handler, _HANDLERS[kind])(packet)))
+
+
+async def read_packets(
+    handler: Any,
+    read: Chunks,
+    publish: Publish,
+    gate: asyncio.Event,
+    keepalive: float | None,
+    tasks: deque[asyncio.Task[None]],
+) -> None:
+    """Read and handle packets until the device closes the connection.
+
+    Raises ``TimeoutError`` when nothing arrived for ``keepalive`` seconds and ``BadPacket``
+    for a packet that ends the connection. Between packets it waits while ``gate`` is closed
+    (a route is at its bound), so a device's burst stops at the socket, not in memory.
+    ``tasks`` collects amqtt's handler tasks for the caller to cancel at the end.
+    """
+    buf = b""
+    while True:
+        if keepalive:
+            async with asyncio.timeout(keepalive):
+                data = await read()
+        else:
+            data = await read()
+        if not data:
+            return
+        buf = buf + data if buf else data
+        end = len(buf)
+        pos = 0
+        while pos < end:
+            head = _header(buf, pos, end)
+            if head is None:
+                break
+            first, start, length = head
+            stop = start + length
+            if stop > end:
+                break
+            pos = stop
+            kind = first >> 4
+            if kind == PUBLISH:
+                work = _decode_publish(first, buf, start, stop, publish)
+                if work is not None:
+                    tasks.append(asyncio.get_running_loop().create_task(work))
+            elif kind in _HANDLERS or kind == CONNECT:
+                await _other_packet(handler, first, buf[start:stop], tasks)
+            else:
+                raise BadPacket(f"reserved packet type {kind}")
+            while tasks and tasks[0].done():
+                tasks.popleft()
+            if not gate.is_set():
+                await gate.wait()
+        buf = buf[pos:]
