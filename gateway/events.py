@@ -46,12 +46,35 @@ class EventTable:
 
     def __init__(self) -> None:
         self._specs: dict[str, dict[str, EventSpec]] = {}
+        self._core_http = False
 
     def register(self, scope_type: str, specs: Mapping[str, EventSpec]) -> None:
         self._specs.setdefault(scope_type, {}).update(specs)
+        # The shortcut in ``validate`` hard-codes the core HTTP response specs: only while they are the ones in force.
+        http = self._specs.get("http", {})
+        self._core_http = all(http.get(kind) is HTTP_SEND[kind] for kind in ("http.response.start", "http.response.body"))
 
     def validate(self, scope_type: str, event: Any) -> None:
-        """Raise ``InvalidEvent`` with a message naming the event if it is not allowed."""
+        """Raise ``InvalidEvent`` with a message naming the event if it is not allowed.
+
+        Every HTTP response sends ``http.response.start`` and ``http.response.body``, so their
+        usual shape (a plain dict; an int status, a list or tuple of ``(bytes, bytes)`` tuples,
+        bytes body, bool flags) is recognised here without walking the spec. Whatever that does
+        not recognise, valid or not, gets the full check: same verdict, same error text.
+        """
+        if scope_type == "http" and self._core_http and type(event) is dict:
+            kind = event.get("type")
+            if kind == "http.response.body":
+                body = event.get("body")
+                more = event.get("more_body")
+                if (body is None or type(body) is bytes) and (more is None or more is True or more is False):
+                    return
+            elif kind == "http.response.start" and _plain_response_start(event):
+                return
+        self._check(scope_type, event)
+
+    def _check(self, scope_type: str, event: Any) -> None:
+        """The full check against the registered specs."""
         if not isinstance(event, dict):
             raise InvalidEvent(f"event must be a dict, not {type(event).__name__}")
         etype = event.get("type")
@@ -67,6 +90,25 @@ class EventTable:
         problem = spec.problem(event)
         if problem:
             raise InvalidEvent(f"{etype!r} event: {problem}")
+
+
+def _plain_response_start(event: dict[str, Any]) -> bool:
+    """Whether an ``http.response.start`` has the usual shape that needs no spec walk (see ``validate``)."""
+    status = event.get("status")
+    if type(status) is not int or not 100 <= status <= 999:
+        return False
+    trailers = event.get("trailers")
+    if trailers is not None and trailers is not True and trailers is not False:
+        return False
+    headers = event.get("headers")
+    if headers is None:
+        return True
+    if type(headers) is not list and type(headers) is not tuple:
+        return False
+    for pair in headers:
+        if type(pair) is not tuple or len(pair) != 2 or type(pair[0]) is not bytes or type(pair[1]) is not bytes:
+            return False
+    return True
 
 
 def _headers_ok(event: Mapping[str, Any]) -> str | None:

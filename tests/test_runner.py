@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 import structlog
 
 from gateway.errors import InvalidEvent
-from gateway.events import EventSpec, core_table
+from gateway.events import HTTP_SEND, EventSpec, core_table
 from gateway.metrics import Metrics
 from gateway.routing import MatchAll, Match, Route
 from gateway.runner import Outcome, Runner, RunnerSettings
@@ -221,6 +222,58 @@ async def test_swallowed_invalid_event_still_fails_and_blocks_later_sends():
 async def test_http_event_validation(event):
     with pytest.raises(InvalidEvent):
         core_table().validate("http", event)
+
+
+_HTTP_SHAPES = [
+    {"type": "http.response.start", "status": 200},
+    {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b")], "trailers": True},
+    {"type": "http.response.start", "status": 200, "headers": ((b"a", b"b"),), "extra": object()},
+    {"type": "http.response.start", "status": 200, "headers": [[b"a", b"b"]]},
+    {"type": "http.response.start", "status": 200, "headers": [(b"a", bytearray(b"b"))]},
+    {"type": "http.response.start", "status": 200, "headers": [(b"a", "b")]},
+    {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b", b"c")]},
+    {"type": "http.response.start", "status": 200, "headers": [b"ab"]},
+    {"type": "http.response.start", "status": 200, "headers": {b"a": b"b"}},
+    {"type": "http.response.start", "status": 200, "trailers": 1},
+    {"type": "http.response.start", "status": True},
+    {"type": "http.response.start", "status": 99},
+    {"type": "http.response.start", "status": 1000},
+    {"type": "http.response.start", "status": "200"},
+    {"type": "http.response.start"},
+    {"type": "http.response.body"},
+    {"type": "http.response.body", "body": b"x", "more_body": True},
+    {"type": "http.response.body", "body": memoryview(b"x"), "more_body": False},
+    {"type": "http.response.body", "body": "x"},
+    {"type": "http.response.body", "body": b"x", "more_body": 0},
+    {"type": "http.response.trailers", "headers": [(b"a", b"b")]},
+    {"type": "http.response.bodyy", "body": b"x"},
+    {"body": b"x"},
+]
+
+
+@pytest.mark.parametrize("event", _HTTP_SHAPES)
+def test_http_shortcut_gives_the_full_checks_verdict(event):
+    """The usual HTTP response events skip the spec walk; the answer must not change."""
+    fast = core_table()
+    full = core_table()
+    full.register("http", {kind: replace(spec) for kind, spec in HTTP_SEND.items()})  # equal specs: no shortcut
+
+    def verdict(table):
+        try:
+            table.validate("http", event)
+        except InvalidEvent as exc:
+            return str(exc)
+        return None
+
+    assert verdict(fast) == verdict(full)
+
+
+def test_http_shortcut_steps_aside_for_replaced_specs():
+    table = core_table()
+    table.register("http", {"http.response.body": EventSpec({"body": (str,)})})
+    table.validate("http", {"type": "http.response.body", "body": "text"})
+    with pytest.raises(InvalidEvent, match="must be str"):
+        table.validate("http", {"type": "http.response.body", "body": b"bytes"})
 
 
 def test_websocket_event_validation():
