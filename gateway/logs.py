@@ -1,7 +1,7 @@
 """Structured logging: one setup for the gateway, its adapters and the libraries under them.
 
 structlog renders readable lines on a terminal and JSON lines otherwise. The instance runner
-sets the running instance in one context variable (``instance_context``) and a processor adds
+sets the running instance in one context variable (``current_instance``) and a processor adds
 its ``adapter``, ``route`` and ``instance`` to every line logged while it runs, by the gateway
 or by the application. (One variable set per instance instead of structlog's
 ``bind_contextvars``, which sets one variable per key: a sixth of the runner's cost per HTTP
@@ -12,32 +12,27 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["console", "json", "auto"]
 LEVELS = ("debug", "info", "warning", "error", "critical")
-_debug = True  # until configured, structlog's defaults log everything
+# Whether debug lines are logged: lets hot paths skip building a line nobody will see. A module
+# attribute rather than a function, so checking it on every instance costs no call. Until
+# configured, structlog's defaults log everything.
+debug = True
 
-
-_instance: ContextVar[tuple[str, str, str] | None] = ContextVar("gateway_instance", default=None)
-
-
-def instance_context(adapter: str, route: str, instance: str) -> Token[tuple[str, str, str] | None]:
-    """Mark the current task as running this instance (until ``reset_instance_context``)."""
-    return _instance.set((adapter, route, instance))
-
-
-def reset_instance_context(token: Token[tuple[str, str, str] | None]) -> None:
-    _instance.reset(token)
+# ``(adapter, route, instance)`` of the instance the current task runs. The runner sets and
+# resets it itself (``set``/``reset``) on every instance, without a wrapper call around each.
+current_instance: ContextVar[tuple[str, str, str] | None] = ContextVar("gateway_instance", default=None)
 
 
 def add_instance_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: ``adapter``, ``route``, ``instance`` of the running instance. Part of
     the gateway's own set-up; a project that configures structlog itself can add it too."""
-    current = _instance.get()
+    current = current_instance.get()
     if current is not None:
         event_dict.setdefault("adapter", current[0])
         event_dict.setdefault("route", current[1])
@@ -45,20 +40,15 @@ def add_instance_context(logger: Any, method: str, event_dict: dict[str, Any]) -
     return event_dict
 
 
-def debug_enabled() -> bool:
-    """Whether debug lines are logged: lets hot paths skip building a line nobody will see."""
-    return _debug
-
-
 def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
     stream = stream or sys.stderr
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
-    global _debug
+    global debug
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r} (use one of {', '.join(LEVELS)})")
-    _debug = numeric <= logging.DEBUG
+    debug = numeric <= logging.DEBUG
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         add_instance_context,

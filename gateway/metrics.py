@@ -75,7 +75,7 @@ class Metrics:
 # prometheus_client's Counter and Histogram (without the ``_created`` samples).
 
 
-class _CounterChild:
+class CounterChild:
     __slots__ = ("value",)
 
     def __init__(self) -> None:
@@ -85,7 +85,7 @@ class _CounterChild:
         self.value += amount
 
 
-class _HistogramChild:
+class HistogramChild:
     __slots__ = ("counts", "sum")
 
     def __init__(self) -> None:
@@ -97,7 +97,7 @@ class _HistogramChild:
         self.sum += value
 
 
-Child = TypeVar("Child", _CounterChild, _HistogramChild)
+Child = TypeVar("Child", CounterChild, HistogramChild)
 
 
 class _LoopMetric(Collector, Generic[Child]):
@@ -118,8 +118,8 @@ class _LoopMetric(Collector, Generic[Child]):
         return child
 
 
-class LoopCounter(_LoopMetric[_CounterChild]):
-    new_child = _CounterChild
+class LoopCounter(_LoopMetric[CounterChild]):
+    new_child = CounterChild
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
@@ -128,8 +128,8 @@ class LoopCounter(_LoopMetric[_CounterChild]):
         yield family
 
 
-class LoopHistogram(_LoopMetric[_HistogramChild]):
-    new_child = _HistogramChild
+class LoopHistogram(_LoopMetric[HistogramChild]):
+    new_child = HistogramChild
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)

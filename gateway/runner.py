@@ -28,7 +28,7 @@ import structlog
 from . import logs
 from .errors import InvalidEvent
 from .events import EventTable
-from .metrics import Metrics
+from .metrics import CounterChild, HistogramChild, Metrics
 from .routing import Match
 from .types import Message, Scope, Send
 
@@ -68,8 +68,7 @@ class Runner:
         self.settings = settings or RunnerSettings()
         self.active: set[Instance] = set()
         self._ids = itertools.count(1)
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._idle: asyncio.Event | None = None  # made only while someone waits for no instance to run
         self._finished = metrics.loop_counter(
             "gateway_instances_total", "Application instances finished, by outcome.",
             ("adapter", "scope_type", "route", "outcome"),
@@ -80,6 +79,8 @@ class Runner:
         )
         self._gauge = metrics.gauge("gateway_instances_active", "Application instances running now.", ("adapter",))
         self._running: dict[str, int] = {}  # read by the gauge when scraped: no lock per instance
+        # (adapter, scope_type, route, outcome) -> that series' counter and duration histogram
+        self._series: dict[tuple[str, str, str, Outcome], tuple[CounterChild, HistogramChild]] = {}
         self._deadlines = _Deadlines()
 
     def instance(
@@ -116,7 +117,7 @@ class Runner:
         if self.active:
             try:
                 async with asyncio.timeout(timeout):
-                    await self._idle.wait()
+                    await self._until_idle()
             except TimeoutError:
                 pass
         return await self.cancel_all()
@@ -133,16 +134,24 @@ class Runner:
         if self.active:
             try:
                 async with asyncio.timeout(5):
-                    await self._idle.wait()
+                    await self._until_idle()
             except TimeoutError:
                 log.warning("runner.cancel_incomplete", still_running=len(self.active))
         self._deadlines.clear()  # nothing left to time out; a later start may run on another loop
+        self._idle = None  # an event left from a timed-out wait belongs to this loop: not to be waited on from another
         return len(left)
+
+    async def _until_idle(self) -> None:
+        """Return once no instance runs. The event exists only while someone waits, so an
+        instance's start and end (every request, every message) never touch it."""
+        if self.active:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            await self._idle.wait()
 
     # -- bookkeeping, called by Instance ---------------------------------------------------
     def _started(self, inst: Instance) -> None:
         self.active.add(inst)
-        self._idle.clear()
         running = self._running
         adapter = inst.adapter
         if adapter not in running:
@@ -151,13 +160,25 @@ class Runner:
         running[adapter] += 1
 
     def _ended(self, inst: Instance, result: Result) -> None:
-        self.active.discard(inst)
-        if not self.active:
+        active = self.active
+        active.discard(inst)
+        if not active and self._idle is not None:
             self._idle.set()
-        adapter, scope_type, route = inst.adapter, inst.scope_type, inst.route_label
-        self._running[adapter] -= 1
-        self._finished.labels(adapter, scope_type, route, result.outcome.value).inc()
-        self._duration.labels(adapter, scope_type, route).observe(result.duration)
+            self._idle = None
+        self._running[inst.adapter] -= 1
+        key = (inst.adapter, inst.scope_type, inst.route_label, result.outcome)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._new_series(*key)
+        series[0].inc()
+        series[1].observe(result.duration)
+
+    def _new_series(self, adapter: str, scope_type: str, route: str, outcome: Outcome) -> tuple[CounterChild, HistogramChild]:
+        """The metric children one kind of instance ending updates, looked up once rather than per instance."""
+        return (
+            self._finished.labels(adapter, scope_type, route, outcome.value),
+            self._duration.labels(adapter, scope_type, route),
+        )
 
 
 class _MessageEvents:
@@ -270,7 +291,7 @@ class Instance:
         if self.task is None:  # run inline in the adapter's task: that is the task to cancel
             self.task = asyncio.current_task()  # type: ignore[assignment]
         runner._started(self)
-        token = logs.instance_context(self.adapter, self.route_label, self.id)
+        token = logs.current_instance.set((self.adapter, self.route_label, self.id))
         start = time.perf_counter()
         outcome, error = Outcome.OK, None
         task = self.task
@@ -287,9 +308,8 @@ class Instance:
             self.expired = False
             if not only_ours:
                 outcome, error = Outcome.CANCELLED, exc
-                self._deadlines_done()
                 self._finish(outcome, error, start)
-                logs.reset_instance_context(token)
+                logs.current_instance.reset(token)
                 raise
             outcome, error = Outcome.TIMEOUT, self._timeout_error()
         except Exception as exc:
@@ -297,17 +317,12 @@ class Instance:
         if self.expired:  # the app swallowed the cancellation: it still timed out
             task.uncancel()
             outcome, error = Outcome.TIMEOUT, self._timeout_error()
-        self._deadlines_done()
         result = self._finish(outcome, error, start)
-        logs.reset_instance_context(token)
+        logs.current_instance.reset(token)
         return result
 
     def _timeout_error(self) -> TimeoutError:
         return TimeoutError(f"the route's timeout of {self.timeout} s expired")
-
-    def _deadlines_done(self) -> None:
-        if self.timeout is not None:
-            self.runner._deadlines.discard(self)
 
     def _expire(self) -> None:
         """Called by the deadline watcher: cancel the app; ``run`` turns it into a timeout."""
@@ -316,12 +331,15 @@ class Instance:
             self.task.cancel()
 
     def _finish(self, outcome: Outcome, error: BaseException | None, start: float) -> Result:
+        """Record how the instance ended: its deadline released, metrics counted, a log line if due."""
+        if self.timeout is not None:
+            self.runner._deadlines.discard(self)
         result = self.result = Result(outcome, time.perf_counter() - start, error)
         self.runner._ended(self, result)
         if outcome is Outcome.OK:
             # At debug: one line per MQTT message or HTTP request is an access log, not news.
             # Checked first because even a filtered call costs more than the rest of an instance.
-            if logs.debug_enabled():
+            if logs.debug:
                 log.debug("instance.finished", outcome=outcome.value, duration_ms=round(result.duration * 1000, 3), scope_type=self.scope_type)
             return result
         ms = round(result.duration * 1000, 3)
