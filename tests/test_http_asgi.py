@@ -307,14 +307,37 @@ async def test_receive_after_response_is_disconnect():
     assert out == [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
 
 
-async def test_invalid_response_headers_are_refused():
+@pytest.mark.parametrize(
+    "header",
+    [(b"x-bad", b"a\r\nSet-Cookie: evil=1"), (b"x-bad", b"a\nb"), (b"x-bad", b"a\rb"), (b"", b"v"),
+     (b"x:bad", b"v"), (b"x\nbad", b"v"), (b"x\rbad", b"v")],
+)
+async def test_invalid_response_headers_are_refused(header):
     async def app(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-bad", b"a\r\nSet-Cookie: evil=1")]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-fine", b"1"), header]})
         await send({"type": "http.response.body", "body": b"x"})
 
     async with serve(app) as gw, httpx.AsyncClient() as client:
-        r = await client.get(f"http://{addr(gw)}/")
-    assert r.status_code == 500 and "set-cookie" not in r.headers
+        for _ in range(2):  # the second time the header's name is known to the head writer
+            r = await client.get(f"http://{addr(gw)}/")
+            assert r.status_code == 500 and "set-cookie" not in r.headers and "x-fine" not in r.headers
+
+
+async def test_framing_and_connection_headers_are_the_servers_in_any_case():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"Content-Length", b"2"), (b"TRANSFER-ENCODING", b"chunked"), (b"X-Kept", b"yes"), (b"Connection", b"Close"),
+        ]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serve(app) as gw:
+        for _ in range(2):  # the second time every name is known to the head writer
+            out = await raw(gw, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _, body = out.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")[1:]
+            assert b"content-length: 2" in lines and b"X-Kept: yes" in lines and b"connection: close" in lines
+            assert not any(line.lower().startswith((b"transfer-encoding", b"connection: keep")) for line in lines)
+            assert b"Content-Length: 2" not in lines and body == b"ok"
 
 
 async def test_unmatched_path_is_404():

@@ -483,23 +483,24 @@ class Cycle:
     def _write_head(self, transport: Any, body: bytes, more: bool) -> None:
         status = self.status
         server = self.conn.server
-        lines = [status_line(status), server.date_header]
+        lines = [_STATUS_LINE.get(status) or status_line(status), server.date_header]
         content_length = None
         has_te = False
         for name, value in self.headers:
-            lname = name.lower()
-            if lname == b"content-length":
+            role = _ROLES.get(name)
+            if role is None:
+                role = _header_role(name)
+            if role == _PLAIN and b"\n" not in value and b"\r" not in value:
+                lines += (name, b": ", value, b"\r\n")
+            elif role == _LENGTH:
                 content_length = value
-                continue
-            elif lname == b"transfer-encoding":
-                has_te = True
-                continue  # the server does the framing
-            elif lname == b"connection":
+            elif role == _FRAMING:
+                has_te = True  # the server does the framing
+            elif role == _CONNECTION:
                 if value.lower() == b"close":
                     self.keep_alive = False
-                continue
-            _check_header(name, value)
-            lines.append(b"%s: %s\r\n" % (name, value))
+            else:
+                _check_header(name, value)  # raises: a name or a value that would break the head
         no_body = self.head or status in _NO_BODY_STATUS
         self.no_body = no_body
         if content_length is not None:
@@ -548,9 +549,38 @@ class Cycle:
             transport = self.conn.transport
             if transport is not None:
                 transport.close()
-        self._wake()
+        if self.disconnect is not None:
+            self._wake()
+
+
+# What the head writer does with a response header, by name: write it as is, take it over
+# (the server frames the body and decides on the connection), or refuse it. Apps send the same
+# few names again and again, so the answer is remembered: the usual header costs one lookup
+# instead of lowering, comparing and checking its name every time.
+_PLAIN, _LENGTH, _FRAMING, _CONNECTION, _INVALID = range(5)
+_ROLES: dict[bytes, int] = {}
+_ROLES_MAX = 1024  # names an app makes up per response (a counter in the name) must not grow it without end
+
+
+def _header_role(name: bytes) -> int:
+    role = _ROLES.get(name)
+    if role is None:
+        lname = name.lower()
+        if lname == b"content-length":
+            role = _LENGTH
+        elif lname == b"transfer-encoding":
+            role = _FRAMING
+        elif lname == b"connection":
+            role = _CONNECTION
+        elif not name or b"\n" in name or b"\r" in name or b":" in name:
+            role = _INVALID
+        else:
+            role = _PLAIN
+        if len(_ROLES) < _ROLES_MAX:
+            _ROLES[name] = role
+    return role
 
 
 def _check_header(name: bytes, value: bytes) -> None:
-    if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name or not name:
+    if b"\n" in value or b"\r" in value or _header_role(name) == _INVALID:
         raise RuntimeError(f"invalid response header {name!r}: {value!r}")
