@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from email.utils import formatdate
+from functools import partial
 from typing import Any, ClassVar
 
 from aiohttp.streams import EMPTY_PAYLOAD
@@ -40,7 +41,7 @@ class ServerState:
         self.runner = context.runner
         self.mounts = context.mounts
         self.mounts.served_by = context.name
-        self.proxies = TrustedProxies(config.trusted_proxies)
+        self.proxies = TrustedProxies(config.trusted_proxies) if config.trusted_proxies else None
         self.root_path = config.root_path
         self.log = context.log
         self.access_log = config.access_log
@@ -51,6 +52,8 @@ class ServerState:
         self.date_header = b""
         self.update_date()
         self._resolvers: dict[str, Any] = {kind: context.router_for(kind).resolve for kind in ("http", "websocket")}
+        # every request resolves its route: straight to the router when no root path is cut first
+        self.resolve_http: Any = partial(self.resolve, "http") if self.root_path else self._resolvers["http"]
         ticks = [self.limits.header_timeout, self.limits.keepalive_timeout, self.limits.ws_ping_timeout]
         if self.limits.ws_ping_interval:
             ticks.append(self.limits.ws_ping_interval)
@@ -90,7 +93,7 @@ class ServerState:
             scheme = "https" if conn.tls else "http"
         server = conn.sockname
         proxies = self.proxies
-        if proxies and proxies.trusts(client[0] if client else None):
+        if proxies is not None and proxies.trusts(client[0] if client else None):
             client, scheme, server, new = proxies.apply(headers, client, scheme, server)
             if new is not None:
                 headers = new
@@ -144,7 +147,7 @@ class ServerState:
                     failed = True
                     self.log.error("http.mount_failed", mount=mount.prefix, owner=mount.owner, error=f"{type(exc).__name__}: {exc}")
             else:
-                match = self.resolve("http", scope)
+                match = self.resolve_http(scope)
                 if match is None:
                     await unmatched(scope, cycle.receive, cycle.send)
                 else:
@@ -174,7 +177,8 @@ class ServerState:
                 conn.transport.close()
         if self.access_log:
             self._access(msg, path, status, cycle.sent, started, client)
-        cycle._wake()
+        if cycle.disconnect is not None:
+            cycle._wake()
         return cycle.keep_alive and (payload is EMPTY_PAYLOAD or payload.is_eof())
 
     def body_too_large(self, cycle: Cycle) -> None:
