@@ -416,6 +416,36 @@ async def test_upload_is_flow_controlled_not_buffered():
     assert status == 200 and body == str(size).encode()
 
 
+async def test_streamed_response_waits_for_a_client_that_does_not_read():
+    """A body send returns only once the transport can take more: a stalled client stalls the app."""
+    chunk, count = b"d" * (1024 * 1024), 32
+    sent = 0
+
+    async def app(scope, receive, send):
+        nonlocal sent
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % (len(chunk) * count))]})
+        for i in range(count):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < count - 1})
+            sent += 1
+
+    async with serve(app) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port, limit=len(chunk) * (count + 1))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader._transport.pause_reading()  # the client reads nothing until told
+        last = -1
+        while sent != last:  # until the app's progress stops
+            last = sent
+            await asyncio.sleep(0.2)
+        assert sent < count
+        reader._transport.resume_reading()
+        status, _, body = await read_response(reader, timeout=10)
+        writer.close()
+    assert status == 200 and len(body) == len(chunk) * count and sent == count
+
+
 async def test_http10_keep_alive_when_asked():
     async with serve(hello) as gw:
         host, port = host_port(gw)

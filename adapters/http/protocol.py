@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -419,6 +420,15 @@ class Cycle:
 
     # -- ASGI send ------------------------------------------------------------------------
     async def send(self, event: dict[str, Any]) -> None:
+        """The ASGI ``send`` for apps the runner does not run (mounts, the 404)."""
+        pending = self.send_now(event)
+        if pending is not None:
+            await pending
+
+    def send_now(self, event: dict[str, Any]) -> Awaitable[None] | None:
+        """Send ``event``; return what to await before the next one (the transport's buffer
+        draining) or ``None``. A plain function, so the runner's ``send`` does not create and
+        run a second coroutine for every event of every response."""
         kind = event["type"]
         if kind == "http.response.body":
             if not self.started:
@@ -428,7 +438,7 @@ class Cycle:
             conn = self.conn
             transport = conn.transport
             if transport is None or self.silenced:
-                return
+                return None
             body = event.get("body", b"")
             more = event.get("more_body", False)
             if not self.head_sent:
@@ -447,10 +457,7 @@ class Cycle:
                 if not self.trailers or not self.chunked:
                     self._complete()
             if conn._paused:
-                try:
-                    await conn._drain_helper()
-                except ConnectionError:
-                    pass
+                return self._drained()
         elif kind == "http.response.start":
             if self.started:
                 raise RuntimeError("'http.response.start' sent twice")
@@ -463,7 +470,7 @@ class Cycle:
                 raise RuntimeError("'http.response.trailers' needs 'trailers': True in the start event and a sent body")
             transport = self.conn.transport
             if transport is None or self.silenced:
-                return
+                return None
             lines = [b"0\r\n"] if self.chunked else []
             for name, value in event.get("headers", ()):
                 _check_header(name, value)
@@ -479,6 +486,13 @@ class Cycle:
                 raise RuntimeError("'more_trailers' is not supported: send all trailers in one event")
         else:
             raise RuntimeError(f"unexpected event {kind!r} on an http scope")
+        return None
+
+    async def _drained(self) -> None:
+        try:
+            await self.conn._drain_helper()
+        except ConnectionError:
+            pass
 
     def _write_head(self, transport: Any, body: bytes, more: bool) -> None:
         status = self.status

@@ -154,7 +154,7 @@ class ServerState:
                     # Runs inline in this connection's task (the runner records it, so a second
                     # stop signal or the end of the drain can cancel it).
                     result = await self.runner.instance(
-                        match, scope, cycle.send, adapter="http", receive=cycle.receive
+                        match, scope, cycle.send_now, adapter="http", receive=cycle.receive
                     ).run()
                     failed = result.outcome is not Outcome.OK
         finally:
