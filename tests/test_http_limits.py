@@ -32,6 +32,23 @@ async def test_request_line_limit_boundary():
     assert status_of(too_long) == 414
 
 
+@pytest.mark.parametrize(("first", "rest", "status"), [
+    (b"GET /" + b"a" * 60, b"a" * 60 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    (b"GET / HTTP/1.1\r\nX-Aa: " + b"v" * 60, b"v" * 60 + b"\r\nHost: x\r\n\r\n", 431),
+])
+async def test_limits_tell_414_from_431_when_the_head_arrives_in_pieces(first, rest, status):
+    async with serve(hello, limits={"max_request_line": 100, "max_header_size": 100}) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(first)
+        await writer.drain()
+        await asyncio.sleep(0.1)  # a separate read on the server side
+        writer.write(rest)
+        out = await read_all(reader)
+        writer.close()
+    assert status_of(out) == status
+
+
 async def test_header_size_limit_boundary():
     async with serve(hello, limits={"max_header_size": 200}) as gw:
         ok = await raw(gw, request(headers=b"X-Aa: " + b"v" * 200 + b"\r\n"))

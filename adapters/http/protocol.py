@@ -195,34 +195,44 @@ class HttpProtocol(BaseProtocol):
             if len(self.tail) > 65536:
                 self._pause_reading_for_buffer()
             return
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            self._reading_head(data)
+            self._parse_failed(exc)
+            return
+        if not messages:
+            if self.deadline_kind:
+                self._reading_head(data)
+            return
+        self.head = b""  # the first bytes of the request head being read (to tell 414 from 431)
+        self.queue.extend(messages)
+        if self.cycle is None:
+            self.deadline_kind = 0
+        if upgraded:
+            self._upgraded = True
+            self.tail = tail
+        if self.task is None:
+            self.task = self.server.loop.create_task(self.serve())
+        else:
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        if len(self.queue) > self.server.limits.max_pipelined and not self._buffer_paused:
+            self._pause_reading_for_buffer()
+
+    def _reading_head(self, data: bytes) -> None:
+        """``data`` is part of a request head not read in full yet: its first bytes start the
+        header timeout, and the head's first bytes are kept (to tell 414 from 431). Called only
+        when a head stays incomplete, so a request that arrives whole skips the bookkeeping."""
+        limit = self.server.limits.max_request_line + 32
         kind = self.deadline_kind
         if kind == 1 and data:
             self.deadline = self.server.loop.time() + self.server.limits.header_timeout
             self.deadline_kind = 2
-            self.head = data[:self.server.limits.max_request_line + 32]
-        elif kind == 2 and len(self.head) <= self.server.limits.max_request_line + 32:
-            self.head += data[:self.server.limits.max_request_line + 32]
-        try:
-            messages, upgraded, tail = self._parser.feed_data(data)
-        except HttpProcessingError as exc:
-            self._parse_failed(exc)
-            return
-        if messages:
-            self.head = b""  # the first bytes of the request head being read (to tell 414 from 431)
-            self.queue.extend(messages)
-            if self.cycle is None:
-                self.deadline_kind = 0
-            if upgraded:
-                self._upgraded = True
-                self.tail = tail
-            if self.task is None:
-                self.task = self.server.loop.create_task(self.serve())
-            else:
-                waiter = self.waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            if len(self.queue) > self.server.limits.max_pipelined and not self._buffer_paused:
-                self._pause_reading_for_buffer()
+            self.head = data[:limit]
+        elif kind == 2 and len(self.head) <= limit:
+            self.head += data[:limit]
 
     def _parse_failed(self, exc: HttpProcessingError) -> None:
         self.broken = True
