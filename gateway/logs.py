@@ -24,9 +24,10 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 # configured, structlog's defaults log everything.
 debug = True
 
-# ``(adapter, route, instance)`` of the instance the current task runs. The runner sets and
-# resets it itself (``set``/``reset``) on every instance, without a wrapper call around each.
-current_instance: ContextVar[tuple[str, str, str] | None] = ContextVar("gateway_instance", default=None)
+# ``(adapter, route, instance number)`` of the instance the current task runs. The runner sets
+# and resets it itself (``set``/``reset``) on every instance, without a wrapper call around
+# each; the number becomes the logged id (hex, as ``Instance.id``) only when a line is logged.
+current_instance: ContextVar[tuple[str, str, int] | None] = ContextVar("gateway_instance", default=None)
 
 
 def add_instance_context(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def add_instance_context(logger: Any, method: str, event_dict: dict[str, Any]) -
     if current is not None:
         event_dict.setdefault("adapter", current[0])
         event_dict.setdefault("route", current[1])
-        event_dict.setdefault("instance", current[2])
+        event_dict.setdefault("instance", f"{current[2]:x}")
     return event_dict
 
 

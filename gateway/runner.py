@@ -207,7 +207,7 @@ class Instance:
     """One application instance: its scope, its receive queue and its outcome."""
 
     __slots__ = (
-        "runner", "match", "scope", "adapter", "scope_type", "route_label", "id", "_queue",
+        "runner", "match", "scope", "adapter", "scope_type", "route_label", "number", "_queue",
         "timeout", "task", "result", "_send", "_receive", "_invalid", "expired",
     )
 
@@ -229,7 +229,7 @@ class Instance:
         self.scope_type: str = scope["type"]
         route = match.route
         self.route_label = route.name or route.target
-        self.id = f"{number:x}"
+        self.number = number
         self._queue: asyncio.Queue[Message] | None = None  # made on first use: HTTP pulls its body
         self.timeout = timeout
         self.task: asyncio.Task[Result] | None = None
@@ -238,6 +238,11 @@ class Instance:
         self._receive = receive or self._get
         self._invalid: InvalidEvent | None = None
         self.expired = False
+
+    @property
+    def id(self) -> str:
+        """The instance's id in logs (hex): formatted when a line is logged, not for every instance."""
+        return f"{self.number:x}"
 
     @property
     def queue(self) -> asyncio.Queue[Message]:
@@ -300,7 +305,7 @@ class Instance:
         if self.task is None:  # run inline in the adapter's task: that is the task to cancel
             self.task = asyncio.current_task()  # type: ignore[assignment]
         runner._started(self)
-        token = logs.current_instance.set((self.adapter, self.route_label, self.id))
+        token = logs.current_instance.set((self.adapter, self.route_label, self.number))
         start = time.perf_counter()
         outcome, error = Outcome.OK, None
         task = self.task
