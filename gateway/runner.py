@@ -302,7 +302,7 @@ class Instance:
     async def run(self) -> Result:
         """Run the app in the current task and return how it ended (never raises but cancel)."""
         runner = self.runner
-        if self.task is None:  # run inline in the adapter's task: that is the task to cancel
+        if self.task is None:  # run inline in the adapter's task (if it did not say which): that is the task to cancel
             self.task = asyncio.current_task()  # type: ignore[assignment]
         runner._started(self)
         token = logs.current_instance.set((self.adapter, self.route_label, self.number))

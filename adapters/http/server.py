@@ -152,10 +152,11 @@ class ServerState:
                     await unmatched(scope, cycle.receive, cycle.send)
                 else:
                     # Runs inline in this connection's task (the runner records it, so a second
-                    # stop signal or the end of the drain can cancel it).
-                    result = await self.runner.instance(
-                        match, scope, cycle.send_now, adapter="http", receive=cycle.receive
-                    ).run()
+                    # stop signal or the end of the drain can cancel it). Saying which task that
+                    # is spares the runner looking it up for every request.
+                    inst = self.runner.instance(match, scope, cycle.send_now, adapter="http", receive=cycle.receive)
+                    inst.task = conn.task  # type: ignore[assignment]
+                    result = await inst.run()
                     failed = result.outcome is not Outcome.OK
         finally:
             conn.cycle = None
