@@ -95,7 +95,12 @@ def split_target(msg: Any, root_path: str) -> tuple[str, bytes, bytes]:
     else:
         raw_path = raw.encode("utf-8", "surrogateescape")
         path = unquote(raw_path.decode("utf-8", "replace"))
-    query_bytes = query.encode("ascii") if query.isascii() else query.encode("utf-8", "surrogateescape")
+    if not query:
+        query_bytes = b""
+    elif query.isascii():
+        query_bytes = query.encode("ascii")
+    else:
+        query_bytes = query.encode("utf-8", "surrogateescape")
     if root_path:
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path
