@@ -92,6 +92,9 @@ def command(server: str, port: int, workdir: Path) -> list[str]:
                 "--app-dir", str(workdir)]
     if server == "daphne":
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "apps:app"]
+    if server == "aiohttp":  # not ASGI: aiohttp's own server, the floor for an aiohttp-based one (HTTP only)
+        shutil.copy(BENCH / "aiohttp_server.py", workdir / "aiohttp_server.py")
+        return [PY, "aiohttp_server.py", str(port)]
     raise ValueError(server)
 
 
@@ -125,12 +128,14 @@ def rss_bytes(pid: int) -> int:
 
 
 def table(title: str, rows: list[tuple[str, str, dict[str, float | None]]], higher_is_better: dict[str, bool]) -> str:
-    """rows: (metric, unit, {server: value}); ratios are against uvicorn."""
-    out = [f"\n{title}", f"{'metric':<34} {'unit':<9} " + " ".join(f"{s:>22}" for s in SERVERS)]
+    """rows: (metric, unit, {server: value}); ratios are against uvicorn. The three servers of
+    every script come first, then any other a script measured (bench/http.py's raw aiohttp)."""
+    columns = [*SERVERS, *dict.fromkeys(s for _, _, values in rows for s in values if s not in SERVERS)]
+    out = [f"\n{title}", f"{'metric':<34} {'unit':<9} " + " ".join(f"{s:>22}" for s in columns)]
     for metric, unit, values in rows:
         base = values.get("uvicorn")
         cells = []
-        for s in SERVERS:
+        for s in columns:
             v = values.get(s)
             if v is None:
                 cells.append(f"{'n/a':>22}")

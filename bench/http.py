@@ -1,9 +1,11 @@
 """HTTP speed: the gateway vs uvicorn (httptools + uvloop) vs Daphne, same app, same run.
 
-    .venv/bin/python bench/http.py [--seconds 5] [--servers gateway,uvicorn,daphne]
+    .venv/bin/python bench/http.py [--seconds 5] [--servers gateway,uvicorn,daphne,aiohttp]
 
 Measures with wrk: hello-world requests/s at 64 connections, and 1 MiB streaming upload and
-download throughput. Prints each figure with its ratio to uvicorn.
+download throughput. Prints each figure with its ratio to uvicorn. ``aiohttp`` is aiohttp's own
+low-level server answering the same paths without ASGI (bench/aiohttp_server.py): the floor for
+a server built on aiohttp, such as the gateway's HTTP adapter.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def wrk(url: str, seconds: float, connections: int, script: str | None = None, t
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (default 5)")
-    parser.add_argument("--servers", default=",".join(common.SERVERS), help="comma-separated subset to run")
+    parser.add_argument("--servers", default=",".join((*common.SERVERS, "aiohttp")), help="comma-separated subset to run")
     args = parser.parse_args()
     common.require_wrk()
     common.raise_fd_limit()
