@@ -126,6 +126,8 @@ def _headers_ok(event: Mapping[str, Any]) -> str | None:
 
 def _status_ok(event: Mapping[str, Any]) -> str | None:
     status = event["status"]
+    if status is None:  # present but None: the type check above lets None through as "absent"
+        return "field 'status' must be int, not NoneType"
     if not 100 <= status <= 999:
         return f"field 'status' must be a 3-digit HTTP status, not {status}"
     return _headers_ok(event)

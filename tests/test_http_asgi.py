@@ -208,6 +208,18 @@ async def test_trailers():
     assert body == b"4\r\ndata\r\n4\r\nmore\r\n0\r\nx-checksum: abc\r\n\r\n"
 
 
+async def test_none_fields_read_as_absent():
+    """``None`` for an optional field means "not given" in the event checks; the writer agrees."""
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": None, "trailers": None})
+        await send({"type": "http.response.body", "body": None, "more_body": True})
+        await send({"type": "http.response.body", "body": b"end", "more_body": None})
+
+    async with serve(app) as gw, httpx.AsyncClient() as client:
+        r = await client.get(f"http://{addr(gw)}/")
+    assert (r.status_code, r.content) == (200, b"end")
+
+
 async def test_app_raises_before_start_gives_500():
     async def app(scope, receive, send):
         raise ValueError("boom")

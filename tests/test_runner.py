@@ -215,6 +215,7 @@ async def test_swallowed_invalid_event_still_fails_and_blocks_later_sends():
     "event",
     [
         {"type": "http.response.start", "status": 42},
+        {"type": "http.response.start", "status": None},
         {"type": "http.response.start", "status": 200, "headers": [("a", "b")]},
         {"type": "http.response.body", "body": "text"},
     ],
@@ -239,8 +240,10 @@ _HTTP_SHAPES = [
     {"type": "http.response.start", "status": 99},
     {"type": "http.response.start", "status": 1000},
     {"type": "http.response.start", "status": "200"},
+    {"type": "http.response.start", "status": None},
     {"type": "http.response.start"},
     {"type": "http.response.body"},
+    {"type": "http.response.body", "body": None},
     {"type": "http.response.body", "body": b"x", "more_body": True},
     {"type": "http.response.body", "body": memoryview(b"x"), "more_body": False},
     {"type": "http.response.body", "body": "x"},

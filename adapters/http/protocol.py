@@ -454,8 +454,8 @@ class Cycle:
             transport = conn.transport
             if transport is None or self.silenced:
                 return None
-            body = event.get("body", b"")
-            more = event.get("more_body", False)
+            body = event.get("body") or b""  # None: absent, as the event specs read it
+            more = bool(event.get("more_body"))
             if not self.head_sent:
                 self._write_head(transport, body, more)
             elif body and not self.no_body:
@@ -478,8 +478,8 @@ class Cycle:
                 raise RuntimeError("'http.response.start' sent twice")
             self.started = True
             self.status = event["status"]
-            self.headers = event.get("headers", ())
-            self.trailers = bool(event.get("trailers", False))
+            self.headers = event.get("headers") or ()
+            self.trailers = bool(event.get("trailers"))
         elif kind == "http.response.trailers":
             if not self.trailers or not self.head_sent or self.done:
                 raise RuntimeError("'http.response.trailers' needs 'trailers': True in the start event and a sent body")
@@ -487,10 +487,10 @@ class Cycle:
             if transport is None or self.silenced:
                 return None
             lines = [b"0\r\n"] if self.chunked else []
-            for name, value in event.get("headers", ()):
+            for name, value in event.get("headers") or ():
                 _check_header(name, value)
                 lines.append(b"%s: %s\r\n" % (name, value))
-            if not event.get("more_trailers", False):
+            if not event.get("more_trailers"):
                 if self.chunked:
                     lines.append(b"\r\n")
                     transport.write(b"".join(lines))

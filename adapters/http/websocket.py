@@ -247,14 +247,14 @@ class WebSocketSession:
                 raise RuntimeError("'websocket.http.response.start' after the handshake")
             self.state = RESPONDING
             self.resp_status = event["status"]
-            self.resp_headers = event.get("headers", ())
+            self.resp_headers = event.get("headers") or ()
             self.resp_body = []
         elif kind == "websocket.http.response.body":
             if state != RESPONDING:
                 raise RuntimeError("'websocket.http.response.body' without 'websocket.http.response.start'")
             assert self.resp_body is not None
-            self.resp_body.append(bytes(event.get("body", b"")))
-            if not event.get("more_body", False):
+            self.resp_body.append(bytes(event.get("body") or b""))
+            if not event.get("more_body"):
                 self._http_response(self.resp_status, self.resp_headers, b"".join(self.resp_body))
         else:
             raise RuntimeError(f"unexpected event {kind!r} on a websocket scope")
@@ -277,7 +277,7 @@ class WebSocketSession:
         if self.compress:
             ext = ws_ext_gen(compress=self.compress, isserver=True, server_notakeover=self.notakeover)
             lines.append(b"sec-websocket-extensions: %s\r\n" % ext.encode())
-        for name, value in event.get("headers", ()):
+        for name, value in event.get("headers") or ():
             lname = name.lower()
             if lname in (b"sec-websocket-accept", b"upgrade", b"connection", b"sec-websocket-extensions", b"date", b"server") or (
                 lname == b"sec-websocket-protocol" and subprotocol
