@@ -356,6 +356,68 @@ async def test_a_packet_split_across_reads_is_routed_and_acknowledged_after_the_
     assert got == [b"in pieces"]
 
 
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+async def test_a_large_message_arriving_in_many_reads_is_routed_whole() -> None:
+    got: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["payload"])
+
+    APPS["big"] = app
+    payload = bytes(range(256)) * 3600  # 900 KiB, under the default max_payload of 1 MiB
+    async with Gateway.from_text(broker_yaml(route("big/#", "big"), extra=QUICK)) as gw:
+        sock = await asyncio.to_thread(_raw_connect, port_of(gw))
+        try:
+            body = b"\x00\x05big/x" + b"\x00\x07" + payload  # QoS 1, packet id 7
+            await asyncio.to_thread(sock.sendall, b"\x32" + _remaining_length(len(body)) + body)
+            assert await asyncio.to_thread(sock.recv, 4) == b"\x40\x02\x00\x07"
+        finally:
+            sock.close()
+    assert got == [payload]
+
+
+async def test_a_packet_longer_than_any_acceptable_publish_is_refused_unread() -> None:
+    """The bound is the longest PUBLISH whose payload could still be accepted: 2 + 65535 + 2 +
+    max_payload bytes. Up to it a PUBLISH is read (and an oversized payload dropped, the
+    connection kept); one byte more and the connection is closed before the body is read."""
+    from structlog.testing import capture_logs
+
+    got: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["payload"])
+
+    APPS["s"] = app
+    bound = 2 + 65535 + 2 + 8
+    async with Gateway.from_text(broker_yaml(route("s/#", "s"), extra=QUICK, max_payload=8)) as gw:
+        port = port_of(gw)
+        with capture_logs() as logs:
+            sock = await asyncio.to_thread(_raw_connect, port)
+            try:
+                at_bound = b"\x00\x03s/x" + b"x" * (bound - 5)  # QoS 0: dropped as oversized, connection kept
+                fits = b"\x00\x03s/x" + b"ok"
+                sock.sendall(b"\x30" + _remaining_length(bound) + at_bound + b"\x30" + bytes([len(fits)]) + fits)
+                await wait_for(lambda: got, what="the next message routed")
+                sock.sendall(b"\x30" + _remaining_length(bound + 1) + b"\x00\x03s/x")  # body never sent
+                sock.settimeout(5)
+                assert await asyncio.to_thread(sock.recv, 10) == b""
+            finally:
+                sock.close()
+        text = gw.metrics.render().decode()
+    assert got == [b"ok"]
+    assert 'gateway_mqtt_messages_total{outcome="oversized"} 2.0' in text
+    refused = [e for e in logs if e["event"] == "mqtt.packet_too_large"]
+    assert len(refused) == 1 and f"a packet of {bound + 1} bytes, more than the {bound}" in refused[0]["why"]
+
+
 async def test_subscribers_get_the_lower_of_the_message_and_subscription_qos() -> None:
     async with Gateway.from_text(broker_yaml("    []\n", extra=QUICK)) as gw:
         port = port_of(gw)

@@ -63,7 +63,7 @@ from gateway.apps import import_string
 from gateway.errors import StartupError
 from gateway.schema import parse_listen
 
-from .broker_reader import BadPacket, InvalidPublish, chunk_source, read_packets
+from .broker_reader import BadPacket, InvalidPublish, PacketTooLarge, chunk_source, read_packets
 from .dispatch import Dispatcher, message_event
 from .events import Outgoing
 from .topics import TopicMatcher
@@ -90,7 +90,8 @@ class _Handler(BrokerProtocolHandler):
         publish = partial(broker.publish_from, session, self)
         self._reader_ready.set()
         try:
-            await read_packets(self, chunk_source(self.reader), publish, mode.gate, session.keep_alive or None, tasks)
+            limit = mode.max_packet
+            await read_packets(self, chunk_source(self.reader, limit), publish, mode.gate, session.keep_alive or None, limit, tasks)
         except TimeoutError:
             mode.log.info("mqtt.keepalive_expired", client_id=session.client_id, timeout_s=session.keep_alive,
                           why="no packet from the client within 1.5 x its keep-alive; connection closed")
@@ -98,6 +99,10 @@ class _Handler(BrokerProtocolHandler):
             mode.dispatcher.count("invalid")
             mode.log.warning("mqtt.invalid_publish", client_id=session.client_id, topic=repr(exc.raw_topic[:100]),
                              why=f"{exc}; closing the connection")
+        except PacketTooLarge as exc:
+            mode.dispatcher.count("oversized")
+            mode.log.warning("mqtt.packet_too_large", client_id=session.client_id, max_payload=mode.config.max_payload,
+                             why=f"{exc}; closing the connection without reading it")
         except BadPacket as exc:
             mode.log.warning("mqtt.protocol_error", client_id=session.client_id, why=f"{exc}; closing the connection")
         except asyncio.CancelledError:
@@ -300,6 +305,9 @@ class BrokerMode:
         self.gate = asyncio.Event()
         self.gate.set()
         self.dispatcher = Dispatcher(self.context, adapter.send_for, self.gate.set)
+        # the longest PUBLISH that could still be accepted (topic length, the longest topic,
+        # packet id, payload); anything longer is refused unread
+        self.max_packet = 2 + 65535 + 2 + cfg.max_payload
         self.stopping = False
         self.inflight: dict[tuple[Any, Any], tuple[tuple[str, bytes], list[Any]]] = {}
         self.broker: _Broker | None = None

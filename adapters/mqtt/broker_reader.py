@@ -65,6 +65,10 @@ class InvalidPublish(BadPacket):
         self.raw_topic = raw_topic
 
 
+class PacketTooLarge(BadPacket):
+    """A packet longer than any the broker could accept; refused before it is read."""
+
+
 class Publish(Protocol):
     """The broker step for one decoded PUBLISH from the device."""
 
@@ -74,7 +78,7 @@ class Publish(Protocol):
         """Handle it at once (``None``), or return the work the reader must run as a task."""
 
 
-def chunk_source(reader: ReaderAdapter) -> Chunks:
+def chunk_source(reader: ReaderAdapter, max_packet: int) -> Chunks:
     """How to take whatever the connection holds from one of amqtt's reader adapters.
 
     A TCP or TLS connection reads up to 64 KiB at once; the HTTP adapter's WebSocket mount
@@ -86,11 +90,12 @@ def chunk_source(reader: ReaderAdapter) -> Chunks:
     read_some = getattr(reader, "read_some", None)
     if read_some is not None:
         return read_some  # type: ignore[no-any-return]
-    return partial(_one_packet, reader)
+    return partial(_one_packet, reader, max_packet)
 
 
-async def _one_packet(reader: ReaderAdapter) -> bytes:
-    """One whole packet through amqtt's exact-size reads; short at the end of the stream."""
+async def _one_packet(reader: ReaderAdapter, max_packet: int) -> bytes:
+    """One whole packet through amqtt's exact-size reads; short at the end of the stream, and
+    only its fixed header when that announces more than ``max_packet`` bytes."""
     data = bytearray(await reader.read(1))
     while data and (len(data) == 1 or data[-1] & 0x80) and len(data) < 5:
         byte = await reader.read(1)
@@ -98,7 +103,7 @@ async def _one_packet(reader: ReaderAdapter) -> bytes:
             break
         data += byte
     head = _header(data, 0, len(data)) if data else None
-    if head is not None and head[2]:
+    if head is not None and 0 < head[2] <= max_packet:
         data += await reader.read(head[2])
     return bytes(data)
 
@@ -166,16 +171,20 @@ async def read_packets(
     publish: Publish,
     gate: asyncio.Event,
     keepalive: float | None,
+    max_packet: int,
     tasks: deque[asyncio.Task[None]],
 ) -> None:
     """Read and handle packets until the device closes the connection.
 
     Raises ``TimeoutError`` when nothing arrived for ``keepalive`` seconds and ``BadPacket``
-    for a packet that ends the connection. Between packets it waits while ``gate`` is closed
-    (a route is at its bound), so a device's burst stops at the socket, not in memory.
-    ``tasks`` collects amqtt's handler tasks for the caller to cancel at the end.
+    for a packet that ends the connection, ``PacketTooLarge`` as soon as a fixed header
+    announces more than ``max_packet`` bytes (nothing of it is buffered). Between packets it
+    waits while ``gate`` is closed (a route is at its bound), so a device's burst stops at the
+    socket, not in memory. ``tasks`` collects amqtt's handler tasks for the caller to cancel
+    at the end.
     """
-    buf = b""
+    pending = bytearray()  # the start of a packet that has not arrived whole
+    need = 0  # how long ``pending`` must grow before it is worth parsing again
     while True:
         if keepalive:
             async with asyncio.timeout(keepalive):
@@ -184,16 +193,27 @@ async def read_packets(
             data = await read()
         if not data:
             return
-        buf = buf + data if buf else data
+        if pending:
+            pending += data  # a large packet grows in place: no copy of all of it per read
+            if len(pending) < need:
+                continue
+            buf = bytes(pending)
+            pending.clear()
+        else:
+            buf = data
         end = len(buf)
         pos = 0
         while pos < end:
             head = _header(buf, pos, end)
             if head is None:
+                need = 0
                 break
             first, start, length = head
+            if length > max_packet:
+                raise PacketTooLarge(f"a packet of {length} bytes, more than the {max_packet} this broker accepts")
             stop = start + length
             if stop > end:
+                need = stop - pos
                 break
             pos = stop
             kind = first >> 4
@@ -209,4 +229,5 @@ async def read_packets(
                 tasks.popleft()
             if not gate.is_set():
                 await gate.wait()
-        buf = buf[pos:]
+        if pos < end:
+            pending += memoryview(buf)[pos:]
