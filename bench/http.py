@@ -19,6 +19,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] 
 
 import argparse
 import re
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -57,9 +58,15 @@ def wrk(url: str, seconds: float, connections: int, script: str | None = None, t
     return float(match.group(1))
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (default 5)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over all servers; medians are printed (default 3)")
     parser.add_argument("--servers", default=",".join((*common.SERVERS, "aiohttp")), help="comma-separated subset to run")
     args = parser.parse_args()
     common.require_wrk()
@@ -72,29 +79,31 @@ def main() -> None:
         f'wrk.body = string.rep("u", {MiB})\n'
         'wrk.headers["Content-Type"] = "application/octet-stream"\n'
     )
-    hello: dict[str, float | None] = {}
-    cpu: dict[str, float | None] = {}
-    up: dict[str, float | None] = {}
-    down: dict[str, float | None] = {}
-    for server in servers:
-        print(f"-- {server}", file=sys.stderr, flush=True)
-        try:
-            with common.running(server) as (port, proc):
-                base = f"http://127.0.0.1:{port}"
-                wrk(base + "/", 1, 64)  # warm-up
-                hello[server] = wrk(base + "/", args.seconds, 64, pid=proc.pid)
-                cpu[server] = LAST_CPU[0]
-                up[server] = wrk(base + "/upload", args.seconds, 8, str(upload)) * MiB / MiB
-                down[server] = wrk(base + "/download", args.seconds, 8) * MiB / MiB
-        except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
-            print(f"   {server} failed: {exc}", file=sys.stderr)
+    runs: dict[str, list[tuple[float, float | None, float, float]]] = {s: [] for s in servers}
+    # Each round runs every server once, one after the other; the figures printed are the
+    # medians over the rounds, so one noisy moment on a shared machine does not decide a ratio.
+    for round_no in range(1, args.repeat + 1):
+        for server in servers:
+            print(f"-- {server} (round {round_no} of {args.repeat})", file=sys.stderr, flush=True)
+            try:
+                with common.running(server) as (port, proc):
+                    base = f"http://127.0.0.1:{port}"
+                    wrk(base + "/", 1, 64)  # warm-up
+                    rate = wrk(base + "/", args.seconds, 64, pid=proc.pid)
+                    cpu = LAST_CPU[0]
+                    up = wrk(base + "/upload", args.seconds, 8, str(upload))
+                    down = wrk(base + "/download", args.seconds, 8)
+                    runs[server].append((rate, cpu, up, down))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
+                print(f"   {server} failed: {exc}", file=sys.stderr)
+    hello, cpu_us, up_mib, down_mib = ({s: _median([r[i] for r in rs]) for s, rs in runs.items()} for i in range(4))
     print(common.table(
-        f"HTTP (wrk, {args.seconds:g} s per figure; 1 client core + 1 server process on one machine)",
+        f"HTTP (wrk, {args.seconds:g} s per figure, median of {args.repeat} rounds; 1 client core + 1 server process on one machine)",
         [
             ("hello world, 64 connections", "req/s", hello),
-            ("  server CPU per hello request", "us", cpu),
-            ("1 MiB upload (streamed), 8 conns", "MiB/s", up),
-            ("1 MiB download (streamed), 8 conns", "MiB/s", down),
+            ("  server CPU per hello request", "us", cpu_us),
+            ("1 MiB upload (streamed), 8 conns", "MiB/s", up_mib),
+            ("1 MiB download (streamed), 8 conns", "MiB/s", down_mib),
         ],
         {"req/s, MiB/s": True, "us": False},
     ))
