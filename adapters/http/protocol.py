@@ -578,8 +578,7 @@ class Cycle:
             transport = self.conn.transport
             if transport is not None:
                 transport.close()
-        if self.disconnect is not None:
-            self._wake()
+        self._wake()
 
 
 # What the head writer does with a response header, by name: write it as is, take it over

@@ -178,8 +178,7 @@ class ServerState:
                 conn.transport.close()
         if self.access_log:
             self._access(msg, path, status, cycle.sent, started, client)
-        if cycle.disconnect is not None:
-            cycle._wake()
+        cycle._wake()
         return cycle.keep_alive and (payload is EMPTY_PAYLOAD or payload.is_eof())
 
     def body_too_large(self, cycle: Cycle) -> None:
