@@ -246,9 +246,11 @@ class _Broker(Broker):
         mode.route(session, topic, payload, qos, packet_id, retain, dup, done)
 
     async def _broadcast_message(self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None) -> None:
-        # amqtt calls this for wills; it would queue them for its broadcast task
+        # amqtt calls this for wills (and its plugins' broadcasts); it would queue them for its
+        # broadcast task. Without a QoS amqtt delivers at each subscription's own: the highest
+        # QoS, which fan_out lowers to the subscription's.
         if topic is not None and data is not None:
-            self.fan_out(session, topic, bytes(data), 0 if force_qos is None else force_qos)
+            self.fan_out(session, topic, bytes(data), 2 if force_qos is None else force_qos)
 
     def fan_out(self, source: Any, topic: str, data: bytes, qos: int) -> None:
         """Deliver a message to the MQTT subscribers whose filters match, at once.
@@ -290,8 +292,9 @@ def _ignore(ok: bool) -> None:
 
 
 def _log_failure(task: asyncio.Task[Any], log: Any) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("mqtt.delivery_failed", error=f"{type(task.exception()).__name__}: {task.exception()}")
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        log.warning("mqtt.delivery_failed", error=f"{type(error).__name__}: {error}")
 
 
 class BrokerMode:
