@@ -38,21 +38,21 @@ class Mounts:
     """Mounted ASGI apps by path prefix, checked longest prefix first."""
 
     def __init__(self) -> None:
-        self._mounts: list[Mount] = []
+        self.items: list[Mount] = []  # longest prefix first; read-only outside this class
         self.served_by: str | None = None
 
     def add(self, prefix: str, app: ASGIApp, owner: str, *, scope_types: tuple[str, ...] = ("http",), required: bool = False) -> None:
         """Attach ``app`` at ``prefix`` for the given scope types (``"http"``, ``"websocket"``)."""
         if not prefix.startswith("/"):
             raise ValueError(f"mount path {prefix!r} must start with '/'")
-        for m in self._mounts:
+        for m in self.items:
             if m.prefix == prefix and set(m.scope_types) & set(scope_types):
                 raise ValueError(f"{owner} and {m.owner} both want to mount {prefix!r}")
-        self._mounts.append(Mount(prefix, app, owner, tuple(scope_types), required))
-        self._mounts.sort(key=lambda m: len(m.prefix), reverse=True)
+        self.items.append(Mount(prefix, app, owner, tuple(scope_types), required))
+        self.items.sort(key=lambda m: len(m.prefix), reverse=True)
 
     def find(self, path: str, scope_type: str = "http") -> Mount | None:
-        for m in self._mounts:
+        for m in self.items:
             if scope_type in m.scope_types and m.matches(path):
                 return m
         return None
@@ -61,7 +61,7 @@ class Mounts:
         """Required mounts that no adapter serves (nothing called ``served_by``)."""
         if self.served_by is not None:
             return []
-        return [m for m in self._mounts if m.required]
+        return [m for m in self.items if m.required]
 
     def __bool__(self) -> bool:
-        return bool(self._mounts)
+        return bool(self.items)

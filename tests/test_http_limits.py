@@ -214,3 +214,76 @@ async def test_httpx_large_body_under_limit():
         async with httpx.AsyncClient() as client:
             r = await client.post(f"http://{addr(gw)}/big", content=b"z" * 2_000_000)
     assert r.status_code == 200 and len(r.content) == len("/big|") + 2_000_000
+
+
+async def test_an_endless_header_line_is_cut_at_the_largest_valid_head():
+    """llhttp keeps a header it has not seen the end of: the head as a whole is bounded, 431."""
+    limits = {"max_request_line": 100, "max_header_size": 100, "max_headers": 4}
+    bound = 100 + 4 * (2 * 100 + 4) + 64
+    async with serve(hello, limits=limits) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        await writer.drain()
+        sent = 0
+        while sent <= bound:  # pieces each under the header limit, never a line end
+            await asyncio.sleep(0.01)
+            writer.write(b"v" * 90)
+            sent += 90
+        out = await read_all(reader)
+        writer.close()
+    assert status_of(out) == 431
+
+
+async def test_head_just_under_the_bound_is_parsed():
+    """The same bound admits the largest valid head: 4 fields with names and values at the limit."""
+    limits = {"max_request_line": 100, "max_header_size": 100, "max_headers": 4}
+    fields = b"Host: x\r\n" + b"".join(b"%s: %s\r\n" % (b"N" * 99 + b"%d" % i, b"v" * 100) for i in range(3))
+    async with serve(hello, limits=limits) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        data = b"GET /" + b"a" * 99 + b" HTTP/1.1\r\n" + fields + b"\r\n"
+        for i in range(0, len(data), 50):  # in pieces: every read but the last leaves the head open
+            writer.write(data[i:i + 50])
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        status, _, body = await read_response(reader)
+        writer.close()
+    assert status == 200 and body.startswith(b"/" + b"a" * 99)
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+    (b"GET / HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+    (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # a target is ASCII: send it percent-encoded
+])
+async def test_requests_llhttp_admits_but_http_does_not(data, status):
+    calls = []
+
+    async def app(scope, receive, send):
+        calls.append(scope["type"])
+        await hello(scope, receive, send)
+
+    async with serve(app) as gw:
+        out = await raw(gw, data)
+    assert status_of(out) == status
+    assert "http" not in calls
+
+
+async def test_unread_body_that_arrived_whole_keeps_the_connection():
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serve(app) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        first = await read_response(reader)
+        writer.write(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        second = await read_response(reader)
+        writer.close()
+    assert first[0] == 200 and first[2] == b"ok"
+    assert second[0] == 200 and first[1].get(b"connection") != b"close"

@@ -76,7 +76,7 @@ class Limits(Section):
 
 
 class HttpConfig(Section):
-    """`adapters.http` — HTTP/1.1 and WebSocket on aiohttp's C parser."""
+    """`adapters.http` — HTTP/1.1 (httptools) and WebSocket (aiohttp's frame reader)."""
 
     listen: str | list[str] = Field(
         "127.0.0.1:8000",

@@ -1,11 +1,17 @@
-"""One HTTP/1.1 connection: aiohttp's C parser in, ASGI ``http`` scopes out, bytes written straight
-to the transport.
+"""One HTTP/1.1 connection: httptools (llhttp) parses, ASGI ``http`` scopes out, bytes written
+straight to the transport.
 
-The hot path stays short on purpose: one asyncio ``Protocol`` per connection, one long-lived task
-per connection that serves its requests in order (keep-alive, pipelining), one small ``Cycle``
-object per request holding the ASGI ``receive``/``send`` pair. The response head is written
-together with the first body chunk, so a simple response is a single ``transport.write``.
-Upgrade requests are handed to ``websocket.WebSocketSession``.
+The hot path stays short on purpose: one asyncio ``Protocol`` per connection, parser callbacks
+that fill a ``Request`` per request, one long-lived task per connection that serves its requests
+in order (keep-alive, pipelining), one small ``Cycle`` object per request holding the ASGI
+``receive``/``send`` pair. The response head is written together with the first body chunk, so a
+simple response is a single ``transport.write``. Upgrade requests are handed to
+``websocket.start_websocket``.
+
+The parser is httptools rather than aiohttp's own: both bind the same llhttp, but aiohttp's
+wraps every request in a multidict, a yarl URL and a stream object that the ASGI translation
+then takes apart again, which cost more than the rest of a hello-world request. aiohttp still
+does the WebSocket side (frame reader and writer).
 """
 
 from __future__ import annotations
@@ -15,17 +21,11 @@ from collections import deque
 from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
+import httptools
 from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.streams import EMPTY_PAYLOAD
 
-try:
-    from aiohttp._http_parser import HttpRequestParser  # the C (llhttp) parser
-except ImportError:  # pragma: no cover - pure-Python aiohttp build
-    from aiohttp.http_parser import HttpRequestParser  # type: ignore[assignment]
-
+from .request import BODY_BUFFER, METHODS, Request, method_name
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -69,42 +69,13 @@ class ParseError:
         self.reason = reason
 
 
-def split_target(msg: Any, root_path: str) -> tuple[str, bytes, bytes]:
-    """``(path, raw_path, query_string)`` from the request target, ASGI style."""
-    target: str = msg.path
-    if target[:1] != "/":
-        # absolute-form ("GET http://host/x") or asterisk-form ("OPTIONS *")
-        url = msg.url
-        raw = url.raw_path if url.absolute else target
-        query = url.raw_query_string
-    else:
-        q = target.find("?")
-        if q < 0:
-            raw, query = target, ""
-        else:
-            raw, query = target[:q], target[q + 1:]
-            h = query.find("#")
-            if h >= 0:
-                query = query[:h]
-        h = raw.find("#")
-        if h >= 0:
-            raw = raw[:h]
-    if raw.isascii():
-        raw_path = raw.encode("ascii")
-        path = unquote(raw) if "%" in raw else raw
-    else:
-        raw_path = raw.encode("utf-8", "surrogateescape")
-        path = unquote(raw_path.decode("utf-8", "replace"))
-    if not query:
-        query_bytes = b""
-    elif query.isascii():
-        query_bytes = query.encode("ascii")
-    else:
-        query_bytes = query.encode("utf-8", "surrogateescape")
-    if root_path:
-        path = root_path + path
-        raw_path = root_path.encode("utf-8") + raw_path
-    return path, raw_path, query_bytes
+class Refused(Exception):
+    """Raised from a parser callback: the request breaks a limit or a rule llhttp does not check."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 class HttpProtocol(BaseProtocol):
@@ -117,33 +88,31 @@ class HttpProtocol(BaseProtocol):
         "cycle",
         "deadline",
         "deadline_kind",
-        "head",
+        "got_head",
+        "head_size",
+        "headers",
+        "hosts",
+        "parsing",
         "queue",
         "rejected",
-        "requests",
         "server",
         "sockname",
         "tail",
         "task",
         "tls",
+        "url",
         "waiter",
         "ws",
     )
 
     def __init__(self, server: ServerState, tls: bool) -> None:
-        loop = server.loop
-        super().__init__(loop, None)
-        lim = server.limits
-        self._parser = HttpRequestParser(
-            self, loop, 2**16,
-            max_line_size=lim.max_request_line, max_field_size=lim.max_header_size,
-            max_headers=lim.max_headers, auto_decompress=False,
-        )
+        super().__init__(server.loop, None)
+        self._parser: Any = httptools.HttpRequestParser(self)
         self.server = server
         self.tls = tls
         self.client: tuple[str, int] | None = None
         self.sockname: Any = None
-        self.queue: deque[tuple[Any, Any]] = deque()
+        self.queue: deque[Request | ParseError] = deque()
         self.task: asyncio.Task[None] | None = None
         self.cycle: Cycle | None = None
         self.ws: Any = None
@@ -153,9 +122,14 @@ class HttpProtocol(BaseProtocol):
         self.closing = False
         self.rejected = False
         self.broken = False
-        self.head = b""  # the first bytes of the request head being read (to tell 414 from 431)
         self.tail = b""
-        self.requests = 0
+        # the request head being parsed
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.hosts = 0
+        self.head_size = 0  # bytes read while a head stays incomplete (bounds what llhttp buffers)
+        self.got_head = False  # a head was completed during the current data_received
+        self.parsing: Request | None = None  # the request whose body is arriving
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -179,6 +153,8 @@ class HttpProtocol(BaseProtocol):
         super().connection_lost(exc)
         self.closing = True
         self.deadline_kind = 0
+        if self.parsing is not None:
+            self.parsing.fail(ConnectionResetError("client disconnected"))
         cycle = self.cycle
         if cycle is not None:
             cycle.lost()
@@ -200,65 +176,139 @@ class HttpProtocol(BaseProtocol):
             if len(self.tail) > 65536:
                 self._pause_reading_for_buffer()
             return
+        self.got_head = False
         try:
-            messages, upgraded, tail = self._parser.feed_data(data)
-        except HttpProcessingError as exc:
-            self._reading_head(data)
-            self._parse_failed(exc)
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded = True
+            self.tail = data[exc.args[0]:]
+            last = self.queue[-1] if self.queue else None
+            if isinstance(last, Request):
+                last.upgrade = True
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__
+            if isinstance(refused, Refused):
+                self._parse_failed(refused.status, refused.reason)
+            else:
+                self._parse_failed(400, str(exc) or type(exc).__name__)
             return
-        if not messages:
+        if not self.got_head:
             if self.deadline_kind:
                 self._reading_head(data)
             return
-        self.head = b""  # the first bytes of the request head being read (to tell 414 from 431)
-        self.queue.extend(messages)
+        self.head_size = 0
         if self.cycle is None:
             self.deadline_kind = 0
-        if upgraded:
-            self._upgraded = True
-            self.tail = tail
+        waiter = self.waiter
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self.task is None:
+            self.task = self.server.loop.create_task(self.serve())
+        if not self._buffer_paused and len(self.queue) > self.server.limits.max_pipelined:
+            self._pause_reading_for_buffer()
+
+    def _reading_head(self, data: bytes) -> None:
+        """``data`` is part of a request head not read in full yet: its first bytes start the
+        header timeout, and the head is bounded by the most a valid one can hold (llhttp keeps
+        an unfinished header in memory). Called only when a head stays incomplete, so a request
+        that arrives whole skips the bookkeeping."""
+        if not data:
+            return
+        limits = self.server.limits
+        if self.deadline_kind == 1:
+            self.deadline = self.server.loop.time() + limits.header_timeout
+            self.deadline_kind = 2
+        self.head_size += len(data)
+        if self.head_size > limits.max_request_line + limits.max_headers * (2 * limits.max_header_size + 4) + 64:
+            self._parse_failed(431, "request head too large")
+
+    # -- parser callbacks (httptools) --------------------------------------------------------
+    def on_url(self, url: bytes) -> None:
+        url = self.url + url if self.url else url
+        self.url = url
+        if len(url) > self.server.max_request_line:
+            raise Refused(414, f"request target longer than {self.server.limits.max_request_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        server = self.server
+        if len(name) > server.max_header_size or len(value) > server.max_header_size:
+            raise Refused(431, f"header field name or value longer than {server.max_header_size} bytes")
+        if len(headers) >= server.max_headers:
+            raise Refused(431, f"more than {server.max_headers} header fields")
+        name = name.lower()
+        if name == b"host":
+            self.hosts += 1
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if self.hosts != 1 and (self.hosts or version == "1.1"):
+            raise Refused(400, "a request needs exactly one Host header" if self.hosts else "HTTP/1.1 request without a Host header")
+        if version[0] != "1":
+            raise Refused(505, f"HTTP/{version} is not supported")
+        method = parser.get_method()
+        req = Request(METHODS.get(method) or method_name(method), self.url, version, self.headers, parser.should_keep_alive())
+        self.url = b""
+        self.headers = []
+        self.hosts = 0
+        self.parsing = req
+        self.queue.append(req)
+        self.got_head = True
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        if req is not None:
+            req.feed(body)
+            if req.size > BODY_BUFFER and not self._buffer_paused:
+                self._pause_reading_for_buffer()
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        if req is not None:
+            self.parsing = None
+            req.complete = True
+            if req.waiter is not None:
+                req.wake()
+
+    def _parse_failed(self, status: int, reason: str) -> None:
+        self.broken = True
+        self.head_size = 0
+        req = self.parsing
+        if req is not None and not req.complete:
+            # A malformed body (bad chunk framing, ...): an app already reading it sees
+            # http.disconnect; a request no app has seen yet never reaches one.
+            self.parsing = None
+            req.keep_alive = False
+            cycle = self.cycle
+            if cycle is not None and cycle.request is req:
+                req.fail(httptools.HttpParserError(reason))
+                return
+            try:
+                self.queue.remove(req)
+            except ValueError:
+                pass
+        self.queue.append(ParseError(status, reason))
+        self._wake_serve()
+
+    def _wake_serve(self) -> None:
         if self.task is None:
             self.task = self.server.loop.create_task(self.serve())
         else:
             waiter = self.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        if len(self.queue) > self.server.limits.max_pipelined and not self._buffer_paused:
-            self._pause_reading_for_buffer()
 
-    def _reading_head(self, data: bytes) -> None:
-        """``data`` is part of a request head not read in full yet: its first bytes start the
-        header timeout, and the head's first bytes are kept (to tell 414 from 431). Called only
-        when a head stays incomplete, so a request that arrives whole skips the bookkeeping."""
-        limit = self.server.limits.max_request_line + 32
-        kind = self.deadline_kind
-        if kind == 1 and data:
-            self.deadline = self.server.loop.time() + self.server.limits.header_timeout
-            self.deadline_kind = 2
-            self.head = data[:limit]
-        elif kind == 2 and len(self.head) <= limit:
-            self.head += data[:limit]
-
-    def _parse_failed(self, exc: HttpProcessingError) -> None:
-        self.broken = True
-        cycle = self.cycle
-        if cycle is not None and cycle.payload is not EMPTY_PAYLOAD and not cycle.payload.is_eof():
-            # The body of the request in progress is malformed (bad chunk framing, ...).
-            cycle.payload.set_exception(exc)
-            cycle.keep_alive = False
-            return
-        if isinstance(exc, LineTooLong):
-            first_line = self.head.split(b"\n", 1)[0]
-            status = 414 if len(first_line) > self.server.limits.max_request_line else 431
-        elif "Too many headers" in exc.message:
-            status = 431
-        else:
-            status = 400
-        self.queue.append((ParseError(status, exc.message), None))
-        if self.task is None:
-            self.task = self.server.loop.create_task(self.serve())
-        elif self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+    def resume_if_drained(self) -> None:
+        """Read from the socket again once the pipeline queue and the body being read are short."""
+        if (
+            self._buffer_paused and not self._upgraded
+            and len(self.queue) <= self.server.limits.max_pipelined // 2
+            and (self.parsing is None or self.parsing.size <= BODY_BUFFER // 2)
+        ):
+            self._resume_reading_for_buffer()
 
     # -- the connection task -------------------------------------------------------------
     async def serve(self) -> None:
@@ -277,23 +327,23 @@ class HttpProtocol(BaseProtocol):
                     finally:
                         self.waiter = None
                     continue
-                msg, payload = queue.popleft()
-                if self._buffer_paused and len(queue) <= server.limits.max_pipelined // 2 and not self._upgraded:
-                    self._resume_reading_for_buffer()
+                req = queue.popleft()
+                if self._buffer_paused:
+                    self.resume_if_drained()
                 if self.transport is None:
                     break
-                if payload is None:
-                    self._write_close(simple_response(msg.status, date=server.date_header))
-                    server.log_parse_error(self, msg)
+                if isinstance(req, ParseError):
+                    self._write_close(simple_response(req.status, date=server.date_header))
+                    server.log_parse_error(self, req)
                     break
-                if self._upgraded and not queue and msg.upgrade:
+                if req.upgrade and not queue:
                     from .websocket import start_websocket
-                    await start_websocket(self, msg)
+                    await start_websocket(self, req)
                     return
                 if self.rejected:
                     self._write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
                     break
-                keep = await server.handle_http(self, msg, payload)
+                keep = await server.handle_http(self, req)
                 if not keep or self.closing:
                     if self.transport is not None:
                         self.transport.close()
@@ -355,8 +405,8 @@ class Cycle:
         "max_body",
         "more_body",
         "no_body",
-        "payload",
         "received",
+        "request",
         "sent",
         "silenced",
         "started",
@@ -365,14 +415,14 @@ class Cycle:
         "version11",
     )
 
-    def __init__(self, conn: HttpProtocol, payload: Any, head: bool, version11: bool, keep_alive: bool, expect_100: bool, max_body: int | None) -> None:
+    def __init__(self, conn: HttpProtocol, request: Request, head: bool, version11: bool, expect_100: bool, max_body: int | None) -> None:
         self.conn = conn
-        self.payload = payload
+        self.request = request
         self.head = head
         self.version11 = version11
-        self.keep_alive = keep_alive
+        self.keep_alive = request.keep_alive
         self.expect_100 = expect_100
-        self.more_body = payload is not EMPTY_PAYLOAD
+        self.more_body = True  # every request has at least one http.request event
         self.status = 0
         self.headers: Any = ()
         self.started = False
@@ -390,9 +440,7 @@ class Cycle:
 
     # -- connection events ----------------------------------------------------------------
     def lost(self) -> None:
-        payload = self.payload
-        if self.more_body and payload is not EMPTY_PAYLOAD and not payload.is_eof():
-            payload.set_exception(ConnectionResetError("client disconnected"))
+        self.request.fail(ConnectionResetError("client disconnected"))
         self._wake()
 
     def _wake(self) -> None:
@@ -403,31 +451,35 @@ class Cycle:
     # -- ASGI receive ---------------------------------------------------------------------
     async def receive(self) -> dict[str, Any]:
         if self.more_body and not self.silenced:
+            req = self.request
             conn = self.conn
-            if self.expect_100:
-                self.expect_100 = False
-                if not self.started and conn.transport is not None:
-                    conn.transport.write(_CONTINUE)
-            payload = self.payload
-            try:
-                chunk = await payload.readany()
-            except Exception:  # noqa: BLE001 - whatever broke the body (reset, bad framing) ends it
-                self.more_body = False
-                self.keep_alive = False
-                return {"type": "http.disconnect"}
-            more = not payload.is_eof()
+            if req.chunks:
+                chunk = req.take()
+            elif req.complete:  # a request without a body: its end came with its head
+                chunk = b""
+            else:
+                if self.expect_100:
+                    self.expect_100 = False
+                    if not self.started and conn.transport is not None:
+                        conn.transport.write(_CONTINUE)
+                try:
+                    chunk = await req.read(conn.server.loop)
+                except Exception:  # noqa: BLE001 - whatever broke the body (reset, bad framing) ends it
+                    self.more_body = False
+                    self.keep_alive = False
+                    return {"type": "http.disconnect"}
+            more = not req.complete
             if not more:
                 self.more_body = False
             if chunk:
+                if conn._buffer_paused:
+                    conn.resume_if_drained()
                 self.received += len(chunk)
                 if self.max_body is not None and self.received > self.max_body:
                     self.more_body = False
                     conn.server.body_too_large(self)
                     return {"type": "http.disconnect"}
             return {"type": "http.request", "body": chunk, "more_body": more}
-        if not self.more_body and self.payload is EMPTY_PAYLOAD and self.received == 0 and not self.silenced:
-            self.received = -1  # the one empty body event
-            return {"type": "http.request", "body": b"", "more_body": False}
         if not self.done and self.conn.transport is not None and not self.silenced:
             fut = self.disconnect = self.conn.server.loop.create_future()
             await fut
@@ -578,7 +630,8 @@ class Cycle:
             transport = self.conn.transport
             if transport is not None:
                 transport.close()
-        self._wake()
+        if self.disconnect is not None:
+            self._wake()
 
 
 # What the head writer does with a response header, by name: write it as is, take it over

@@ -10,8 +10,6 @@ from email.utils import formatdate
 from functools import partial
 from typing import Any, ClassVar
 
-from aiohttp.streams import EMPTY_PAYLOAD
-
 from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import unmatched
 from gateway.runner import Outcome
@@ -19,15 +17,9 @@ from gateway.schema import PathRoute
 
 from .config import HttpConfig
 from .listeners import describe, open_socket, ssl_context
-from .protocol import (
-    ASGI,
-    HTTP_EXTENSIONS,
-    Cycle,
-    HttpProtocol,
-    simple_response,
-    split_target,
-)
+from .protocol import ASGI, HTTP_EXTENSIONS, Cycle, HttpProtocol, simple_response
 from .proxies import TrustedProxies
+from .request import Request, split_target
 
 
 class ServerState:
@@ -36,6 +28,10 @@ class ServerState:
     def __init__(self, config: HttpConfig, context: AdapterContext, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.limits = config.limits
+        # read by the parser callbacks for every header: one attribute away
+        self.max_request_line = config.limits.max_request_line
+        self.max_header_size = config.limits.max_header_size
+        self.max_headers = config.limits.max_headers
         self.context = context
         self.loop = loop
         self.runner = context.runner
@@ -82,10 +78,10 @@ class ServerState:
             scope = dict(scope, path=scope["path"][len(self.root_path):] or "/")
         return self._resolvers[kind](scope)
 
-    def common(self, conn: HttpProtocol, msg: Any, websocket: bool) -> tuple[str, bytes, bytes, list[tuple[bytes, bytes]], Any, str, Any]:
+    def common(self, conn: HttpProtocol, req: Request, websocket: bool) -> tuple[str, bytes, bytes, list[tuple[bytes, bytes]], Any, str, Any]:
         """``(path, raw_path, query_string, headers, client, scheme, server)`` of a request."""
-        path, raw_path, query = split_target(msg, self.root_path)
-        headers = [(n.lower(), v) for n, v in msg.raw_headers]
+        path, raw_path, query = split_target(req.target, self.root_path)
+        headers = req.headers
         client = conn.client
         if websocket:
             scheme = "wss" if conn.tls else "ws"
@@ -100,17 +96,17 @@ class ServerState:
         return path, raw_path, query, headers, client, scheme, server
 
     # -- one HTTP request ------------------------------------------------------------------
-    async def handle_http(self, conn: HttpProtocol, msg: Any, payload: Any) -> bool:
+    async def handle_http(self, conn: HttpProtocol, req: Request) -> bool:
         """Serve one request; ``True`` if the connection may carry another one."""
         started = time.perf_counter() if self.access_log else 0.0
-        path, raw_path, query, headers, client, scheme, server = self.common(conn, msg, False)
-        version = msg.version
-        v11 = version == (1, 1)
-        method = msg.method
+        path, raw_path, query, headers, client, scheme, server = self.common(conn, req, False)
+        version = req.version
+        v11 = version == "1.1"
+        method = req.method
         scope = {
             "type": "http",
             "asgi": ASGI,
-            "http_version": "1.1" if v11 else f"{version[0]}.{version[1]}",
+            "http_version": version,
             "method": method,
             "scheme": scheme,
             "path": path,
@@ -124,22 +120,21 @@ class ServerState:
         }
         max_body = self.limits.max_body_size
         expect_100 = False
-        if payload is not EMPTY_PAYLOAD:
-            h = msg.headers
+        if req.chunks or not req.complete:  # the request has a body
             if max_body is not None:
-                length = h.get("Content-Length")
+                length = req.header(b"content-length")
                 if length is not None and int(length) > max_body:
                     conn._write_close(simple_response(413, date=self.date_header))
-                    self._access(msg, path, 413, 0, started, client)
+                    self._access(method, path, 413, 0, started, client)
                     return False
             if v11:
-                expect = h.get("Expect")
-                expect_100 = expect is not None and expect.lower() == "100-continue"
-        cycle = Cycle(conn, payload, method == "HEAD", v11, not msg.should_close, expect_100, max_body)
+                expect = req.header(b"expect")
+                expect_100 = expect is not None and expect.lower() == b"100-continue"
+        cycle = Cycle(conn, req, method == "HEAD", v11, expect_100, max_body)
         conn.cycle = cycle
         failed = False
         try:
-            mount = self.mounts.find(path) if self.mounts else None
+            mount = self.mounts.find(path) if self.mounts.items else None
             if mount is not None:
                 try:
                     await mount.app(scope, cycle.receive, cycle.send)
@@ -177,9 +172,10 @@ class ServerState:
             if conn.transport is not None:
                 conn.transport.close()
         if self.access_log:
-            self._access(msg, path, status, cycle.sent, started, client)
-        cycle._wake()
-        return cycle.keep_alive and (payload is EMPTY_PAYLOAD or payload.is_eof())
+            self._access(method, path, status, cycle.sent, started, client)
+        if cycle.disconnect is not None:
+            cycle._wake()
+        return cycle.keep_alive and req.complete  # an unread body that was all read in is dropped
 
     def body_too_large(self, cycle: Cycle) -> None:
         """The streamed body went past ``max_body_size``."""
@@ -192,11 +188,11 @@ class ServerState:
             conn.transport.close()
         conn.broken = True
 
-    def _access(self, msg: Any, path: str, status: int, sent: int, started: float, client: Any) -> None:
+    def _access(self, method: str, path: str, status: int, sent: int, started: float, client: Any) -> None:
         if not self.access_log:
             return
         self.log.info(
-            "http.request", method=msg.method, path=path, status=status, bytes=sent,
+            "http.request", method=method, path=path, status=status, bytes=sent,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             client=f"{client[0]}:{client[1]}" if client else None,
         )

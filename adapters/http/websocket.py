@@ -29,6 +29,7 @@ from .protocol import ASGI, _check_header, simple_response
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
+    from .request import Request
 
 CONNECTING, RESPONDING, OPEN, CLOSING, CLOSED = range(5)
 WS_EXTENSIONS: dict[str, Any] = {"websocket.http.response": {}}
@@ -75,6 +76,10 @@ class _Sink(WebSocketDataQueue):
         pass
 
 
+def _latin1(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
 def _valid_key(key: str | None) -> bool:
     if not key:
         return False
@@ -84,27 +89,28 @@ def _valid_key(key: str | None) -> bool:
         return False
 
 
-async def start_websocket(conn: HttpProtocol, msg: Any) -> None:
+async def start_websocket(conn: HttpProtocol, req: Request) -> None:
     """Handle an upgrade request: validate it, route it, start the instance (the app accepts)."""
     server = conn.server
-    h = msg.headers
     conn.deadline_kind = 0
-    if msg.method != "GET" or not _valid_key(h.get("Sec-WebSocket-Key")):
+    key = _latin1(req.header(b"sec-websocket-key"))
+    if req.method != "GET" or not _valid_key(key):
         conn._write_close(simple_response(400, b"Bad WebSocket handshake\n", date=server.date_header))
         return
-    if h.get("Sec-WebSocket-Version") != "13":
+    if req.header(b"sec-websocket-version") != b"13":
         conn._write_close(simple_response(426, extra=b"sec-websocket-version: 13\r\n", date=server.date_header))
         return
     if conn.rejected:
         conn._write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
         return
-    path, raw_path, query, headers, client, scheme, sockname = server.common(conn, msg, True)
-    subprotocols = [p.strip() for v in h.getall("Sec-WebSocket-Protocol", ()) for p in v.split(",") if p.strip()]
-    version = msg.version
+    path, raw_path, query, headers, client, scheme, sockname = server.common(conn, req, True)
+    subprotocols = [
+        p.strip() for v in req.header_values(b"sec-websocket-protocol") for p in v.decode("latin-1").split(",") if p.strip()
+    ]
     scope = {
         "type": "websocket",
         "asgi": ASGI,
-        "http_version": f"{version[0]}.{version[1]}",
+        "http_version": req.version,
         "scheme": scheme,
         "path": path,
         "raw_path": raw_path,
@@ -126,10 +132,10 @@ async def start_websocket(conn: HttpProtocol, msg: Any) -> None:
     compress, notakeover = 0, False
     if server.config.ws_compression:
         try:
-            compress, notakeover = ws_ext_parse(h.get("Sec-WebSocket-Extensions"), isserver=True)
+            compress, notakeover = ws_ext_parse(_latin1(req.header(b"sec-websocket-extensions")), isserver=True)
         except Exception:  # noqa: BLE001 - an unusable offer is simply not accepted
             compress, notakeover = 0, False
-    session = WebSocketSession(conn, scope, h["Sec-WebSocket-Key"], compress, notakeover)
+    session = WebSocketSession(conn, scope, key, compress, notakeover)
     conn.ws = session
     inst = server.runner.instance(match, scope, session.send, adapter="http")
     session.inst = inst
