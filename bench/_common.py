@@ -13,6 +13,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,12 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def median(values: list[float | None]) -> float | None:
+    """The median of the rounds that produced a figure (``None`` if none did)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def table(title: str, rows: list[tuple[str, str, dict[str, float | None]]], higher_is_better: dict[str, bool]) -> str:

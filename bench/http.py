@@ -19,7 +19,6 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE] 
 
 import argparse
 import re
-import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -58,11 +57,6 @@ def wrk(url: str, seconds: float, connections: int, script: str | None = None, t
     return float(match.group(1))
 
 
-def _median(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return statistics.median(known) if known else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement (default 5)")
@@ -96,7 +90,7 @@ def main() -> None:
                     runs[server].append((rate, cpu, up, down))
             except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
                 print(f"   {server} failed: {exc}", file=sys.stderr)
-    hello, cpu_us, up_mib, down_mib = ({s: _median([r[i] for r in rs]) for s, rs in runs.items()} for i in range(4))
+    hello, cpu_us, up_mib, down_mib = ({s: common.median([r[i] for r in rs]) for s, rs in runs.items()} for i in range(4))
     print(common.table(
         f"HTTP (wrk, {args.seconds:g} s per figure, median of {args.repeat} rounds; 1 client core + 1 server process on one machine)",
         [

@@ -1,6 +1,6 @@
 """WebSocket speed and footprint: the gateway vs uvicorn (websockets + uvloop) vs Daphne, same app.
 
-    .venv/bin/python bench/websocket.py [--seconds 5] [--idle 10000] [--servers gateway,uvicorn,daphne]
+    .venv/bin/python bench/websocket.py [--seconds 5] [--idle 10000] [--repeat 3] [--servers gateway,uvicorn,daphne]
 
 Measures echo round trips/s over 50 connections, broadcast of one message to 1,000 and to
 10,000 clients of one group (time until the last client has it), and resident memory per idle
@@ -200,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of the echo measurement (default 5)")
     parser.add_argument("--idle", type=int, default=10_000, help="idle connections to hold (default 10000)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds over all servers; medians are printed (default 3)")
     parser.add_argument("--servers", default=",".join(common.SERVERS), help="comma-separated subset to run")
     args = parser.parse_args()
     limit = common.raise_fd_limit()
@@ -210,24 +211,28 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    rows: dict[str, dict[str, float | None]] = {k: {} for k in ("echo", "b1k", "b10k", "idle")}
-    for server in [s for s in args.servers.split(",") if s]:
-        print(f"-- {server}", file=sys.stderr, flush=True)
-        try:
-            with common.running(server) as (port, proc):
-                # memory first, while the server's heap has not yet grown for other measurements
-                per, held = runner(idle(port, proc.pid, args.idle))
-                rows["idle"][server] = per / 1024
-                print(f"   {server}: {held} idle connections held", file=sys.stderr)
-                rows["echo"][server] = runner(echo(port, args.seconds))
-                t = runner(broadcast(port, 1000))
-                rows["b1k"][server] = t * 1000 if t is not None else None
-                t = runner(broadcast(port, 10_000))
-                rows["b10k"][server] = t * 1000 if t is not None else None
-        except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
-            print(f"   {server} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    servers = [s for s in args.servers.split(",") if s]
+    runs: dict[str, dict[str, list[float | None]]] = {k: {s: [] for s in servers} for k in ("echo", "b1k", "b10k", "idle")}
+    # Interleaved rounds, medians printed: one noisy moment on a shared machine does not decide a ratio.
+    for round_no in range(1, args.repeat + 1):
+        for server in servers:
+            print(f"-- {server} (round {round_no} of {args.repeat})", file=sys.stderr, flush=True)
+            try:
+                with common.running(server) as (port, proc):
+                    # memory first, while the server's heap has not yet grown for other measurements
+                    per, held = runner(idle(port, proc.pid, args.idle))
+                    runs["idle"][server].append(per / 1024)
+                    print(f"   {server}: {held} idle connections held", file=sys.stderr)
+                    runs["echo"][server].append(runner(echo(port, args.seconds)))
+                    t = runner(broadcast(port, 1000))
+                    runs["b1k"][server].append(t * 1000 if t is not None else None)
+                    t = runner(broadcast(port, 10_000))
+                    runs["b10k"][server].append(t * 1000 if t is not None else None)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
+                print(f"   {server} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    rows = {k: {s: common.median(v) for s, v in per_server.items()} for k, per_server in runs.items()}
     print(common.table(
-        f"WebSocket ({args.seconds:g} s echo; {args.idle} idle connections; client and server on one machine)",
+        f"WebSocket ({args.seconds:g} s echo; {args.idle} idle connections; median of {args.repeat} rounds; client and server on one machine)",
         [
             ("echo round trips, 50 connections", "rt/s", rows["echo"]),
             ("broadcast to 1,000 (last client)", "ms", rows["b1k"]),
