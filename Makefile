@@ -26,6 +26,7 @@ docs: $(VENV)/.run-deps
 ## bench: the side-by-side benchmarks (needs wrk: apt-get install wrk); see bench/README.md
 bench: $(VENV)/.bench-deps
 	$(BIN)/python bench/http.py
+	$(BIN)/python bench/http_cpu.py
 	$(BIN)/python bench/websocket.py
 	$(BIN)/python bench/layer.py
 	$(BIN)/python bench/mqtt.py
