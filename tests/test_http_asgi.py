@@ -78,6 +78,16 @@ async def test_http10_and_raw_path_bytes():
     assert b"content-length: 2" in out.lower()
 
 
+async def test_absolute_and_asterisk_form_targets():
+    seen: list[dict[str, Any]] = []
+    async with serve(scope_app(seen)) as gw:
+        absolute = await raw(gw, b"GET http://example.com/a%20b?q=1#frag HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        asterisk = await raw(gw, b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_of(absolute) == 200 and status_of(asterisk) == 200
+    assert (seen[0]["path"], seen[0]["raw_path"], seen[0]["query_string"]) == ("/a b", b"/a%20b", b"q=1")
+    assert (seen[1]["method"], seen[1]["path"], seen[1]["raw_path"]) == ("OPTIONS", "*", b"*")
+
+
 async def test_routes_match_path_without_root_path():
     async with serve(hello, root_path="/api/") as gw, httpx.AsyncClient() as client:
         r = await client.get(f"http://{addr(gw)}/x")
