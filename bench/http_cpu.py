@@ -7,7 +7,7 @@ server fight for the same cores. Here each server's connection object (the gatew
 ``HttpProtocol``, uvicorn's ``HttpToolsProtocol``) is given an in-memory transport and fed
 keep-alive hello-world requests, one at a time, on uvloop; the figure is the process CPU time
 per request, so no client runs and no socket is touched. ``--callgrind`` counts instructions
-instead (valgrind, Debian package), which repeat exactly from run to run: the difference
+instead (valgrind, Debian package; string hashing fixed), which repeat from run to run: the difference
 between a run of N and one of 3N requests, so start-up cancels out. Both serve bench/apps.py
 from a scratch folder, each in a process of its own.
 """
@@ -146,7 +146,7 @@ def run_worker(server: str, requests: int, warmup: int, callgrind: bool) -> floa
         for n in (requests, 3 * requests):
             out = subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir}/cg.out", *base, "--requests", str(n)],
-                cwd=workdir, env=env, capture_output=True, text=True, check=True,
+                cwd=workdir, env=dict(env, PYTHONHASHSEED="0"), capture_output=True, text=True, check=True,
             )
             match = re.search(r"Collected : (\d+)", out.stderr)
             if not match:
