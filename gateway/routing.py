@@ -78,6 +78,9 @@ class Match(NamedTuple):
         return child
 
 
+_new_match = tuple.__new__
+
+
 class Router:
     """An ordered list of routes for one protocol; an ASGI application itself."""
 
@@ -88,7 +91,9 @@ class Router:
         for route in self.routes:
             found = route.matcher.match(scope)
             if found is not None:
-                return Match(route, found[0], found[1])
+                # ``tuple.__new__`` skips the Python-level ``__new__`` of the named tuple: this
+                # runs for every request and message, and the three fields are always given.
+                return _new_match(Match, (route, found[0], found[1]))
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
