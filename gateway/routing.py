@@ -68,9 +68,13 @@ class Match(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
-    def scope_for(self, scope: Scope) -> Scope:
-        """The scope the routed app sees: captures, route name and its lifespan state added."""
-        child = dict(scope)
+    def scope_for(self, scope: Scope, *, in_place: bool = False) -> Scope:
+        """The scope the routed app sees: captures, route name and its lifespan state added.
+
+        A copy of ``scope``, unless ``in_place``: then ``scope`` itself, for a caller that built
+        it for this one app and does not use it again (it spares a dict copy per request).
+        """
+        child = scope if in_place else dict(scope)
         child["url_route"] = {"args": self.args, "kwargs": self.kwargs}
         child["route_name"] = self.route.name
         if self.route.state is not None:

@@ -95,6 +95,7 @@ class Runner:
         adapter: str,
         receive: Callable[[], Awaitable[Message]] | None = None,
         timeout: float | None = None,
+        fresh_scope: bool = False,
     ) -> Instance:
         """A new instance for ``scope`` routed by ``match``.
 
@@ -105,8 +106,13 @@ class Runner:
         ``receive`` lets an adapter that can pull events on demand (an HTTP request body)
         skip the queue; otherwise events arrive through ``put``. ``timeout`` bounds the
         whole run (message scopes); ``None`` means unbounded (connection scopes).
+
+        The app gets a copy of ``scope`` with ``url_route``, ``route_name`` (and the route's
+        lifespan ``state``) added, so the adapter's dict stays as it was. An adapter that builds
+        a new scope for every instance and does not read it afterwards says ``fresh_scope=True``:
+        those keys then go into ``scope`` itself, sparing a copy per request or message.
         """
-        return Instance(self, match, scope, send, adapter, receive, timeout, next(self._ids))
+        return Instance(self, match, scope, send, adapter, receive, timeout, next(self._ids), fresh_scope)
 
     async def run_message(
         self, match: Match, scope: Scope, message: Message, send: Send, *, adapter: str
@@ -221,10 +227,11 @@ class Instance:
         receive: Callable[[], Awaitable[Message]] | None,
         timeout: float | None,
         number: int,
+        fresh_scope: bool,
     ) -> None:
         self.runner = runner
         self.match = match
-        self.scope = match.scope_for(scope)
+        self.scope = match.scope_for(scope, in_place=fresh_scope)
         self.adapter = adapter
         self.scope_type: str = scope["type"]
         route = match.route
