@@ -257,6 +257,8 @@ _HTTP_SHAPES = [
     {"type": "http.response.start", "status": 200, "headers": [(b"a", bytearray(b"b"))]},
     {"type": "http.response.start", "status": 200, "headers": [(b"a", "b")]},
     {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b", b"c")]},
+    {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b"), (b"c",)]},
+    {"type": "http.response.start", "status": 200, "headers": [()]},
     {"type": "http.response.start", "status": 200, "headers": [b"ab"]},
     {"type": "http.response.start", "status": 200, "headers": {b"a": b"b"}},
     {"type": "http.response.start", "status": 200, "trailers": 1},
