@@ -97,6 +97,7 @@ class Pattern:
 
 
 def _extract(m: re.Match[str], converters: Mapping[str, Convert]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Captures of a match: named groups as converted kwargs; only if there are none, the groups as args."""
     groups = m.groupdict()
     if groups:
         kwargs = {}
@@ -110,13 +111,16 @@ def _extract(m: re.Match[str], converters: Mapping[str, Convert]) -> tuple[tuple
 class PathMatcher:
     """Matches ``scope["path"]`` (and optionally the Host header) against one route pattern."""
 
-    __slots__ = ("pattern", "host", "_re", "_host_re")
+    __slots__ = ("pattern", "host", "_re", "_host_re", "_plain")
 
     def __init__(self, pattern: Pattern, host: Pattern | None = None) -> None:
         self.pattern = pattern
         self.host = host
         self._re = pattern.compile()
         self._host_re = host.compile() if host else None
+        # A path pattern without groups and without a host (``/health``, ``.*``) captures nothing:
+        # ``match`` answers it without walking the match object, on every request it routes.
+        self._plain = self._re.groups == 0 and host is None
 
     @classmethod
     def build(cls, *, path: str | None = None, regex: str | None = None, host: str | None = None) -> PathMatcher:
@@ -134,14 +138,16 @@ class PathMatcher:
         m = self._re.fullmatch(scope["path"])
         if m is None:
             return None
-        args, kwargs = _extract(m, self.pattern.converters)
-        if self._host_re is not None:
-            hm = self._host_re.fullmatch(_host_of(scope))
-            if hm is None:
-                return None
-            _, host_kwargs = _extract(hm, self.host.converters)  # type: ignore[union-attr]
-            kwargs = {**host_kwargs, **kwargs}
-        return args, kwargs
+        if self._plain:
+            return (), {}
+        found = _extract(m, self.pattern.converters)
+        if self._host_re is None:
+            return found
+        hm = self._host_re.fullmatch(_host_of(scope))
+        if hm is None:
+            return None
+        _, host_kwargs = _extract(hm, self.host.converters)  # type: ignore[union-attr]
+        return found[0], {**host_kwargs, **found[1]}
 
     def describe(self) -> str:
         text = f"path {self.pattern.text}"

@@ -68,14 +68,21 @@ class Match(NamedTuple):
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
 
-    def scope_for(self, scope: Scope) -> Scope:
-        """The scope the routed app sees: captures, route name and its lifespan state added."""
-        child = dict(scope)
+    def scope_for(self, scope: Scope, *, in_place: bool = False) -> Scope:
+        """The scope the routed app sees: captures, route name and its lifespan state added.
+
+        A copy of ``scope``, unless ``in_place``: then ``scope`` itself, for a caller that built
+        it for this one app and does not use it again (it spares a dict copy per request).
+        """
+        child = scope if in_place else dict(scope)
         child["url_route"] = {"args": self.args, "kwargs": self.kwargs}
         child["route_name"] = self.route.name
         if self.route.state is not None:
             child["state"] = dict(self.route.state)  # a shallow copy per instance, as the lifespan spec asks
         return child
+
+
+_new_match = tuple.__new__
 
 
 class Router:
@@ -88,7 +95,9 @@ class Router:
         for route in self.routes:
             found = route.matcher.match(scope)
             if found is not None:
-                return Match(route, found[0], found[1])
+                # ``tuple.__new__`` skips the Python-level ``__new__`` of the named tuple: this
+                # runs for every request and message, and the three fields are always given.
+                return _new_match(Match, (route, found[0], found[1]))
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -45,6 +45,11 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+# An attribute of an enum class is looked up through its metaclass on every read, unspecialised
+# (several times a global's cost): what every instance reads as it ends reads this name instead.
+_OK = Outcome.OK
+
+
 @dataclass(slots=True)
 class Result:
     outcome: Outcome
@@ -53,7 +58,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.outcome is Outcome.OK
+        return self.outcome is _OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +100,7 @@ class Runner:
         adapter: str,
         receive: Callable[[], Awaitable[Message]] | None = None,
         timeout: float | None = None,
+        fresh_scope: bool = False,
     ) -> Instance:
         """A new instance for ``scope`` routed by ``match``.
 
@@ -105,8 +111,13 @@ class Runner:
         ``receive`` lets an adapter that can pull events on demand (an HTTP request body)
         skip the queue; otherwise events arrive through ``put``. ``timeout`` bounds the
         whole run (message scopes); ``None`` means unbounded (connection scopes).
+
+        The app gets a copy of ``scope`` with ``url_route``, ``route_name`` (and the route's
+        lifespan ``state``) added, so the adapter's dict stays as it was. An adapter that builds
+        a new scope for every instance and does not read it afterwards says ``fresh_scope=True``:
+        those keys then go into ``scope`` itself, sparing a copy per request or message.
         """
-        return Instance(self, match, scope, send, adapter, receive, timeout, next(self._ids))
+        return Instance(self, match, scope, send, adapter, receive, timeout, next(self._ids), fresh_scope)
 
     async def run_message(
         self, match: Match, scope: Scope, message: Message, send: Send, *, adapter: str
@@ -157,28 +168,13 @@ class Runner:
             await self._idle.wait()
 
     # -- bookkeeping, called by Instance ---------------------------------------------------
-    def _started(self, inst: Instance) -> None:
-        self.active.add(inst)
+    # ``Instance.run`` and ``Instance._finish`` update ``active``, ``_running`` and ``_series``
+    # themselves: that spares two calls per instance, i.e. per HTTP request or MQTT message.
+    def _first_of(self, adapter: str) -> None:
+        """The first instance of ``adapter`` starts: its running count and the gauge reading it."""
         running = self._running
-        adapter = inst.adapter
-        if adapter not in running:
-            running[adapter] = 0
-            self._gauge.labels(adapter).set_function(lambda: running[adapter])
-        running[adapter] += 1
-
-    def _ended(self, inst: Instance, result: Result) -> None:
-        active = self.active
-        active.discard(inst)
-        if not active and self._idle is not None:
-            self._idle.set()
-            self._idle = None
-        self._running[inst.adapter] -= 1
-        key = (inst.adapter, inst.scope_type, inst.route_label, result.outcome)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = self._new_series(*key)
-        series[0].inc()
-        series[1].observe(result.duration)
+        running[adapter] = 1
+        self._gauge.labels(adapter).set_function(lambda: running[adapter])
 
     def _new_series(self, adapter: str, scope_type: str, route: str, outcome: Outcome) -> tuple[CounterChild, HistogramChild]:
         """The metric children one kind of instance ending updates, looked up once rather than per instance."""
@@ -221,10 +217,11 @@ class Instance:
         receive: Callable[[], Awaitable[Message]] | None,
         timeout: float | None,
         number: int,
+        fresh_scope: bool,
     ) -> None:
         self.runner = runner
         self.match = match
-        self.scope = match.scope_for(scope)
+        self.scope = match.scope_for(scope, in_place=fresh_scope)
         self.adapter = adapter
         self.scope_type: str = scope["type"]
         route = match.route
@@ -302,15 +299,24 @@ class Instance:
     async def run(self) -> Result:
         """Run the app in the current task and return how it ended (never raises but cancel)."""
         runner = self.runner
-        if self.task is None:  # run inline in the adapter's task (if it did not say which): that is the task to cancel
-            self.task = asyncio.current_task()  # type: ignore[assignment]
-        runner._started(self)
-        token = logs.current_instance.set((self.adapter, self.route_label, self.number))
-        start = time.perf_counter()
-        outcome, error = Outcome.OK, None
         task = self.task
-        cancelling = task.cancelling()
+        if task is None:  # run inline in the adapter's task (if it did not say which): that is the task to cancel
+            task = self.task = asyncio.current_task()  # type: ignore[assignment]
+        adapter = self.adapter
+        runner.active.add(self)
+        running = runner._running
+        if adapter in running:
+            running[adapter] += 1
+        else:
+            runner._first_of(adapter)
+        token = logs.current_instance.set((adapter, self.route_label, self.number))
+        start = time.perf_counter()
+        outcome, error = _OK, None
+        # Only the deadline sets ``expired`` and cancels, and only an instance with a timeout has
+        # one: the task's count of pending cancels is needed, and read, only then.
+        cancelling = 0
         if self.timeout is not None:
+            cancelling = task.cancelling()
             runner._deadlines.add(self, self.timeout)
         try:
             await self.match.route.app(self.scope, self._receive, self.send)
@@ -345,18 +351,32 @@ class Instance:
             self.task.cancel()
 
     def _finish(self, outcome: Outcome, error: BaseException | None, start: float) -> Result:
-        """Record how the instance ended: its deadline released, metrics counted, a log line if due."""
+        """Record how the instance ended: its deadline released, no longer active, metrics
+        counted, a log line if due."""
+        duration = time.perf_counter() - start
+        runner = self.runner
         if self.timeout is not None:
-            self.runner._deadlines.discard(self)
-        result = self.result = Result(outcome, time.perf_counter() - start, error)
-        self.runner._ended(self, result)
-        if outcome is Outcome.OK:
+            runner._deadlines.discard(self)
+        result = self.result = Result(outcome, duration, error)
+        active = runner.active
+        active.discard(self)
+        if not active and runner._idle is not None:
+            runner._idle.set()
+            runner._idle = None
+        runner._running[self.adapter] -= 1
+        key = (self.adapter, self.scope_type, self.route_label, outcome)
+        series = runner._series.get(key)
+        if series is None:
+            series = runner._series[key] = runner._new_series(*key)
+        series[0].inc()
+        series[1].observe(duration)
+        if outcome is _OK:
             # At debug: one line per MQTT message or HTTP request is an access log, not news.
             # Checked first because even a filtered call costs more than the rest of an instance.
             if logs.debug:
-                log.debug("instance.finished", outcome=outcome.value, duration_ms=round(result.duration * 1000, 3), scope_type=self.scope_type)
+                log.debug("instance.finished", outcome=outcome.value, duration_ms=round(duration * 1000, 3), scope_type=self.scope_type)
             return result
-        ms = round(result.duration * 1000, 3)
+        ms = round(duration * 1000, 3)
         if outcome is Outcome.FAILED:
             log.error(
                 "instance.finished", outcome=outcome.value, duration_ms=ms, scope_type=self.scope_type,

@@ -84,6 +84,22 @@ def test_host_matching():
     assert exact.match(http_scope("/", "API.example.com")) == ((), {})
 
 
+def test_patterns_without_groups_capture_nothing():
+    plain = PathMatcher.build(path="/health")
+    first = plain.match(http_scope("/health"))
+    assert first == ((), {})
+    assert plain.match(http_scope("/healthz")) is None
+    first[1]["mutated"] = True  # an app may change its url_route kwargs: the next match gets its own
+    assert plain.match(http_scope("/health")) == ((), {})
+    assert PathMatcher.build(regex=".*").match(http_scope("/any/thing")) == ((), {})
+    # no groups in the path, but a host: the host still has to match, and its captures count
+    hosted = PathMatcher.build(path="/", host="<tenant>.example.com")
+    assert hosted.match(http_scope("/", "other.org")) is None
+    # no groups in the route, but in its include prefix
+    nested = PathMatcher.build(path="/items").under(PathMatcher.build(path="/<version>"))
+    assert nested.match(http_scope("/v2/items")) == ((), {"version": "v2"})
+
+
 def test_pattern_errors():
     with pytest.raises(PatternError, match="unknown converter"):
         PathMatcher.build(path="/<float:x>/")

@@ -59,6 +59,30 @@ async def test_message_scope_ok_is_the_acknowledgement():
     assert metric(metrics, "gateway_instances_active", adapter="mqtt") == 0
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+async def test_the_app_sees_its_route_whether_or_not_the_scope_is_copied(fresh):
+    """``fresh_scope=True``: the adapter's own dict gets ``url_route``/``route_name`` (no copy);
+    without it the adapter's scope stays as it was and the app gets a copy."""
+    runner, _ = make_runner()
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append(scope)
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    scope = {"type": "http", "path": "/"}
+    route = Route(MatchAll(), app, name="r", state={"pool": 1})
+    result = await runner.instance(Match(route, (), {"k": 1}), scope, Sink(), adapter="http", fresh_scope=fresh).run()
+    assert result.ok
+    (got,) = seen
+    assert got["url_route"] == {"args": (), "kwargs": {"k": 1}} and got["route_name"] == "r"
+    assert got["state"] == {"pool": 1} and got["state"] is not route.state  # lifespan state: a copy per instance either way
+    assert (got is scope) is fresh
+    if not fresh:
+        assert scope == {"type": "http", "path": "/"}
+
+
 async def test_exception_is_isolated_and_reported_as_failed():
     runner, metrics = make_runner()
 
@@ -233,6 +257,8 @@ _HTTP_SHAPES = [
     {"type": "http.response.start", "status": 200, "headers": [(b"a", bytearray(b"b"))]},
     {"type": "http.response.start", "status": 200, "headers": [(b"a", "b")]},
     {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b", b"c")]},
+    {"type": "http.response.start", "status": 200, "headers": [(b"a", b"b"), (b"c",)]},
+    {"type": "http.response.start", "status": 200, "headers": [()]},
     {"type": "http.response.start", "status": 200, "headers": [b"ab"]},
     {"type": "http.response.start", "status": 200, "headers": {b"a": b"b"}},
     {"type": "http.response.start", "status": 200, "trailers": 1},
