@@ -151,7 +151,7 @@ class ServerState:
                     # Runs inline in this connection's task (the runner records it, so a second
                     # stop signal or the end of the drain can cancel it). Saying which task that
                     # is spares the runner looking it up for every request.
-                    inst = self.runner.instance(match, scope, cycle.send_now, adapter="http", receive=cycle.receive)
+                    inst = self.runner.instance(match, scope, cycle.send_now, adapter="http", receive=cycle.receive, fresh_scope=True)
                     inst.task = conn.task  # type: ignore[assignment]
                     result = await inst.run()
                     failed = result.outcome is not _OK
