@@ -180,6 +180,32 @@ async def test_keep_alive_and_pipelining_in_order():
                     assert await r.text() == f"/k{i}"
 
 
+async def test_pipelined_bodies_reach_their_own_requests_past_the_pipeline_bound():
+    """Ten POSTs in one write, with max_pipelined 2: reading pauses and resumes, and every body
+    (fixed-length and chunked, split across reads) goes to its own request, in order."""
+    requests = []
+    for i in range(10):
+        body = b"body-%d-" % i + b"x" * (i * 7000)
+        if i % 2:
+            requests.append(b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (i, len(body), body))
+        else:
+            half = len(body) // 2
+            requests.append(b"POST /%d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"
+                            % (i, half, body[:half], len(body) - half, body[half:]))
+    async with serve(hello, limits={"max_pipelined": 2}) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        data = b"".join(requests)
+        for at in range(0, len(data), 4096):  # many reads, boundaries anywhere
+            writer.write(data[at:at + 4096])
+        await writer.drain()
+        answers = [await read_response(reader) for _ in range(10)]
+        writer.close()
+    for i, (status, _, body) in enumerate(answers):
+        assert status == 200
+        assert body == b"/%d|body-%d-" % (i, i) + b"x" * (i * 7000)
+
+
 async def test_expect_100_continue():
     async with serve(hello) as gw:
         host, port = host_port(gw)
