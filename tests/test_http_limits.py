@@ -257,6 +257,8 @@ async def test_head_just_under_the_bound_is_parsed():
     (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
     (b"GET / HTTP/1.0\r\nHost: x\r\nHost: y\r\n\r\n", 400),
     (b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # a target is ASCII: send it percent-encoded
+    (b"GET http:// HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # absolute-form without a host
+    (b"GET *x HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # neither a path, nor "*", nor a URL
 ])
 async def test_requests_llhttp_admits_but_http_does_not(data, status):
     calls = []

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import structlog
 import websockets
-from http_helpers import addr, hello, host_port, read_response, serve
+from http_helpers import addr, hello, host_port, raw, read_response, serve
 
 from gateway.errors import StartupError
 from gateway.server import Gateway
@@ -257,6 +257,30 @@ async def test_access_log_can_be_switched_off():
             async with httpx.AsyncClient() as client:
                 await client.get(f"http://{addr(gw)}/quiet")
     assert not [e for e in logs if e["event"] == "http.request"]
+
+
+async def test_a_fault_in_the_server_ends_only_its_connection(monkeypatch):
+    """A bug on the server's side of one request (not the app's) aborts that connection with a
+    log line; the listener and other connections go on."""
+    from gateway_adapters.http.server import ServerState
+
+    real = ServerState.handle_http
+
+    async def faulty(self, conn, req):
+        if req.target == b"/boom":
+            raise KeyError("simulated server fault")
+        return await real(self, conn, req)
+
+    monkeypatch.setattr(ServerState, "handle_http", faulty)
+    with structlog.testing.capture_logs() as logs:
+        async with serve(hello) as gw:
+            broken = await raw(gw, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with httpx.AsyncClient() as client:
+                fine = await client.get(f"http://{addr(gw)}/fine")
+    assert broken == b""  # aborted, nothing half-written
+    assert fine.status_code == 200 and fine.text == "/fine|"
+    failures = [e for e in logs if e["event"] == "http.connection_failed"]
+    assert len(failures) == 1 and "simulated server fault" in failures[0]["error"]
 
 
 # -- graceful drain ---------------------------------------------------------------------------

@@ -78,6 +78,17 @@ class Refused(Exception):
         self.reason = reason
 
 
+def _other_form_ok(target: bytes) -> bool:
+    """A target that is not a path: ``*`` (asterisk-form) or a URL with a scheme and a host."""
+    if target == b"*":
+        return True
+    try:
+        url: Any = httptools.parse_url(target)
+    except httptools.HttpParserInvalidURLError:
+        return False
+    return bool(url.schema and url.host)
+
+
 class HttpProtocol(BaseProtocol):
     """One client connection."""
 
@@ -249,6 +260,8 @@ class HttpProtocol(BaseProtocol):
             raise Refused(400, "a request needs exactly one Host header" if self.hosts else "HTTP/1.1 request without a Host header")
         if version[0] != "1":
             raise Refused(505, f"HTTP/{version} is not supported")
+        if self.url[:1] != b"/" and not _other_form_ok(self.url):
+            raise Refused(400, "invalid request target")
         method = parser.get_method()
         req = Request(METHODS.get(method) or method_name(method), self.url, version, self.headers, parser.should_keep_alive())
         self.url = b""
@@ -355,6 +368,10 @@ class HttpProtocol(BaseProtocol):
             if self.transport is not None:
                 self.transport.abort()
             raise
+        except Exception as exc:  # noqa: BLE001 - a fault of the server's own: this connection ends, the rest go on
+            server.log.exception("http.connection_failed", error=f"{type(exc).__name__}: {exc}")
+            if self.transport is not None:
+                self.transport.abort()
         finally:
             self.task = None
 
