@@ -289,3 +289,44 @@ async def test_unread_body_that_arrived_whole_keeps_the_connection():
         writer.close()
     assert first[0] == 200 and first[2] == b"ok"
     assert second[0] == 200 and first[1].get(b"connection") != b"close"
+
+
+async def test_mangled_requests_are_answered_or_closed_never_crash_or_hang():
+    """A fixed-seed stream of byte-level mutations of valid requests: each gets a well-formed
+    status line or a close within the timeouts, the adapter never fails, and it serves on."""
+    import random
+    import re
+
+    import structlog
+
+    rng = random.Random(20261201)
+    bases = [
+        request(b"/a?b=c", b"X-One: 1\r\n"),
+        request(b"/p", b"Content-Length: 5\r\n", b"hello", b"POST"),
+        request(b"/c", b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n", b"POST"),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ]
+    cases = []
+    for _ in range(240):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(data))
+            op = rng.randrange(3)
+            if op == 0:
+                data[at] = rng.randrange(256)
+            elif op == 1:
+                del data[at]
+            else:
+                data.insert(at, rng.choice(b" \t\r\n:;,\x00\x7f\xff0aZ-"))
+        cases.append(bytes(data))
+    status_line = re.compile(rb"HTTP/1\.1 [1-5]\d\d ")
+    limits = {"header_timeout": 0.5, "keepalive_timeout": 0.5}
+    with structlog.testing.capture_logs() as logs:
+        async with serve(hello, limits=limits) as gw:
+            outs = await asyncio.gather(*(raw(gw, c, timeout=3) for c in cases))
+            after = await raw(gw, request(b"/after"))
+    for data, out in zip(cases, outs, strict=True):
+        assert out == b"" or status_line.match(out), (data, out[:80])
+    assert status_of(after) == 200
+    assert not [e for e in logs if e["event"] in ("http.connection_failed", "instance.finished") and e.get("log_level") == "error"]
