@@ -260,7 +260,7 @@ class HttpProtocol(BaseProtocol):
             raise Refused(400, "a request needs exactly one Host header" if self.hosts else "HTTP/1.1 request without a Host header")
         if version[0] != "1":
             raise Refused(505, f"HTTP/{version} is not supported")
-        if self.url[:1] != b"/" and not _other_form_ok(self.url):
+        if self.url[0] != _SLASH and not _other_form_ok(self.url):  # llhttp reports no empty target
             raise Refused(400, "invalid request target")
         method = parser.get_method()
         req = Request(METHODS.get(method) or method_name(method), self.url, version, self.headers, parser.should_keep_alive())
@@ -658,7 +658,7 @@ class Cycle:
 _PLAIN, _LENGTH, _FRAMING, _CONNECTION, _INVALID = range(5)
 # Byte values, not one-byte strings: ``b"\n" in value`` first tries the needle as an integer and
 # raises and clears a TypeError inside CPython, several times the cost of the search itself.
-_LF, _CR, _COLON = 10, 13, 58
+_LF, _CR, _COLON, _SLASH = 10, 13, 58, 47
 _ROLES: dict[bytes, int] = {}
 _ROLES_MAX = 1024  # names an app makes up per response (a counter in the name) must not grow it without end
 
