@@ -210,6 +210,7 @@ class HttpProtocol(BaseProtocol):
         self.head_size = 0
         if self.cycle is None:
             self.deadline_kind = 0
+        # _wake_serve, written out: this runs for every request
         waiter = self.waiter
         if waiter is not None:
             if not waiter.done():
