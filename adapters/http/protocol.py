@@ -369,7 +369,7 @@ class HttpProtocol(BaseProtocol):
             if self.transport is not None:
                 self.transport.abort()
             raise
-        except Exception as exc:  # noqa: BLE001 - a fault of the server's own: this connection ends, the rest go on
+        except Exception as exc:  # a fault of the server's own: this connection ends, the rest go on
             server.log.exception("http.connection_failed", error=f"{type(exc).__name__}: {exc}")
             if self.transport is not None:
                 self.transport.abort()

@@ -80,36 +80,25 @@ class ServerState:
             scope = dict(scope, path=scope["path"][len(self.root_path):] or "/")
         return self._resolvers[kind](scope)
 
-    def common(self, conn: HttpProtocol, req: Request, websocket: bool) -> tuple[str, bytes, bytes, list[tuple[bytes, bytes]], Any, str, Any]:
-        """``(path, raw_path, query_string, headers, client, scheme, server)`` of a request."""
+    def scope(self, conn: HttpProtocol, req: Request, kind: str) -> dict[str, Any]:
+        """The keys an ``http`` and a ``websocket`` scope share, trusted proxies applied."""
         path, raw_path, query = split_target(req.target, self.root_path)
         headers = req.headers
         client = conn.client
-        if websocket:
-            scheme = "wss" if conn.tls else "ws"
-        else:
+        if kind == "http":
             scheme = "https" if conn.tls else "http"
+        else:
+            scheme = "wss" if conn.tls else "ws"
         server = conn.sockname
         proxies = self.proxies
         if proxies is not None and proxies.trusts(client[0] if client else None):
             client, scheme, server, new = proxies.apply(headers, client, scheme, server)
             if new is not None:
                 headers = new
-        return path, raw_path, query, headers, client, scheme, server
-
-    # -- one HTTP request ------------------------------------------------------------------
-    async def handle_http(self, conn: HttpProtocol, req: Request) -> bool:
-        """Serve one request; ``True`` if the connection may carry another one."""
-        started = time.perf_counter() if self.access_log else 0.0
-        path, raw_path, query, headers, client, scheme, server = self.common(conn, req, False)
-        version = req.version
-        v11 = version == "1.1"
-        method = req.method
-        scope = {
-            "type": "http",
+        return {
+            "type": kind,
             "asgi": ASGI,
-            "http_version": version,
-            "method": method,
+            "http_version": req.version,
             "scheme": scheme,
             "path": path,
             "raw_path": raw_path,
@@ -118,8 +107,18 @@ class ServerState:
             "headers": headers,
             "client": client,
             "server": server,
-            "extensions": HTTP_EXTENSIONS,
         }
+
+    # -- one HTTP request ------------------------------------------------------------------
+    async def handle_http(self, conn: HttpProtocol, req: Request) -> bool:
+        """Serve one request; ``True`` if the connection may carry another one."""
+        started = time.perf_counter() if self.access_log else 0.0
+        scope = self.scope(conn, req, "http")
+        method = scope["method"] = req.method
+        scope["extensions"] = HTTP_EXTENSIONS
+        path = scope["path"]
+        client = scope["client"]
+        v11 = req.version == "1.1"
         max_body = self.limits.max_body_size
         expect_100 = False
         if req.chunks or not req.complete:  # the request has a body

@@ -25,7 +25,7 @@ from aiohttp._websocket.writer import WebSocketWriter
 from gateway.routing import Match
 from gateway.runner import Outcome
 
-from .protocol import ASGI, _check_header, simple_response
+from .protocol import _check_header, simple_response
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -103,25 +103,13 @@ async def start_websocket(conn: HttpProtocol, req: Request) -> None:
     if conn.rejected:
         conn._write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
         return
-    path, raw_path, query, headers, client, scheme, sockname = server.common(conn, req, True)
-    subprotocols = [
+    scope = server.scope(conn, req, "websocket")
+    scope["subprotocols"] = [
         p.strip() for v in req.header_values(b"sec-websocket-protocol") for p in v.decode("latin-1").split(",") if p.strip()
     ]
-    scope = {
-        "type": "websocket",
-        "asgi": ASGI,
-        "http_version": req.version,
-        "scheme": scheme,
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
-        "root_path": server.root_path,
-        "headers": headers,
-        "client": client,
-        "server": sockname,
-        "subprotocols": subprotocols,
-        "extensions": WS_EXTENSIONS,
-    }
+    scope["extensions"] = WS_EXTENSIONS
+    path = scope["path"]
+    client = scope["client"]
     mount = server.mounts.find(path, "websocket") if server.mounts else None
     match = Match(mount.route, (), {}) if mount is not None else server.resolve("websocket", scope)
     if match is None:
