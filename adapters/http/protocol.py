@@ -227,12 +227,12 @@ class HttpProtocol(BaseProtocol):
         that arrives whole skips the bookkeeping."""
         if not data:
             return
-        limits = self.server.limits
+        server = self.server
         if self.deadline_kind == 1:
-            self.deadline = self.server.loop.time() + limits.header_timeout
+            self.deadline = server.loop.time() + server.limits.header_timeout
             self.deadline_kind = 2
         self.head_size += len(data)
-        if self.head_size > limits.max_request_line + limits.max_headers * (2 * limits.max_header_size + 4) + 64:
+        if self.head_size > server.max_head:
             self._parse_failed(431, "request head too large")
 
     # -- parser callbacks (httptools) --------------------------------------------------------
@@ -240,7 +240,7 @@ class HttpProtocol(BaseProtocol):
         url = self.url + url if self.url else url
         self.url = url
         if len(url) > self.server.max_request_line:
-            raise Refused(414, f"request target longer than {self.server.limits.max_request_line} bytes")
+            raise Refused(414, f"request target longer than {self.server.max_request_line} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self.headers
@@ -458,7 +458,7 @@ class Cycle:
 
     # -- connection events ----------------------------------------------------------------
     def lost(self) -> None:
-        self.request.fail(ConnectionResetError("client disconnected"))
+        # the request's body, if still arriving, was failed by the connection (it is ``parsing``)
         self._wake()
 
     def _wake(self) -> None:

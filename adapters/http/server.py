@@ -34,6 +34,9 @@ class ServerState:
         self.max_request_line = config.limits.max_request_line
         self.max_header_size = config.limits.max_header_size
         self.max_headers = config.limits.max_headers
+        # the most a valid request head can hold: its target, every field at its limits (name,
+        # ": ", value, CRLF), and 64 bytes for the method, the version and the line ends
+        self.max_head = self.max_request_line + self.max_headers * (2 * self.max_header_size + 4) + 64
         self.context = context
         self.loop = loop
         self.runner = context.runner
