@@ -37,9 +37,9 @@ def import_string(spec: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise AppLoadError(f"cannot import {spec!r}: no module named {exc.name!r}") from None
-        raise AppLoadError(f"cannot import {spec!r}: {_summary(exc)}") from None
+        raise AppLoadError(f"cannot import {spec!r}: {summarise_exception(exc)}") from None
     except Exception as exc:  # the module raised while importing: show where
-        raise AppLoadError(f"cannot import {spec!r}: {_summary(exc)}") from None
+        raise AppLoadError(f"cannot import {spec!r}: {summarise_exception(exc)}") from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -49,7 +49,7 @@ def import_string(spec: str) -> Any:
     return obj
 
 
-def _summary(exc: BaseException) -> str:
+def summarise_exception(exc: BaseException) -> str:
     """The exception line plus the innermost frames: enough to find the bug without a dump."""
     frames = traceback.extract_tb(exc.__traceback__)
     where = "; ".join(f"{f.filename}:{f.lineno} in {f.name}" for f in frames[-3:] if "importlib" not in f.filename)
@@ -60,7 +60,9 @@ def _summary(exc: BaseException) -> str:
 class AppLoader:
     """Loads and caches applications and middleware factories."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, django: bool = False, django_static: str = "auto") -> None:
+        self.django = django
+        self.django_static = django_static
         self._apps: dict[str, ASGIApp] = {}
         self._middleware: dict[str, Callable[[ASGIApp], ASGIApp]] = {}
 
@@ -72,12 +74,22 @@ class AppLoader:
 
     def _load_app(self, spec: str) -> ASGIApp:
         if spec == DJANGO:
-            raise AppLoadError(
-                "'app: django' needs Django: install the extra (pip install 'asgi-gateway[django]') "
-                "and set 'django: {settings: yourproject.settings}'; Django routing arrives in a later "
-                "release, until then route to your project's ASGI application, e.g. 'app: yourproject.asgi:application'"
-            )
+            return self._django()
         return as_asgi3(import_string(spec), spec)
+
+    def _django(self) -> ASGIApp:
+        if not self.django:
+            try:
+                import django  # noqa: F401
+            except ImportError:
+                raise AppLoadError("'app: django' needs Django: pip install 'asgi-gateway[django]'") from None
+            raise AppLoadError(
+                "'app: django' needs Django set up: add 'django: {settings: yourproject.settings}' "
+                "(or set DJANGO_SETTINGS_MODULE)"
+            )
+        from .django.asgi import application
+
+        return application(self.django_static)  # type: ignore[arg-type]
 
     def wrap(self, app: ASGIApp, middleware: list[str]) -> ASGIApp:
         """Apply middleware factories; the first listed is outermost, the last innermost."""

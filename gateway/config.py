@@ -20,6 +20,7 @@ from . import apps as app_loading
 from .errors import PluginError
 from .layers import BACKENDS
 from .layers.base import BaseChannelLayer
+from .origins import OriginCheck, Origins
 from .plugins import Adapter, discover
 from .routing import ProtocolTypeRouter, Route, Router
 from .schema import KeyPath, PositiveFloat, Section, inner_model
@@ -34,7 +35,14 @@ class LayerSection(BaseModel):
 
 
 class DjangoSection(Section):
-    settings: str | None = Field(None, description="Django settings module; enables `app: django` once Django routing lands.")
+    settings: str | None = Field(
+        None, description="Django settings module, e.g. `mysite.settings` (default: the `DJANGO_SETTINGS_MODULE` "
+        "environment variable). Django is set up before any `app:` is imported; enables `app: django`.",
+    )
+    static: Literal["auto", "off"] = Field(
+        "auto", description="`app: django` serves static files: with `DEBUG` as `runserver` does, otherwise "
+        "`STATIC_ROOT` at `STATIC_URL` (ServeStatic). `off`: Django's handler alone (a CDN or proxy serves them).",
+    )
 
 
 class PluginsSection(Section):
@@ -78,7 +86,10 @@ class GatewayConfig(Section):
 
     layer: LayerSection = Field(default_factory=LayerSection, description="The channel layer.")
     django: DjangoSection | None = Field(None, description="Django integration.")
-    python_path: list[str] = Field(default_factory=list, description="Folders put in front of `sys.path` (relative to the config file) so `app:` strings import.")
+    python_path: list[str] = Field(
+        default_factory=list, description="Folders put in front of `sys.path` (relative to the config file) so `app:` strings "
+        "import. The config file's own folder is always importable, as `manage.py` makes a Django project's folder.",
+    )
     plugins: PluginsSection = Field(default_factory=PluginsSection, description="Where adapter plugins are found besides installed entry points.")
     adapters: dict[str, dict[str, Any]] = Field(default_factory=dict, description="One block per adapter, keyed by adapter name; see each adapter's keys below.")
     routes: dict[str, list[dict[str, Any]]] = Field(default_factory=dict, description="Per scope type an ordered list of routes; first match wins.")
@@ -106,6 +117,8 @@ class Plan:
     routers: dict[str, Router]
     layer_class: type[BaseChannelLayer]
     layer_options: dict[str, Any]
+    django: bool = False
+    """Django is set up: the gateway's layer is also Channels' ``get_channel_layer()``."""
 
     @property
     def router(self) -> ProtocolTypeRouter:
@@ -130,14 +143,31 @@ def loads(text: str, name: str = "<string>", base_dir: Path | None = None) -> Pl
 def build(source: Source, base_dir: Path) -> Plan:
     config = _validate(GatewayConfig, source.data, source, ())
     assert isinstance(config, GatewayConfig)
-    app_loading.add_to_path([str((base_dir / p).resolve()) for p in config.python_path])
+    app_loading.add_to_path([str((base_dir / p).resolve()) for p in config.python_path] + [str(base_dir.resolve())])
+    django = _django(config, source)
     adapters = _discover(config, source, base_dir)
     plans = _adapter_plans(config, source, adapters)
     _check_listeners(plans, source)
-    loader = app_loading.AppLoader()
-    routers = _routers(config, source, plans, adapters, loader)
-    layer_class, options = _layer(config, source)
-    return Plan(config, source, plans, routers, layer_class, options)
+    loader = app_loading.AppLoader(django=django, django_static=config.django.static if config.django else "auto")
+    routers = _routers(config, source, plans, adapters, loader, django)
+    layer_class, options = _layer(config, source, django)
+    return Plan(config, source, plans, routers, layer_class, options, django=django)
+
+
+def _django(config: GatewayConfig, source: Source) -> bool:
+    """Set Django up (before any app import) when the YAML or the environment asks for it."""
+    from .django import setup as django_setup
+
+    wanted = django_setup.requested(config.django is not None, config.django.settings if config.django else None)
+    if wanted is None:
+        return False
+    module, origin = wanted
+    try:
+        django_setup.setup(module, origin)
+    except django_setup.DjangoSetupError as exc:
+        key: KeyPath = ("django", "settings") if origin == "django.settings" else ("django",) if origin == "django" else ()
+        raise source.error(key, str(exc)) from None
+    return True
 
 
 def _discover(config: GatewayConfig, source: Source, base_dir: Path) -> dict[str, tuple[type[Adapter], str]]:
@@ -182,6 +212,7 @@ def _routers(
     plans: list[AdapterPlan],
     adapters: dict[str, tuple[type[Adapter], str]],
     loader: app_loading.AppLoader,
+    django: bool,
 ) -> dict[str, Router]:
     served = {t: p.cls for p in plans for t in p.cls.scope_types}
     known = {t: cls for cls, _ in adapters.values() for t in cls.scope_types}
@@ -206,6 +237,9 @@ def _routers(
             for matcher, leaf, middleware, sub in leaves:
                 leaf_key = (*where, i, *sub)
                 assert leaf.app is not None
+                if leaf.app == app_loading.DJANGO and protocol != "http":
+                    raise source.error((*leaf_key, "app"), f"'app: django' serves http routes only (Django's handler "
+                                       f"does not speak {protocol}); route {protocol} to a consumer")
                 try:
                     endpoint = loader.app(leaf.app)
                 except app_loading.AppLoadError as exc:
@@ -214,6 +248,9 @@ def _routers(
                     wrapped = loader.wrap(endpoint, middleware)
                 except app_loading.AppLoadError as exc:
                     raise source.error((*leaf_key, "middleware"), str(exc)) from None
+                origins = _origins(protocol, route_cfg, leaf, django, source, (*where, i))
+                if origins is not None:
+                    wrapped = OriginCheck(wrapped, origins)
                 routes.append(Route(
                     matcher, wrapped, name=leaf.name, timeout=leaf.timeout, middleware=tuple(middleware),
                     target=leaf.app, endpoint=endpoint, config=leaf,
@@ -222,8 +259,30 @@ def _routers(
     return routers
 
 
-def _layer(config: GatewayConfig, source: Source) -> tuple[type[BaseChannelLayer], dict[str, Any]]:
-    backend = config.layer.backend
+def _origins(protocol: str, route: Any, leaf: Any, django: bool, source: Source, where: KeyPath) -> Origins | None:
+    """The Origin check a websocket route gets: its own ``origins:`` (an ``include``'s leaf may
+    set its own), else, with Django, ``ALLOWED_HOSTS`` as Channels' ``AllowedHostsOriginValidator``."""
+    given = getattr(leaf, "origins", None) or getattr(route, "origins", None)
+    if protocol != "websocket":
+        if given is not None:
+            raise source.error((*where, "origins"), "'origins' checks WebSocket handshakes: use it on websocket routes")
+        return None
+    if given is not None:
+        return Origins.parse(given)
+    if django:
+        from .django.origins import allowed_hosts
+
+        try:
+            return Origins.parse(allowed_hosts(), source_name="ALLOWED_HOSTS")
+        except ValueError as exc:
+            raise source.error(("django", "settings") if "django" in source.data else (), str(exc)) from None
+    return None
+
+
+def _layer(config: GatewayConfig, source: Source, django: bool) -> tuple[type[BaseChannelLayer], dict[str, Any]]:
+    backend, options = config.layer.backend, dict(config.layer.model_extra or {})
+    if django:
+        backend, options = _shared_with_channels(backend, options, source)
     spec = BACKENDS.get(backend, backend)
     try:
         cls = app_loading.import_string(spec)
@@ -232,9 +291,38 @@ def _layer(config: GatewayConfig, source: Source) -> tuple[type[BaseChannelLayer
         raise source.error(("layer", "backend"), f"{exc}{hint}") from None
     if not (isinstance(cls, type) and issubclass(cls, BaseChannelLayer)):
         raise source.error(("layer", "backend"), f"{spec!r} is not a channel layer (subclass gateway.layers.BaseChannelLayer)")
-    options = dict(config.layer.model_extra or {})
     validated = _validate(cls.options_model, options, source, ("layer",))
     return cls, validated.model_dump()
+
+
+def _shared_with_channels(backend: str, options: dict[str, Any], source: Source) -> tuple[str, dict[str, Any]]:
+    """One layer for the gateway and Channels: ``CHANNEL_LAYERS["default"]`` when the YAML has no
+    ``layer:``; when both are given they must describe the same layer."""
+    from .django import layers as django_layers
+
+    try:
+        shared = django_layers.from_settings()
+    except django_layers.LayerSettingsError as exc:
+        raise source.error(("django", "settings") if "django" in source.data else (), str(exc)) from None
+    if shared is None:
+        return backend, options
+    if "layer" not in source.data:
+        return shared
+    ours = (django_layers.EQUIVALENT.get(BACKENDS.get(backend, backend), backend), _layer_identity(options))
+    theirs = (shared[0], _layer_identity(shared[1]))
+    if ours != theirs:
+        raise source.error(("layer", "backend"), (
+            f"'layer:' ({django_layers.describe(backend, options)}) and Django's CHANNEL_LAYERS['default'] "
+            f"({django_layers.describe(*shared)}) describe different layers: Channels code and the gateway would not "
+            "see each other's messages. Remove one of them (the gateway then uses the other) or make them agree"
+        ))
+    return backend, options
+
+
+def _layer_identity(options: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two layer configurations the same layer: where it lives and its key prefix."""
+    hosts = [options["url"]] if options.get("url") else options.get("hosts") or []
+    return tuple(str(list(h) if isinstance(h, tuple) else h) for h in hosts), options.get("prefix", "asgi")
 
 
 def _validate(model: type[BaseModel], data: Any, source: Source, where: KeyPath) -> Any:

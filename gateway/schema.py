@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .origins import Origins
 from .paths import PathMatcher, PatternError
 from .routing import MatchAll, Matcher
 
@@ -64,11 +65,18 @@ class PathRoute(RouteConfig):
     include: list[PathRoute] | None = Field(
         None, description="Nested routes matched after this route's `path` prefix (then `app` is not set)."
     )
+    origins: str | list[str] | None = Field(
+        None, description="WebSocket routes: the `Origin`s whose handshakes are accepted, in `ALLOWED_HOSTS` syntax "
+        "(`example.com`, `.example.com` for subdomains too, `host:port`, `https://host`); `\"*\"` accepts any. "
+        "Default: no check, or with Django `ALLOWED_HOSTS`. Refused handshakes get 403. See docs/routing.md.",
+    )
 
     @model_validator(mode="after")
     def _shape(self) -> PathRoute:
-        if (self.path is None) == (self.regex is None):
-            raise ValueError("a path route needs exactly one of 'path' and 'regex'")
+        if self.path is not None and self.regex is not None:
+            raise ValueError("a path route takes one of 'path' and 'regex', not both")
+        if self.include is not None and self.path is None and self.regex is None:
+            raise ValueError("a route with 'include' needs the 'path' (or 'regex') its nested routes are under")
         if self.include is None and self.app is None:
             raise ValueError("a path route needs 'app' (or 'include' with nested routes)")
         if self.include is not None and self.app is not None:
@@ -77,12 +85,18 @@ class PathRoute(RouteConfig):
             self._matcher()
         except PatternError as exc:
             raise ValueError(str(exc)) from None
+        if self.origins is not None:
+            Origins.parse(self.origins)  # raises ValueError with the bad pattern named
         return self
 
     def _matcher(self) -> PathMatcher:
+        if self.path is None and self.regex is None:
+            return PathMatcher.build(regex=".*", host=self.host)
         return PathMatcher.build(path=self.path, regex=self.regex, host=self.host)
 
     def matcher(self) -> Matcher:
+        if self.path is None and self.regex is None and self.host is None:
+            return MatchAll()  # no matcher keys: every path, as the default at the end of a list
         return self._matcher()
 
     def expand(self) -> Iterator[tuple[Matcher, RouteConfig, list[str], KeyPath]]:

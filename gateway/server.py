@@ -18,6 +18,7 @@ import structlog
 
 from . import config as config_mod
 from .errors import StartupError
+from .django.layers import ChannelsBinding
 from .events import core_table
 from .health import Health
 from .layers import set_channel_layer
@@ -62,6 +63,7 @@ class Gateway:
             startup_timeout=cfg.lifespan.startup_timeout, shutdown_timeout=cfg.lifespan.shutdown_timeout,
         )
         self._outbound: list[asyncio.Task[None]] = []
+        self._channels = ChannelsBinding() if plan.django else None
         self._stop_requested: asyncio.Event | None = None
         self._force = False
         self.started = False
@@ -99,6 +101,8 @@ class Gateway:
         self.layer = self.plan.layer_class(**self.plan.layer_options)
         self._watch_layer(self.layer)
         set_channel_layer(self.layer)
+        if self._channels is not None:
+            self._channels.bind(self.layer)
         if cfg.metrics.path:
             self.mounts.add(cfg.metrics.path, self._metrics_endpoint, "metrics")
         if cfg.metrics.health_path:
@@ -197,6 +201,8 @@ class Gateway:
         if self.layer is not None:
             await self.layer.close()
             set_channel_layer(None)
+            if self._channels is not None:
+                self._channels.unbind()
             self.layer = None
 
     async def serve(self, *, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:

@@ -128,10 +128,13 @@ def test_app_not_an_asgi_app(write):
     assert "neither an ASGI 3 application" in err.message
 
 
-def test_django_reserved_name_explains_what_to_do(write):
+def test_app_django_names_what_it_needs(write, monkeypatch):
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
     err = error_of(write, syslog_config('    - {app: django}\n'))
-    assert err.path == ("routes", "syslog", 1, "app")
-    assert "asgi-gateway[django]" in err.message and "django.settings" in err.message.replace("django: {settings", "django.settings")
+    assert err.path == ("routes", "syslog", 1, "app") and "serves http routes only" in err.message
+    err = error_of(write, "adapters:\n  http: {listen: '127.0.0.1:0'}\nroutes:\n  http:\n    - {app: django}\n")
+    assert err.path == ("routes", "http", 0, "app")
+    assert "django: {settings: yourproject.settings}" in err.message and "DJANGO_SETTINGS_MODULE" in err.message
 
 
 def test_bad_middleware_import(write):
@@ -206,8 +209,8 @@ def test_missing_include_and_include_cycle(write):
 
 def test_path_route_shape_errors(write):
     http = "adapters:\n  http: {listen: '127.0.0.1:0'}\nroutes:\n  http:\n"
-    err = error_of(write, http + "    - {app: 'testapps.basic:hello'}\n")
-    assert err.path == ("routes", "http", 0) and "exactly one of 'path' and 'regex'" in err.message
+    err = error_of(write, http + "    - {path: /, regex: '.*', app: 'testapps.basic:hello'}\n")
+    assert err.path == ("routes", "http", 0) and "one of 'path' and 'regex', not both" in err.message
     err = error_of(write, http + "    - {path: '/<float:x>/', app: 'testapps.basic:hello'}\n")
     assert "unknown converter 'float'" in err.message
     err = error_of(write, http + "    - {regex: '(unclosed', app: 'testapps.basic:hello'}\n")
@@ -263,3 +266,13 @@ def test_cli_version():
 def test_default_config_is_valid():
     res = run_cli("check", "config/gateway.yaml")
     assert res.returncode == 0, res.stderr
+
+
+def test_a_path_route_without_matcher_keys_matches_every_path(write):
+    plan = load(write("gw.yaml", "adapters:\n  http: {listen: '127.0.0.1:0'}\nroutes:\n  http:\n"
+                                 "    - {path: /api/, app: 'testapps.basic:hello', name: api}\n"
+                                 "    - {app: 'testapps.basic:hello', name: rest}\n"))
+    router = plan.routers["http"]
+    for path in ("/", "/api", "/x/y/z", "/api/"):
+        match = router.resolve({"type": "http", "path": path, "headers": []})
+        assert match is not None and match.route.name == ("api" if path == "/api/" else "rest")
