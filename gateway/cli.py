@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -16,6 +17,10 @@ DEFAULT_CONFIG = "config/gateway.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    # `gateway ...` imports from the working directory as `python -m gateway ...` does, so a
+    # project's modules (`mysite.settings`) resolve when it is run from the project's folder.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -57,6 +57,10 @@ class InstancesSection(Section):
     queue_size: int = Field(64, gt=0, description="Events queued for an application before the adapter waits (backpressure).")
     app_close_timeout: PositiveFloat = Field(10.0, description="Seconds an app gets to return after its disconnect event before it is cancelled.")
     message_timeout: PositiveFloat = Field(60.0, description="Default seconds a message-scope instance (mqtt, email, sms) may run.")
+    sync_threads: int = Field(
+        16, gt=0, description="Threads that run synchronous code (sync consumers' handlers, sync auth hooks); "
+        "more concurrent calls wait for a free one.",
+    )
 
 
 class ShutdownSection(Section):

@@ -19,9 +19,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
+from asgiref.sync import async_to_sync
 
 from .layers import get_channel_layer
 from .layers.base import BaseChannelLayer
+from .threads import run_sync
 from .types import Message, Receive, Scope, Send
 
 log = structlog.get_logger("gateway.consumers")
@@ -302,40 +304,12 @@ class AsyncEmailConsumer(AsyncConsumer):
     async def reply(self, text: str | None = None, *, html: str | None = None, subject: str | None = None,
                     reply_all: bool = False, **fields: Any) -> None:
         """Send a threaded reply to the message's Reply-To (or From, or envelope sender)."""
-        msg = getattr(self, "email", None) or {}
-        to = [a["address"] for a in msg.get("reply_to") or []] or (
-            [msg["from"]["address"]] if msg.get("from") else [self.scope.get("mail_from") or ""])
-        cc = fields.pop("cc", None)
-        if reply_all:
-            mine = {str(self.scope.get("rcpt_to", "")).lower(), *(a.lower() for a in to)}
-            cc = list(cc or []) + [a["address"] for a in (msg.get("to") or []) + (msg.get("cc") or [])
-                                   if a["address"].lower() not in mine]
-        original = msg.get("subject") or ""
-        if subject is None:
-            subject = original if original[:3].lower() == "re:" else f"Re: {original}".strip()
-        references = list(msg.get("references") or [])
-        if msg.get("message_id") and msg["message_id"] not in references:
-            references.append(msg["message_id"])
-        event: dict[str, Any] = {"type": "email.send", "to": [a for a in to if a], "subject": subject,
-                                 "from": fields.pop("from", None) or self.scope.get("rcpt_to")}
-        if cc:
-            event["cc"] = cc
-        if text is not None:
-            event["text"] = text
-        if html is not None:
-            event["html"] = html
-        if msg.get("message_id"):
-            event["in_reply_to"] = msg["message_id"]
-        if references:
-            event["references"] = references
-        event.update(fields)
-        await self.send(event)
+        await self.send(reply_event(self.scope, getattr(self, "email", None) or {}, text, html=html, subject=subject,
+                                    reply_all=reply_all, **fields))
 
     async def send_mail(self, **fields: Any) -> None:
         """Send a new message (the fields of an ``email.send`` event; ``from`` may be given as ``from_``)."""
-        if "from_" in fields:
-            fields["from"] = fields.pop("from_")
-        await self.send({"type": "email.send", **fields})
+        await self.send(mail_event(**fields))
 
     async def reject(self, code: int = 550, reason: str = "5.7.1 Message rejected") -> None:
         """Refuse the message: the SMTP client gets ``code reason`` (4xx: it retries later)."""
@@ -354,8 +328,7 @@ class AsyncMqttConsumer(AsyncConsumer):
 
     async def mqtt_message(self, message: Message) -> None:
         self.kwargs: dict[str, Any] = dict(self.scope.get("url_route", {}).get("kwargs", {}))
-        info = {k: message[k] for k in ("qos", "retain", "dup", "properties") if k in message}
-        await self.message(message["topic"], message["payload"], **info)
+        await self.message(message["topic"], message["payload"], **_mqtt_info(message))
 
     async def message(self, topic: str, payload: bytes, **info: Any) -> None:
         """Called with the message; override it."""
@@ -366,13 +339,124 @@ class AsyncMqttConsumer(AsyncConsumer):
     async def publish(self, topic: str, payload: bytes | str | None = None, *, json: Any = None, qos: int = 0,
                       retain: bool = False, properties: dict[str, Any] | None = None) -> None:
         """Publish to ``topic`` (QoS > 0: returns once the broker has the message)."""
-        event: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "qos": qos, "retain": retain}
-        if json is not None:
-            if payload is not None:
-                raise ValueError("pass either payload or json, not both")
-            event["json"] = json
-        else:
-            event["payload"] = b"" if payload is None else payload
-        if properties:
-            event["properties"] = properties
-        await self.send(event)
+        await self.send(publish_event(topic, payload, json=json, qos=qos, retain=retain, properties=properties))
+
+
+# -- the events the message consumers send, built once for the async and the sync forms --------
+def reply_event(scope: Scope, msg: dict[str, Any], text: str | None = None, *, html: str | None = None,
+                subject: str | None = None, reply_all: bool = False, **fields: Any) -> dict[str, Any]:
+    """An ``email.send`` answering ``msg``: to its Reply-To (or From, or the envelope sender), threaded."""
+    to = [a["address"] for a in msg.get("reply_to") or []] or (
+        [msg["from"]["address"]] if msg.get("from") else [scope.get("mail_from") or ""])
+    cc = fields.pop("cc", None)
+    if reply_all:
+        mine = {str(scope.get("rcpt_to", "")).lower(), *(a.lower() for a in to)}
+        cc = list(cc or []) + [a["address"] for a in (msg.get("to") or []) + (msg.get("cc") or [])
+                               if a["address"].lower() not in mine]
+    original = msg.get("subject") or ""
+    if subject is None:
+        subject = original if original[:3].lower() == "re:" else f"Re: {original}".strip()
+    references = list(msg.get("references") or [])
+    if msg.get("message_id") and msg["message_id"] not in references:
+        references.append(msg["message_id"])
+    event: dict[str, Any] = {"type": "email.send", "to": [a for a in to if a], "subject": subject,
+                             "from": fields.pop("from", None) or scope.get("rcpt_to")}
+    if cc:
+        event["cc"] = cc
+    if text is not None:
+        event["text"] = text
+    if html is not None:
+        event["html"] = html
+    if msg.get("message_id"):
+        event["in_reply_to"] = msg["message_id"]
+    if references:
+        event["references"] = references
+    event.update(fields)
+    return event
+
+
+def mail_event(**fields: Any) -> dict[str, Any]:
+    """A new ``email.send``; ``from`` may be given as ``from_`` (a Python keyword otherwise)."""
+    if "from_" in fields:
+        fields["from"] = fields.pop("from_")
+    return {"type": "email.send", **fields}
+
+
+def publish_event(topic: str, payload: bytes | str | None = None, *, json: Any = None, qos: int = 0,
+                  retain: bool = False, properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "qos": qos, "retain": retain}
+    if json is not None:
+        if payload is not None:
+            raise ValueError("pass either payload or json, not both")
+        event["json"] = json
+    else:
+        event["payload"] = b"" if payload is None else payload
+    if properties:
+        event["properties"] = properties
+    return event
+
+
+def _mqtt_info(message: Message) -> dict[str, Any]:
+    return {k: message[k] for k in ("qos", "retain", "dup", "properties") if k in message}
+
+
+# -- sync forms ---------------------------------------------------------------------------------
+class SyncConsumer(AsyncConsumer):
+    """Channels' ``SyncConsumer``: handler methods are plain functions, run in the gateway's
+    bounded thread pool (``instances.sync_threads``) with Django's stale database connections
+    closed before and after, so they may use the ORM directly. ``send`` blocks until the event is
+    taken; the layer is used with ``async_to_sync(self.channel_layer.group_send)(...)``.
+    Returning from the handler is still the acknowledgement of a message scope."""
+
+    async def dispatch(self, message: Message) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await run_sync(handler, message)
+
+    def send(self, message: Message) -> None:  # type: ignore[override]
+        async_to_sync(self.base_send)(message)
+
+
+class SyncMqttConsumer(SyncConsumer):
+    """The sync form of ``AsyncMqttConsumer``: override ``message(topic, payload, **info)``."""
+
+    def mqtt_message(self, message: Message) -> None:
+        self.kwargs: dict[str, Any] = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        self.message(message["topic"], message["payload"], **_mqtt_info(message))
+
+    def message(self, topic: str, payload: bytes, **info: Any) -> None:
+        """Called with the message, in a worker thread; override it."""
+
+    def mqtt_disconnect(self, message: Message) -> None:
+        raise StopConsumer()
+
+    def publish(self, topic: str, payload: bytes | str | None = None, *, json: Any = None, qos: int = 0,
+                retain: bool = False, properties: dict[str, Any] | None = None) -> None:
+        self.send(publish_event(topic, payload, json=json, qos=qos, retain=retain, properties=properties))
+
+
+class SyncEmailConsumer(SyncConsumer):
+    """The sync form of ``AsyncEmailConsumer``: override ``message(msg)``."""
+
+    def email_message(self, message: Message) -> None:
+        self.raw: bytes = message.get("raw", b"")
+        self.email: dict[str, Any] = message.get("message") or {}
+        self.message(self.email)
+
+    def message(self, msg: dict[str, Any]) -> None:
+        """Called with the parsed message, in a worker thread; override it."""
+
+    def email_disconnect(self, message: Message) -> None:
+        raise StopConsumer()
+
+    def reply(self, text: str | None = None, *, html: str | None = None, subject: str | None = None,
+              reply_all: bool = False, **fields: Any) -> None:
+        self.send(reply_event(self.scope, getattr(self, "email", None) or {}, text, html=html, subject=subject,
+                              reply_all=reply_all, **fields))
+
+    def send_mail(self, **fields: Any) -> None:
+        self.send(mail_event(**fields))
+
+    def reject(self, code: int = 550, reason: str = "5.7.1 Message rejected") -> None:
+        self.send({"type": "email.reject", "code": code, "reason": reason})

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from . import config as config_mod
+from . import threads
 from .errors import StartupError
 from .django.layers import ChannelsBinding
 from .events import core_table
@@ -56,6 +57,7 @@ class Gateway:
             message_timeout=cfg.instances.message_timeout,
         ))
         self.router = plan.router
+        threads.configure(cfg.instances.sync_threads)
         self.layer: BaseChannelLayer | None = None
         self.adapters: dict[str, Adapter] = {}
         self.lifespan = Lifespan(

@@ -1,0 +1,283 @@
+"""A real Django project (tests/djangoproject: the Channels tutorial's chat, MQTT readings, e-mail
+tickets) behind `gateway run`, driven with real clients: httpx, `websockets`, paho, smtplib."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+from email.message import EmailMessage
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+
+from .django_helpers import PASSWORD, PROJECT, GatewayProcess, migrated, project_env, rows, run_check
+from .email_helpers import Sink
+from .mqtt_helpers import Peer
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory) -> Path:
+    return migrated(tmp_path_factory.mktemp("django") / "db.sqlite3")
+
+
+@pytest.fixture(scope="module")
+def sink_port():
+    """An SMTP sink the project's relay points at, in a thread of its own (module-scoped)."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    sink = Sink()
+    loop.run_until_complete(sink.__aenter__())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield sink
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.run_until_complete(sink.__aexit__())
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def project(db, sink_port):
+    """The project's own gateway.yaml, DEBUG on, in-memory layer from CHANNEL_LAYERS."""
+    gw = GatewayProcess("gateway.yaml", project_env(db, RELAY_PORT=str(sink_port.port)))
+    addresses = gw.started()
+    gw.http = addresses["http"][0]
+    gw.mqtt = int(addresses["mqtt"][0].rsplit(":", 1)[1])
+    gw.smtp = addresses["email"][0]
+    yield gw
+    assert gw.stop() == 0
+
+
+def origin(gw) -> str:
+    return f"http://{gw.http}"
+
+
+async def login(client: httpx.AsyncClient, username: str = "alice") -> None:
+    page = await client.get("/admin/login/")
+    token = client.cookies["csrftoken"]
+    assert page.status_code == 200
+    done = await client.post("/admin/login/?next=/admin/", data={
+        "username": username, "password": PASSWORD, "csrfmiddlewaretoken": token, "next": "/admin/"})
+    assert done.status_code == 302, done.text
+    assert "sessionid" in client.cookies
+
+
+# -- 1. set-up -----------------------------------------------------------------------------------
+def test_django_is_set_up_before_the_first_app_import_whatever_the_routes(write, db):
+    only_consumer = write("ws.yaml", f"""\
+django: {{settings: mysite.settings}}
+python_path: ["{PROJECT}"]
+adapters: {{http: {{listen: "127.0.0.1:0"}}}}
+routes:
+  websocket:
+    - {{path: "/ws/chat/<room_name>/", app: "chat.consumers:ChatConsumer"}}
+""")
+    done = run_check(only_consumer, project_env(db))
+    assert done.returncode == 0, done.stderr
+    # without the key, DJANGO_SETTINGS_MODULE from the environment does the same
+    no_key = write("env.yaml", only_consumer.read_text().replace("django: {settings: mysite.settings}\n", ""))
+    done = run_check(no_key, {**project_env(db), "DJANGO_SETTINGS_MODULE": "mysite.settings"})
+    assert done.returncode == 0, done.stderr
+
+
+def test_settings_that_do_not_import_are_one_error_naming_file_line_and_key(write, db):
+    bad = write("bad.yaml", "adapters: {http: {listen: '127.0.0.1:0'}}\ndjango:\n  settings: mysite.nosuchsettings\n")
+    done = run_check(bad, project_env(db))
+    assert done.returncode == 1
+    assert f"{bad}:3" in done.stderr and "django.settings" in done.stderr
+    assert "cannot import the settings module 'mysite.nosuchsettings'" in done.stderr
+    assert "Traceback" not in done.stderr
+    write("broken_settings.py", "DEBUG = True\nraise RuntimeError('settings exploded')\n")
+    raising = write("raising.yaml", "adapters: {http: {listen: '127.0.0.1:0'}}\ndjango: {settings: broken_settings}\n")
+    done = run_check(raising, {**project_env(db), "PYTHONPATH": str(raising.parent)})
+    assert done.returncode == 1 and "settings exploded" in done.stderr and f"{raising}:2" in done.stderr
+
+
+def test_gateway_command_imports_from_the_working_directory_like_python_m(db):
+    import shutil
+    import subprocess
+
+    env = {k: v for k, v in project_env(db).items() if k != "PYTHONPATH"}
+    cli = shutil.which("gateway", path=str(Path(__import__("sys").executable).parent))
+    assert cli is not None
+    done = subprocess.run([cli, "check", "gateway.yaml"], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+# -- 2, 3. app: django and static files (DEBUG) -------------------------------------------------
+async def test_app_django_serves_views_and_the_admin_with_its_stylesheet(project):
+    async with httpx.AsyncClient(base_url=f"http://{project.http}") as client:
+        room = await client.get("/chat/lobby/")
+        assert room.status_code == 200 and "Room lobby" in room.text
+        page = await client.get("/admin/login/")
+        assert page.status_code == 200
+        css = await client.get("/static/admin/css/base.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        assert b"body" in css.content
+        assert (await client.get("/static/admin/css/nothere.css")).status_code == 404
+
+
+# -- 4. one channel layer ------------------------------------------------------------------------
+async def test_a_sync_view_reaches_websocket_clients_through_channels_get_channel_layer(project):
+    async with websockets.connect(f"ws://{project.http}/ws/chat/news/", origin=origin(project)) as ws:
+        assert json.loads(await ws.recv()) == {"hello": None}
+        async with httpx.AsyncClient(base_url=f"http://{project.http}") as client:
+            assert (await client.get("/notify/news/", params={"text": "from a view"})).text == "sent"
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": "from a view"}
+
+
+async def test_a_sync_view_publishes_to_a_device_through_the_outbound_channel(project):
+    device = await asyncio.to_thread(Peer, project.mqtt, "thermostat")
+    try:
+        await asyncio.to_thread(device.subscribe, "devices/thermostat/command")
+        async with httpx.AsyncClient(base_url=f"http://{project.http}") as client:
+            assert (await client.get("/device/thermostat/", params={"cmd": "heat"})).text == "queued"
+        message = await device.get(10)
+        assert message.topic == "devices/thermostat/command" and message.payload == b"heat"
+    finally:
+        device.close()
+
+
+# -- 5. the tutorial project: sessions, scope["user"], ORM writes, the project's own asgi.py ------
+async def test_logged_in_user_chats_and_messages_are_saved(project, db):
+    async with httpx.AsyncClient(base_url=f"http://{project.http}") as client:
+        await login(client)
+        cookie = f"sessionid={client.cookies['sessionid']}"
+    headers = {"Cookie": cookie}
+    async with websockets.connect(f"ws://{project.http}/ws/chat/saved/", origin=origin(project),
+                                  additional_headers=headers) as alice, \
+            websockets.connect(f"ws://{project.http}/ws/chat/saved/", origin=origin(project)) as anonymous:
+        assert json.loads(await alice.recv()) == {"hello": "alice"}
+        assert json.loads(await anonymous.recv()) == {"hello": None}
+        await alice.send(json.dumps({"message": "persisted"}))
+        assert json.loads(await asyncio.wait_for(anonymous.recv(), 10)) == {"message": "persisted"}
+        assert json.loads(await asyncio.wait_for(alice.recv(), 10)) == {"message": "persisted"}
+    saved = rows(db, "select m.text, u.username from chat_message m join auth_user u on u.id = m.author_id where room='saved'")
+    assert saved == [("persisted", "alice")]
+
+
+async def test_the_projects_own_protocol_type_router_as_the_single_app(write, db):
+    config = write("whole.yaml", """\
+django: {settings: mysite.settings}
+adapters: {http: {listen: "127.0.0.1:0"}}
+routes:
+  http: [{app: "mysite.asgi:application"}]
+  websocket: [{app: "mysite.asgi:application"}]
+""")
+    gw = GatewayProcess(config, project_env(db))
+    try:
+        address = gw.started()["http"][0]
+        async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+            assert (await client.get("/chat/whole/")).status_code == 200
+        async with websockets.connect(f"ws://{address}/ws/chat/whole/", origin=f"http://{address}") as ws:
+            assert json.loads(await ws.recv()) == {"hello": None}
+            await ws.send(json.dumps({"message": "through asgi.py"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": "through asgi.py"}
+        with pytest.raises(websockets.InvalidStatus) as refused:  # the project's AllowedHostsOriginValidator
+            async with websockets.connect(f"ws://{address}/ws/chat/whole/", origin="http://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+    finally:
+        assert gw.stop() == 0
+
+
+# -- 6. Origin checks ----------------------------------------------------------------------------
+async def test_websocket_routes_check_origin_against_allowed_hosts(project):
+    for bad in ("http://evil.example", None, "null", "http://127.0.0.1.evil.example"):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(f"ws://{project.http}/ws/chat/x/", origin=bad):
+                pass
+        assert refused.value.response.status_code == 403
+    record = project.wait_for("websocket.origin_refused", origin="http://evil.example")
+    assert record["allowed"].startswith("ALLOWED_HOSTS")
+    async with websockets.connect(f"ws://{project.http}/ws/chat/x/", origin="http://localhost:1234") as ws:
+        assert json.loads(await ws.recv()) == {"hello": None}
+
+
+async def test_origins_option_overrides_and_star_opts_out(write, db):
+    config = write("origins.yaml", """\
+django: {settings: mysite.settings}
+adapters: {http: {listen: "127.0.0.1:0"}}
+routes:
+  websocket:
+    - {path: "/ws/chat/<room_name>/", app: "chat.consumers:ChatConsumer", origins: [".example.com", "https://app.test:8443"]}
+    - {path: "/open/<room_name>/", app: "chat.consumers:ChatConsumer", origins: "*"}
+""")
+    gw = GatewayProcess(config, project_env(db))
+    try:
+        address = gw.started()["http"][0]
+        for good in ("https://example.com", "http://chat.example.com", "https://app.test:8443"):
+            async with websockets.connect(f"ws://{address}/ws/chat/o/", origin=good) as ws:
+                assert json.loads(await ws.recv()) == {"hello": None}
+        for bad in ("http://127.0.0.1", "http://app.test:8443", "https://app.test", "http://example.com.evil"):
+            with pytest.raises(websockets.InvalidStatus):
+                async with websockets.connect(f"ws://{address}/ws/chat/o/", origin=bad):
+                    pass
+        async with websockets.connect(f"ws://{address}/open/o/") as ws:  # no Origin at all
+            assert json.loads(await ws.recv()) == {"hello": None}
+    finally:
+        assert gw.stop() == 0
+
+
+def test_origins_on_an_http_route_is_refused(write, db):
+    config = write("bad-origins.yaml", "adapters: {http: {listen: '127.0.0.1:0'}}\nroutes:\n  http:\n"
+                                      "    - {app: 'testapps.basic:hello', origins: '*'}\n")
+    done = run_check(config, {**project_env(db), "PYTHONPATH": str(Path(__file__).parent)})
+    assert done.returncode == 1 and "checks WebSocket handshakes" in done.stderr and f"{config}:4" in done.stderr
+
+
+# -- 7. sync consumers for MQTT and e-mail -------------------------------------------------------
+async def test_an_mqtt_reading_is_saved_with_the_orm_and_broadcast_to_a_websocket_group(project, db):
+    async with websockets.connect(f"ws://{project.http}/ws/chat/sensors/", origin=origin(project)) as ws:
+        await ws.recv()
+        device = await asyncio.to_thread(Peer, project.mqtt, "kitchen-sensor")
+        try:
+            await asyncio.to_thread(device.publish, "sensors/kitchen/temperature", b"21.5", 1)
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": "kitchen: 21.5"}
+            await asyncio.to_thread(device.publish, "async/hall/temperature", b"19", 1)
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": "async 19"}
+        finally:
+            device.close()
+    assert ("kitchen", 21.5) in rows(db, "select device, celsius from sensors_reading")
+    assert ("hall", 19.0) in rows(db, "select device, celsius from sensors_reading")
+
+
+async def test_a_sync_consumer_that_blocks_past_its_timeout_is_not_acknowledged(project, db):
+    device = await asyncio.to_thread(Peer, project.mqtt, "slowpoke")
+    try:
+        await asyncio.to_thread(device.client.publish, "slow/one", b"2.5", 1)
+        record = project.wait_for("sync.still_running", timeout=30)
+        assert record["function"] == "SlowConsumer.mqtt_message"
+        project.wait_for("instance.finished", outcome="timeout", scope_type="mqtt", timeout=30)
+    finally:
+        device.close()
+    # the thread is not leaked: it finishes its work and the pool slot is free again
+    deadline = asyncio.get_running_loop().time() + 20
+    while not rows(db, "select 1 from sensors_reading where device='slow'"):
+        assert asyncio.get_running_loop().time() < deadline, "the blocked handler never returned"
+        await asyncio.sleep(0.2)
+
+
+async def test_an_email_becomes_a_ticket_and_gets_a_reply(project, db, sink_port):
+    msg = EmailMessage()
+    msg["From"] = "carol@customer.test"
+    msg["To"] = "support@example.com"
+    msg["Subject"] = "Printer on fire"
+    msg["Message-ID"] = "<fire-1@customer.test>"
+    msg.set_content("It is still burning.")
+    host, port = project.smtp.rsplit(":", 1)
+    with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+        refused = smtp.send_message(msg)
+    assert refused == {}
+    tickets = rows(db, "select id, sender, subject, body from tickets_ticket where subject='Printer on fire'")
+    assert len(tickets) == 1 and tickets[0][1] == "carol@customer.test" and "burning" in tickets[0][3]
+    deadline = asyncio.get_running_loop().time() + 20
+    while not any("carol@customer.test" in to for _, to, _ in sink_port.messages):
+        assert asyncio.get_running_loop().time() < deadline, "no reply reached the relay"
+        await asyncio.sleep(0.1)
+    reply = next(raw for _, to, raw in sink_port.messages if "carol@customer.test" in to)
+    assert f"Your ticket number is {tickets[0][0]}.".encode() in reply and b"In-Reply-To: <fire-1@customer.test>" in reply
