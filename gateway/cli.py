@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=logs.LEVELS, help="overrides logging.level")
     run.add_argument("--log-format", choices=("console", "json"), help="overrides logging.format")
     run.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop (auto: uvloop when installed)")
+    run.add_argument("--reload", action="store_true",
+                     help="restart when a .py or .yaml file changes under the working directory, the config's folder or python_path (development)")
     run.add_argument("--workers", type=int, default=1, metavar="N",
                      help="run N gateway processes sharing the listeners (reuse_port) and the layer (needs a shared layer, e.g. redis)")
     run.set_defaults(func=_run)
@@ -72,6 +75,10 @@ def _run(args: argparse.Namespace) -> int:
     logs.configure(level, fmt)
     if args.workers < 1:
         raise GatewayError("--workers must be at least 1")
+    if args.reload:
+        if args.workers > 1:
+            raise GatewayError("--reload runs one process: leave out --workers")
+        return _run_reloading(args, plan)
     if args.workers > 1:
         from .workers import run_workers
 
@@ -80,6 +87,25 @@ def _run(args: argparse.Namespace) -> int:
     from .server import Gateway
 
     asyncio.run(Gateway(plan).serve())
+    return 0
+
+
+def _run_reloading(args: argparse.Namespace, plan: Plan) -> int:
+    """Run ``gateway run`` without ``--reload`` in a child process, restarted on code changes."""
+    try:
+        from watchfiles import PythonFilter, run_process
+    except ImportError:
+        raise GatewayError("--reload needs watchfiles: pip install 'asgi-gateway[reload]'") from None
+    config_dir = Path(args.config).resolve().parent
+    roots = {Path.cwd().resolve(), config_dir, *((config_dir / p).resolve() for p in plan.config.python_path)}
+    command = [sys.executable, "-m", "gateway", "run", "-c", args.config, "--loop", args.loop]
+    if args.log_level:
+        command += ["--log-level", args.log_level]
+    if args.log_format:
+        command += ["--log-format", args.log_format]
+    run_process(*sorted(roots), target=shlex.join(command), target_type="command",
+                watch_filter=PythonFilter(extra_extensions=(".yaml", ".yml", ".html")),
+                callback=lambda changes: print(f"gateway: reloading ({len(changes)} changed)", file=sys.stderr))
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from . import apps as app_loading
@@ -25,6 +26,8 @@ from .plugins import Adapter, discover
 from .routing import ProtocolTypeRouter, Route, Router
 from .schema import KeyPath, PositiveFloat, Section, inner_model
 from .yamlsource import Source, load_file, load_text
+
+log = structlog.get_logger("gateway.config")
 
 
 class LayerSection(BaseModel):
@@ -310,6 +313,9 @@ def _shared_with_channels(backend: str, options: dict[str, Any], source: Source)
         raise source.error(("django", "settings") if "django" in source.data else (), str(exc)) from None
     if shared is None:
         return backend, options
+    warning = django_layers.outside_processes_warning()
+    if warning:
+        log.warning("django.layer_not_shared_outside", detail=warning)
     if "layer" not in source.data:
         return shared
     ours = (django_layers.EQUIVALENT.get(BACKENDS.get(backend, backend), backend), _layer_identity(options))

@@ -143,7 +143,7 @@ class Gateway:
             for channel in adapter.outbound_channels:
                 self._outbound.append(asyncio.get_running_loop().create_task(self._deliver(adapter, channel)))
         self.started = True
-        log.info("gateway.started", addresses=self.addresses, layer=self.plan.config.layer.backend)
+        log.info("gateway.started", addresses=self.addresses, layer=str(self.layer))
 
     def _watch_layer(self, layer: BaseChannelLayer) -> None:
         """Layer faults show on the health endpoint; refused messages in the metrics."""

@@ -281,3 +281,109 @@ async def test_an_email_becomes_a_ticket_and_gets_a_reply(project, db, sink_port
         await asyncio.sleep(0.1)
     reply = next(raw for _, to, raw in sink_port.messages if "carol@customer.test" in to)
     assert f"Your ticket number is {tickets[0][0]}.".encode() in reply and b"In-Reply-To: <fire-1@customer.test>" in reply
+
+
+# -- 3. static files in production: STATIC_ROOT through ServeStatic ----------------------------
+async def test_production_static_files_cache_headers_304_range_and_gzip(write, tmp_path, db):
+    from .django_helpers import manage
+
+    root = tmp_path / "static"
+    env = {"DJANGO_DEBUG": "0", "DJANGO_STATIC_ROOT": str(root), "DJANGO_MANIFEST": "1"}
+    manage(db, "collectstatic", "--noinput", "-v0", **env)
+    manifest = json.loads((root / "staticfiles.json").read_text())["paths"]
+    hashed = manifest["admin/css/base.css"]
+    assert hashed != "admin/css/base.css" and (root / (hashed + ".gz")).exists()
+    gw = GatewayProcess("gateway.yaml", project_env(db, **env))
+    try:
+        address = gw.started()["http"][0]
+        async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+            plain = await client.get("/static/admin/css/base.css", headers={"Accept-Encoding": "identity"})
+            assert plain.status_code == 200 and plain.headers["content-type"].startswith("text/css")
+            assert "immutable" not in plain.headers.get("cache-control", "")
+            versioned = await client.get(f"/static/{hashed}", headers={"Accept-Encoding": "identity"})
+            assert versioned.status_code == 200 and "immutable" in versioned.headers["cache-control"]
+            assert versioned.content == (root / hashed).read_bytes()
+            again = await client.get(f"/static/{hashed}", headers={"If-None-Match": versioned.headers["etag"]})
+            assert again.status_code == 304 and again.content == b""
+            part = await client.get(f"/static/{hashed}", headers={"Range": "bytes=0-9", "Accept-Encoding": "identity"})
+            assert part.status_code == 206 and part.content == versioned.content[:10]
+            gz = await client.get(f"/static/{hashed}", headers={"Accept-Encoding": "gzip"})
+            assert gz.headers["content-encoding"] == "gzip" and gz.content == versioned.content  # httpx decodes it
+            assert (await client.get("/admin/login/")).status_code == 200  # Django still behind it
+            assert (await client.get("/static/admin/css/nothere.css")).status_code == 404
+    finally:
+        assert gw.stop() == 0
+
+
+async def test_static_off_leaves_static_urls_to_django(write, tmp_path, db):
+    config = write("nostatic.yaml", f"""\
+django: {{settings: mysite.settings, static: "off"}}
+python_path: ["{PROJECT}"]
+adapters: {{http: {{listen: "127.0.0.1:0"}}}}
+routes:
+  http: [{{app: django}}]
+""")
+    gw = GatewayProcess(config, project_env(db))
+    try:
+        address = gw.started()["http"][0]
+        async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+            assert (await client.get("/static/admin/css/base.css")).status_code == 404
+            assert (await client.get("/chat/a/")).status_code == 200
+    finally:
+        assert gw.stop() == 0
+
+
+# -- 4. the layer comes from CHANNEL_LAYERS; conflicts and unknown backends are errors ---------
+def test_unknown_channel_layers_backend_is_an_error_naming_it(write, db):
+    layers = json.dumps({"default": {"BACKEND": "myproject.layers.CustomLayer"}})
+    done = run_check("gateway.yaml", project_env(db, DJANGO_CHANNEL_LAYERS=layers))
+    assert done.returncode == 1
+    assert "'myproject.layers.CustomLayer'" in done.stderr and "channels_redis.core.RedisChannelLayer" in done.stderr
+    assert "gateway.yaml:2" in done.stderr
+
+
+def test_layer_key_and_channel_layers_that_disagree_are_an_error_naming_both(write, db):
+    config = write("both.yaml", f"""\
+django: {{settings: mysite.settings}}
+python_path: ["{PROJECT}"]
+layer: {{backend: redis, url: "redis://127.0.0.1:1/0"}}
+adapters: {{http: {{listen: "127.0.0.1:0"}}}}
+""")
+    done = run_check(config, project_env(db))
+    assert done.returncode == 1
+    assert f"{config}:3" in done.stderr and "CHANNEL_LAYERS['default'] (memory)" in done.stderr
+    assert "redis://127.0.0.1:1/0" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    from test_layer_redis_helpers import RedisServer
+
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
+
+
+async def test_channels_redis_settings_give_one_layer_inside_and_outside_the_gateway(db, redis_url):
+    layers = json.dumps({"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                     "CONFIG": {"hosts": [redis_url], "prefix": "tutorial"}}})
+    env = project_env(db, DJANGO_CHANNEL_LAYERS=layers)
+    gw = GatewayProcess("gateway.yaml", env)
+    try:
+        address = gw.started()["http"][0]
+        layer = gw.wait_for("gateway.started")["layer"]
+        assert layer.startswith("RedisChannelLayer(") and "tutorial" in layer
+        async with websockets.connect(f"ws://{address}/ws/chat/ops/", origin=f"http://{address}") as ws:
+            await ws.recv()
+            # a management command in another process, using Channels' API on the same settings
+            import subprocess
+            import sys
+
+            script = ("from asgiref.sync import async_to_sync; from channels.layers import get_channel_layer;"
+                      "async_to_sync(get_channel_layer().group_send)('chat_ops', {'type': 'chat.message', 'message': 'from cron'})")
+            done = await asyncio.to_thread(subprocess.run, [sys.executable, "manage.py", "shell", "-c", script],
+                                           cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": "from cron"}
+    finally:
+        assert gw.stop() == 0

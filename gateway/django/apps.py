@@ -12,3 +12,11 @@ class GatewayAppConfig(AppConfig):
     name = "gateway.django"
     label = "asgi_gateway"
     verbose_name = "asgi-gateway"
+
+    def ready(self) -> None:
+        from .layers import LayerSettingsError, share_outside_the_gateway
+
+        try:
+            share_outside_the_gateway()
+        except LayerSettingsError:
+            pass  # reported, with the settings' location, when the gateway loads its config

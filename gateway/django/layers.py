@@ -65,6 +65,40 @@ def describe(backend: str, options: dict[str, Any]) -> str:
     return f"{backend} {shown}" if shown else backend
 
 
+def share_outside_the_gateway() -> None:
+    """In every process of the project (``manage.py`` commands, Celery workers), make Channels'
+    ``get_channel_layer()`` speak the gateway's Redis wire format when ``CHANNEL_LAYERS`` names
+    channels_redis: the two formats differ, and a ``group_send`` from a process still on
+    channels_redis would never reach the gateway. Called from the ``gateway.django`` app's
+    ``ready()``; inside the gateway the running layer replaces this one."""
+    shared = from_settings()
+    if shared is None or shared[0] != "redis":
+        return
+    from django.conf import settings
+
+    if str(settings.CHANNEL_LAYERS["default"]["BACKEND"]).startswith("gateway."):
+        return  # Channels builds the gateway's layer itself
+    from channels import DEFAULT_CHANNEL_LAYER
+    from channels.layers import channel_layers
+
+    from ..layers.redis import RedisChannelLayer
+
+    channel_layers.set(DEFAULT_CHANNEL_LAYER, RedisChannelLayer(**shared[1]))
+
+
+def outside_processes_warning() -> str | None:
+    """Why a ``group_send`` from outside the gateway could miss it, or None when it cannot."""
+    from django.apps import apps
+    from django.conf import settings
+
+    backend = str(((getattr(settings, "CHANNEL_LAYERS", None) or {}).get("default") or {}).get("BACKEND", ""))
+    if backend.startswith("channels_redis.") and not apps.is_installed("gateway.django"):
+        return (f"CHANNEL_LAYERS names {backend}: the gateway runs its own Redis layer on those hosts, and code in "
+                "other processes (manage.py commands, Celery) reaches it only when 'gateway.django' is in "
+                "INSTALLED_APPS or BACKEND is 'gateway.layers.redis.RedisChannelLayer'")
+    return None
+
+
 class ChannelsBinding:
     """Makes ``channels.layers.get_channel_layer()`` return the gateway's layer while it runs."""
 

@@ -78,12 +78,11 @@ def setup(module: str | None, origin: str) -> None:
 def _setup(django: object) -> None:
     from django.apps import apps
 
-    if apps.ready:
-        return
-    try:
-        django.setup(set_prefix=False)  # type: ignore[attr-defined]  # the ASGI handler sets the prefix per request
-    except Exception as exc:  # ImproperlyConfigured, an INSTALLED_APPS entry that does not import, ...
-        raise DjangoSetupError(f"Django set-up failed: {summarise_exception(exc)}") from None
+    if not apps.ready:
+        try:
+            django.setup(set_prefix=False)  # type: ignore[attr-defined]  # the ASGI handler sets the prefix per request
+        except Exception as exc:  # ImproperlyConfigured, an INSTALLED_APPS entry that does not import, ...
+            raise DjangoSetupError(f"Django set-up failed: {summarise_exception(exc)}") from None
     _one_log_line_per_record()
 
 

@@ -74,6 +74,9 @@ class BaseChannelLayer(abc.ABC):
     health: tuple[str, str] = ("ok", "")
     """The layer's current ``(status, detail)``."""
 
+    def __str__(self) -> str:
+        return type(self).__name__
+
     def __init__(
         self,
         expiry: float = 60,

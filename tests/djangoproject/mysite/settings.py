@@ -58,6 +58,6 @@ STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or None
 if os.environ.get("DJANGO_MANIFEST") == "1":
     STORAGES = {
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"},
+        "staticfiles": {"BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"},
     }
 CHANNEL_LAYERS = json.loads(os.environ.get("DJANGO_CHANNEL_LAYERS", '{"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}'))
