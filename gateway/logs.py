@@ -79,4 +79,19 @@ def configure(level: str = "info", fmt: LogFormat = "auto", stream: TextIO | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO))  # libraries' own debug chatter stays off even at debug
+    _one_line_per_record()
+
+
+def _one_line_per_record() -> None:
+    """A library logger with a console handler of its own that also propagates to the root would
+    print every line twice, once unformatted (Django's default ``django`` logger does, and
+    ``django.setup()`` installs it again each time it runs). Those console handlers go; other
+    handlers (Django's ``mail_admins``, files) stay."""
+    for logger in logging.Logger.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger) and logger.handlers:
+            consoles = [h for h in logger.handlers if type(h) is logging.StreamHandler and h.stream in (sys.stderr, sys.stdout)]
+            for h in consoles:
+                logger.removeHandler(h)
+            if consoles:
+                logger.propagate = True
 

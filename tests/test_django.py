@@ -387,3 +387,95 @@ async def test_channels_redis_settings_give_one_layer_inside_and_outside_the_gat
             assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": "from cron"}
     finally:
         assert gw.stop() == 0
+
+
+# -- 5. in browsers: the tutorial's chat between two browsers, the admin styled -----------------
+async def test_chat_between_two_browsers_and_a_styled_admin(project):
+    from playwright.async_api import async_playwright
+
+    from .django_helpers import CHROMIUM, CHROMIUM_ARGS
+
+    base = f"http://{project.http}"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            one, two = await browser.new_context(), await browser.new_context()  # two browsers: two cookie jars
+            alice, bob = await one.new_page(), await two.new_page()
+            for page in (alice, bob):
+                await page.goto(f"{base}/chat/tea/")
+                await page.wait_for_function("document.querySelector('#status').textContent === 'open'", timeout=15_000)
+            await alice.fill("#chat-message-input", "milk first?")
+            await alice.click("#chat-message-submit")
+            for page in (alice, bob):
+                await page.wait_for_function(
+                    "[...document.querySelectorAll('#chat-log li')].some(li => li.textContent === 'milk first?')", timeout=15_000)
+            # the admin, logged in through its form, styled by its own stylesheet
+            css: list[int] = []
+            admin = await one.new_page()
+            admin.on("response", lambda r: css.append(r.status) if r.url.endswith("/static/admin/css/base.css") else None)
+            await admin.goto(f"{base}/admin/login/")
+            await admin.fill("#id_username", "alice")
+            await admin.fill("#id_password", PASSWORD)
+            await admin.click("input[type=submit]")
+            await admin.wait_for_url(f"{base}/admin/", timeout=15_000)
+            assert css and css[0] == 200
+            # a rule of admin/css/base.css applied: the header is not the browser's default
+            background = await admin.eval_on_selector("#header", "e => getComputedStyle(e).backgroundColor")
+            assert background not in ("rgba(0, 0, 0, 0)", "transparent")
+        finally:
+            await browser.close()
+
+
+# -- 9. manage.py rungateway, gateway run --reload, Django's log lines once ---------------------
+def test_manage_py_rungateway_serves_the_project_and_logs_each_line_once(db):
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = project_env(db, DJANGO_DEBUG="1")  # DEBUG: Django's console handler is active, and the autoreloader runs
+    proc = subprocess.Popen([sys.executable, "manage.py", "rungateway", "--log-format", "json"], cwd=PROJECT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        address = None
+        lines: list[str] = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if '"gateway.started"' in line:
+                address = json.loads(line)["addresses"]["http"][0]
+                break
+        assert address, "".join(lines)
+        with urllib.request.urlopen(f"http://{address}/chat/x/", timeout=10) as page:
+            assert page.status == 200
+        try:
+            urllib.request.urlopen(f"http://{address}/nothere/", timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    lines.extend(out.splitlines(keepends=True))
+    not_found = [line for line in lines if "Not Found: /nothere/" in line]
+    assert len(not_found) == 1, "".join(lines)  # Django's warning, once, as a JSON line of the gateway's
+    assert json.loads(not_found[0])["logger"] == "django.request"
+    assert proc.returncode == 0
+
+
+async def test_gateway_run_reload_restarts_on_a_code_change(write, tmp_path, db):
+    app = write("reloadapp.py", "async def app(scope, receive, send):\n"
+                                "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+                                "    await send({'type': 'http.response.body', 'body': b'one'})\n")
+    config = write("reload.yaml", "adapters: {http: {listen: '127.0.0.1:0'}}\nroutes:\n  http: [{app: 'reloadapp:app'}]\n")
+    gw = GatewayProcess(config, project_env(db), args=("--reload",))
+    try:
+        first = gw.started()["http"][0]
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://{first}/")).text == "one"
+            app.write_text(app.read_text().replace("b'one'", "b'two'"))
+            deadline = asyncio.get_running_loop().time() + 30
+            while gw.count("gateway.started") < 2:
+                assert asyncio.get_running_loop().time() < deadline, "".join(gw.lines)
+                await asyncio.sleep(0.1)
+            second = [r for r in gw.records if r.get("event") == "gateway.started"][1]["addresses"]["http"][0]
+            assert (await client.get(f"http://{second}/")).text == "two"
+    finally:
+        gw.stop()

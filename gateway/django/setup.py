@@ -7,7 +7,6 @@ A Channels consumer module imports models at the top, so Django must be ready be
 from __future__ import annotations
 
 import importlib
-import logging
 import os
 
 from ..apps import AppLoadError, summarise_exception
@@ -83,14 +82,3 @@ def _setup(django: object) -> None:
             django.setup(set_prefix=False)  # type: ignore[attr-defined]  # the ASGI handler sets the prefix per request
         except Exception as exc:  # ImproperlyConfigured, an INSTALLED_APPS entry that does not import, ...
             raise DjangoSetupError(f"Django set-up failed: {summarise_exception(exc)}") from None
-    _one_log_line_per_record()
-
-
-def _one_log_line_per_record() -> None:
-    """Django's default logging adds a console handler to the ``django`` logger, which also
-    propagates to the root logger the gateway formats: every line would appear twice, once in
-    Django's format. Its stream handlers go; the others (``mail_admins``) stay."""
-    for name in ("django", "django.server"):
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [h for h in logger.handlers if type(h) is not logging.StreamHandler]
-        logger.propagate = True

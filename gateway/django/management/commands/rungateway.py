@@ -16,10 +16,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import autoreload
 
-from ... import logs
-from ...cli import install_loop
-from ...config import load
-from ...errors import GatewayError
+from gateway import logs
+from gateway.cli import install_loop
+from gateway.config import load
+from gateway.errors import GatewayError
 
 
 class Command(BaseCommand):
@@ -51,7 +51,7 @@ class Command(BaseCommand):
         cfg = plan.config.logging
         logs.configure(options["log_level"] or cfg.level, options["log_format"] or cfg.format)
         install_loop(options["loop"])
-        from ...server import Gateway
+        from gateway.server import Gateway
 
         # Under the autoreloader this runs in a thread and the reloader owns the signals: it
         # ends the process itself on a change or on Ctrl-C.
