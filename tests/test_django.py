@@ -479,3 +479,30 @@ async def test_gateway_run_reload_restarts_on_a_code_change(write, tmp_path, db)
             assert (await client.get(f"http://{second}/")).text == "two"
     finally:
         gw.stop()
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def test_app_django_without_django_installed_says_what_to_install(write, db):
+    import subprocess
+    import sys
+
+    config = write("nodjango.yaml", "adapters: {http: {listen: '127.0.0.1:0'}}\nroutes:\n  http: [{app: django}]\n")
+    # a Python where `import django` fails, as on a machine without the extra
+    script = "import sys; sys.modules['django'] = None; from gateway.cli import main; sys.exit(main(['check', sys.argv[1]]))"
+    env = {k: v for k, v in project_env(db).items() if k != "DJANGO_SETTINGS_MODULE"}
+    done = subprocess.run([sys.executable, "-c", script, str(config)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "pip install 'asgi-gateway[django]'" in done.stderr and f"{config}:3" in done.stderr
+
+
+async def test_a_sync_consumer_that_raises_leaves_the_message_unacknowledged(project, db):
+    before = project.count("instance.finished")
+    device = await asyncio.to_thread(Peer, project.mqtt, "broken-sensor")
+    try:
+        await asyncio.to_thread(device.client.publish, "sensors/broken/temperature", b"boom", 1)
+        record = project.wait_for("instance.finished", outcome="failed", scope_type="mqtt", timeout=30)
+        assert "a reading the app refuses" in record["error"]
+    finally:
+        device.close()
+    assert project.count("instance.finished") > before
+    assert rows(db, "select 1 from sensors_reading where device='broken'") == []
