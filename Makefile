@@ -38,16 +38,20 @@ $(VENV)/.python:
 	$(BIN)/python -m pip install -q --upgrade pip
 	touch $@
 
+# setuptools explains at length how an editable install with a package-dir mapping works
+# (adapters/ is installed as gateway_adapters); a set-up command should print nothing.
+PIP_INSTALL := PYTHONWARNINGS=ignore $(BIN)/pip install -q
+
 $(VENV)/.run-deps: $(VENV)/.python pyproject.toml
-	$(BIN)/pip install -q -e '.[speed]'
+	$(PIP_INSTALL) -e '.[speed,django,reload]'
 	touch $@
 
 $(VENV)/.test-deps: $(VENV)/.python pyproject.toml
-	$(BIN)/pip install -q -e '.[dev,redis,speed]'
+	$(PIP_INSTALL) -e '.[dev,redis,speed,django,reload]'
 	touch $@ $(VENV)/.run-deps
 
 $(VENV)/.bench-deps: $(VENV)/.python pyproject.toml
-	$(BIN)/pip install -q -e '.[bench,redis,dev]'
+	$(PIP_INSTALL) -e '.[bench,redis,dev]'
 	touch $@
 
 clean:
