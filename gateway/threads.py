@@ -70,6 +70,17 @@ def _finished_late(task: asyncio.Future[Any]) -> None:
         log.warning("sync.failed_after_end", error=repr(task.exception()))
 
 
+def fresh_connections(func: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a sync function that the adapters call in a thread (an auth hook): Django's
+    stale database connections are closed around it."""
+
+    @functools.wraps(func)
+    def call(*args: Any, **kwargs: Any) -> T:
+        return _with_fresh_connections(func, *args, **kwargs)
+
+    return call
+
+
 def _with_fresh_connections(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     close = _close_old_connections()
     if close is None:
