@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 from . import __version__, logs
-from .config import Plan, load
+from .config import Plan, build, load
+from .yamlsource import Source
 from .errors import GatewayError
 
 DEFAULT_CONFIG = "config/gateway.yaml"
@@ -41,7 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run the gateway")
-    run.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=f"config file (default: {DEFAULT_CONFIG})")
+    run.add_argument("app", nargs="?", metavar="MODULE:APP",
+                     help="serve one ASGI app for every HTTP and WebSocket path, as uvicorn and daphne do (instead of a config file)")
+    run.add_argument("-c", "--config", help=f"config file (default: {DEFAULT_CONFIG})")
+    run.add_argument("--listen", action="append", metavar="ADDRESS",
+                     help="with MODULE:APP: where to listen (default 127.0.0.1:8000; repeat for several)")
     run.add_argument("--log-level", choices=logs.LEVELS, help="overrides logging.level")
     run.add_argument("--log-format", choices=("console", "json"), help="overrides logging.format")
     run.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop (auto: uvloop when installed)")
@@ -69,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    plan = load(args.config)
+    plan = _run_plan(args)
     cfg = plan.config.logging
     level, fmt = args.log_level or cfg.level, args.log_format or cfg.format
     logs.configure(level, fmt)
@@ -80,6 +85,8 @@ def _run(args: argparse.Namespace) -> int:
             raise GatewayError("--reload runs one process: leave out --workers")
         return _run_reloading(args, plan)
     if args.workers > 1:
+        if args.app:
+            raise GatewayError("--workers needs a config file (-c FILE): its layer must be shared, e.g. redis")
         from .workers import run_workers
 
         return run_workers(args.config, args.workers, level, fmt, args.loop)
@@ -90,15 +97,35 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_plan(args: argparse.Namespace) -> Plan:
+    if args.app is not None and (args.app.endswith((".yaml", ".yml")) or Path(args.app).is_file()) and not args.config:
+        args.config, args.app = args.app, None  # `gateway run gateway.yaml` means the config file
+    if args.app is None:
+        if args.listen:
+            raise GatewayError("--listen goes with MODULE:APP; in a config file set adapters.http.listen")
+        args.config = args.config or DEFAULT_CONFIG
+        return load(args.config)
+    if args.config:
+        raise GatewayError(f"give either a config file (-c {args.config}) or an app ({args.app}), not both")
+    if ":" not in args.app:
+        raise GatewayError(f"{args.app!r} is neither a config file nor an app: write module:attribute, e.g. mysite.asgi:application")
+    listen = args.listen or ["127.0.0.1:8000"]
+    routes = [{"app": args.app}]
+    data = {"adapters": {"http": {"listen": listen}}, "routes": {"http": routes, "websocket": routes}}
+    return build(Source(data, files=[f"gateway run {args.app}"]), Path.cwd())
+
+
 def _run_reloading(args: argparse.Namespace, plan: Plan) -> int:
     """Run ``gateway run`` without ``--reload`` in a child process, restarted on code changes."""
     try:
         from watchfiles import PythonFilter, run_process
     except ImportError:
         raise GatewayError("--reload needs watchfiles: pip install 'asgi-gateway[reload]'") from None
-    config_dir = Path(args.config).resolve().parent
+    config_dir = Path(args.config).resolve().parent if args.config else Path.cwd().resolve()
     roots = {Path.cwd().resolve(), config_dir, *((config_dir / p).resolve() for p in plan.config.python_path)}
-    command = [sys.executable, "-m", "gateway", "run", "-c", args.config, "--loop", args.loop]
+    command = [sys.executable, "-m", "gateway", "run", *([args.app] if args.app else ["-c", args.config]), "--loop", args.loop]
+    for address in args.listen or ():
+        command += ["--listen", address]
     if args.log_level:
         command += ["--log-level", args.log_level]
     if args.log_format:

@@ -127,3 +127,40 @@ def test_invalid_config_exits_non_zero_before_listening(write):
     res = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(cfg)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 1
     assert "adapters.http.listen" in res.stderr and ":2:" in res.stderr
+
+
+def test_run_module_app_serves_one_app_for_every_path():
+    port = free_tcp_port()
+    p = subprocess.Popen([sys.executable, "-m", "gateway", "run", "testapps.basic:hello", "--listen", f"127.0.0.1:{port}",
+                          "--log-format", "json"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(TESTS)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert p.stdout is not None
+        for line in p.stdout:
+            if '"gateway.started"' in line:
+                break
+        for path in ("/", "/any/path"):
+            reply = httpx.get(f"http://127.0.0.1:{port}{path}")
+            assert reply.status_code == 200 and reply.text == "hello {}"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=30)
+    assert p.returncode == 0
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["run", "nope"], "'nope' is neither a config file nor an app: write module:attribute"),
+    (["run", "testapps.basic:hello", "-c", "x.yaml"], "give either a config file (-c x.yaml) or an app (testapps.basic:hello), not both"),
+    (["run", "--listen", "127.0.0.1:1"], "--listen goes with MODULE:APP"),
+    (["run", "testapps.basic:nothere"], "module 'testapps.basic' has no attribute 'nothere'"),
+])
+def test_run_argument_errors_are_one_clear_line(argv, message):
+    done = subprocess.run([sys.executable, "-m", "gateway", *argv], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(TESTS)})
+    assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
