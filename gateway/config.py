@@ -237,6 +237,10 @@ def _routers(
         routes: list[Route] = []
         for i, entry in enumerate(entries):
             route_cfg = _validate(model, entry, source, (*where, i))
+            path = getattr(route_cfg, "path", None)
+            if isinstance(path, str) and not path.startswith("/"):
+                # Django's path() patterns have no leading slash; a request path always has one
+                route_cfg = route_cfg.model_copy(update={"path": "/" + path})
             try:
                 leaves = list(route_cfg.expand())
             except ValueError as exc:

@@ -105,6 +105,8 @@ class PathRoute(RouteConfig):
             return
         prefix = self._matcher()
         for i, child in enumerate(self.include):
+            if self.path and self.path.endswith("/") and child.path and child.path.startswith("/"):
+                child = child.model_copy(update={"path": child.path[1:]})  # "/api/" + "/orders/": one slash, as meant
             for matcher, leaf, middleware, path in child.expand():
                 assert isinstance(matcher, PathMatcher)
                 try:

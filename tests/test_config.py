@@ -276,3 +276,16 @@ def test_a_path_route_without_matcher_keys_matches_every_path(write):
     for path in ("/", "/api", "/x/y/z", "/api/"):
         match = router.resolve({"type": "http", "path": path, "headers": []})
         assert match is not None and match.route.name == ("api" if path == "/api/" else "rest")
+
+
+def test_django_style_paths_without_leading_slash_and_include_slashes_match(write):
+    plan = load(write("gw.yaml", "adapters:\n  http: {listen: '127.0.0.1:0'}\nroutes:\n  http:\n"
+                                 "    - {path: 'chat/<room>/', app: 'testapps.basic:hello', name: chat}\n"
+                                 "    - path: /api/\n      include:\n"
+                                 "        - {path: /orders/, app: 'testapps.basic:hello', name: orders}\n"
+                                 "        - {path: 'items/', app: 'testapps.basic:hello', name: items}\n"))
+    router = plan.routers["http"]
+    for path, name in (("/chat/lobby/", "chat"), ("/api/orders/", "orders"), ("/api/items/", "items")):
+        match = router.resolve({"type": "http", "path": path, "headers": []})
+        assert match is not None and match.route.name == name, path
+    assert router.resolve({"type": "http", "path": "/api//orders/", "headers": []}) is None
