@@ -98,7 +98,7 @@ class GatewayConfig(Section):
         "import. The config file's own folder is always importable, as `manage.py` makes a Django project's folder.",
     )
     plugins: PluginsSection = Field(default_factory=PluginsSection, description="Where adapter plugins are found besides installed entry points.")
-    adapters: dict[str, dict[str, Any]] = Field(default_factory=dict, description="One block per adapter, keyed by adapter name; see each adapter's keys below.")
+    adapters: dict[str, Any] = Field(default_factory=dict, description="One block per adapter, keyed by adapter name; see each adapter's keys below.")
     routes: dict[str, list[dict[str, Any]]] = Field(default_factory=dict, description="Per scope type an ordered list of routes; first match wins.")
     instances: InstancesSection = Field(default_factory=InstancesSection, description="The instance runner.")
     shutdown: ShutdownSection = Field(default_factory=ShutdownSection, description="Graceful shutdown.")
@@ -193,7 +193,9 @@ def _adapter_plans(config: GatewayConfig, source: Source, adapters: dict[str, tu
         found = adapters.get(name)
         if found is None:
             known = ", ".join(sorted(adapters)) or "none"
-            raise source.error(("adapters", name), f"unknown adapter {name!r} (available: {known})")
+            owners = [a for a, (cls, _) in adapters.items() if name in getattr(cls.config_model, "model_fields", {})]
+            hint = f"; {name!r} is a key of adapters.{owners[0]}: indent it under that adapter" if owners else ""
+            raise source.error(("adapters", name), f"unknown adapter {name!r} (available: {known}){hint}")
         cls = found[0]
         plans.append(AdapterPlan(name, cls, _validate(cls.config_model, block or {}, source, ("adapters", name))))
     return plans
@@ -347,13 +349,54 @@ def _validate(model: type[BaseModel], data: Any, source: Source, where: KeyPath)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-"))))
-        message = _message(first, model, loc)
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} in this block)"
-        raise source.error((*where, *loc), message) from None
+        problems = _problems(exc, model)
+        loc, message = problems[0]
+        error = source.error((*where, *loc), message)
+        for other_loc, other in problems[1:]:
+            also = source.error((*where, *other_loc), other)
+            error.message += f"\n  and {also}"
+            error.args = (error.message,)
+        raise error from None
+
+
+def _problems(exc: ValidationError, model: type[BaseModel]) -> list[tuple[tuple[Any, ...], str]]:
+    """Every problem once, in file order, in a user's words: pydantic reports one error per
+    member of a union (``str``, ``list[str]``) at the same key; those become one line."""
+    grouped: dict[tuple[Any, ...], list[Any]] = {}
+    for error in exc.errors():
+        loc = tuple(p for p in error["loc"] if not _is_union_tag(p))
+        grouped.setdefault(loc, []).append(error)
+    out = []
+    for loc, errors in grouped.items():
+        values = [e for e in errors if e["type"] in ("value_error", "assertion_error")]
+        if values:
+            out.append((loc, _message(values[0], model, loc)))
+        elif len(errors) > 1 and all(e["type"] in _KINDS for e in errors):
+            kinds = " or ".join(dict.fromkeys(_KINDS[e["type"]] for e in errors))
+            out.append((loc, f"must be {kinds} (got {_shown(errors[0].get('input'))})"))
+        else:
+            out.append((loc, _message(errors[0], model, loc)))
+    return out
+
+
+_KINDS = {
+    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "int_type": "a whole number",
+    "int_parsing": "a whole number", "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false",
+    "bool_parsing": "true or false", "model_type": "a mapping", "literal_error": "one of the listed values",
+}
+
+
+def _is_union_tag(part: Any) -> bool:
+    """Loc parts pydantic adds for a union member or a validator, not keys of the file."""
+    if not isinstance(part, str):
+        return False
+    return "[" in part or part.startswith("function-") or part in ("str", "int", "float", "bool", "list", "dict", "none")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty value: is the block below it indented?)"
+    return repr(value)
 
 
 def _message(error: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
@@ -367,8 +410,12 @@ def _message(error: Any, model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     msg: str = error["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
+    if msg.startswith("Input should be "):
+        msg = "must be " + msg[len("Input should be "):]
+    if kind in _KINDS and kind != "literal_error":
+        return f"must be {_KINDS[kind]} (got {_shown(error.get('input'))})"
     if "input" in error and kind not in ("value_error", "assertion_error") and not isinstance(error["input"], (dict, list)):
-        msg += f" (got {error['input']!r})"
+        msg += f" (got {_shown(error['input'])})"
     return msg
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .origins import Origins
 from .paths import PathMatcher, PatternError
@@ -135,10 +135,15 @@ class ListenAddress:
         return f"{host}:{self.port}"
 
 
-def parse_listen(text: str | int) -> ListenAddress:
+ADDRESS_HELP = "an address is host:port, e.g. 127.0.0.1:8000 ([::1]:8000, unix:/path/to.sock and fd://3 work too)"
+
+
+def parse_listen(text: str) -> ListenAddress:
     """Parse ``host:port``, ``[v6]:port``, ``:port``, ``unix:/path`` or ``fd://N``."""
-    if isinstance(text, int):
-        text = f":{text}"
+    if not isinstance(text, str):
+        raise ValueError(f"{ADDRESS_HELP} (got {text!r})")
+    if "://" in text and not text.startswith("fd://"):
+        raise ValueError(f"{text!r} is a URL; {ADDRESS_HELP}")
     if text.startswith("unix:"):
         if not text[5:]:
             raise ValueError("unix: needs a socket path, e.g. unix:/run/gateway.sock")
@@ -155,7 +160,7 @@ def parse_listen(text: str | int) -> ListenAddress:
     else:
         host, sep, port = text.rpartition(":")
         if not sep:
-            raise ValueError(f"{text!r} is not an address (write host:port, [v6]:port, unix:/path or fd://N)")
+            raise ValueError(f"{text!r}: {ADDRESS_HELP}")
         if ":" in host:
             raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:8000")
     try:
@@ -165,6 +170,22 @@ def parse_listen(text: str | int) -> ListenAddress:
     if not 0 <= number <= 65535:
         raise ValueError(f"{text!r}: port must be between 0 and 65535")
     return ListenAddress("tcp", host=host or "0.0.0.0", port=number)
+
+
+def _addresses(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError(f"{ADDRESS_HELP}, or a list of them (got {value!r})")
+    if not items:
+        raise ValueError("give at least one address")
+    for item in items:
+        parse_listen(item)
+    return items
+
+
+Listen = Annotated[list[str], BeforeValidator(_addresses)]
+"""Where a listener binds, as every adapter and plugin writes it: one address or a list of them
+(``host:port``, ``[v6]:port``, ``:port``, ``unix:/path``, ``fd://N``); always a list once read."""
 
 
 def model_fields_doc(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:

@@ -68,7 +68,17 @@ def test_unknown_nested_key(write):
 def test_wrong_type(write):
     err = error_of(write, "instances:\n  queue_size: lots\n")
     assert err.line == 2 and err.path == ("instances", "queue_size")
-    assert "integer" in err.message and "'lots'" in err.message
+    assert err.message == "must be a whole number (got 'lots')"
+
+
+def test_every_problem_is_listed_in_words_a_person_uses(write):
+    err = error_of(write, "adapters:\n  http:\n  listen: 127.0.0.1:8000\ninstances: {queue_size: x, message_timeout: -1}\n")
+    assert err.path == ("adapters", "listen") and err.line == 3
+    assert "unknown adapter 'listen'" in err.message and "indent it under that adapter" in err.message
+    err = error_of(write, "instances: {queue_size: x, message_timeout: -1}\n")
+    assert err.message.splitlines()[0] == "must be a whole number (got 'x')"
+    assert "instances.message_timeout: must be greater than 0 (got -1)" in err.message.splitlines()[1]
+    assert "more problem" not in err.message
 
 
 def test_limit_boundary_queue_size(write):
