@@ -123,7 +123,10 @@ class Gateway:
                 )
                 adapter = ap.cls(ap.config, context)
                 self.adapters[ap.name] = adapter
-                await adapter.start()
+                try:
+                    await adapter.start()
+                except (OSError, StartupError) as exc:
+                    raise StartupError(self._with_env_hint(ap.name, exc)) from exc
                 self.health.set(f"adapter.{ap.name}", "ok")
                 log.info("adapter.started", adapter=ap.name, addresses=adapter.addresses)
             unserved = self.mounts.unserved()
@@ -144,6 +147,14 @@ class Gateway:
                 self._outbound.append(asyncio.get_running_loop().create_task(self._deliver(adapter, channel)))
         self.started = True
         log.info("gateway.started", addresses=self.addresses, layer=str(self.layer))
+
+    def _with_env_hint(self, adapter: str, exc: BaseException) -> str:
+        """A start failure of an adapter whose settings came from the environment names the
+        variables, so a user of the default config knows what to change (GATEWAY_MQTT_LISTEN)."""
+        names = self.plan.source.env_vars_under(("adapters", adapter))
+        if not names:
+            return str(exc)
+        return f"{exc} (adapters.{adapter} is set from the environment: {', '.join(names)})"
 
     def _watch_layer(self, layer: BaseChannelLayer) -> None:
         """Layer faults show on the health endpoint; refused messages in the metrics."""

@@ -39,6 +39,13 @@ class Source:
     data: dict[str, Any]
     locations: dict[KeyPath, Location] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    env_vars: dict[KeyPath, list[str]] = field(default_factory=dict)
+    """The environment variables each interpolated value was read from."""
+
+    def env_vars_under(self, prefix: KeyPath) -> list[str]:
+        """The environment variables that set any value at or under ``prefix``."""
+        n = len(prefix)
+        return sorted({v for path, names in self.env_vars.items() if path[:n] == prefix for v in names})
 
     def locate(self, path: KeyPath) -> Location | None:
         """The nearest known location for ``path`` (a missing key points at its parent)."""
@@ -107,7 +114,7 @@ def _from_text(
     data = {} if node is None else builder.build(node, ())
     if not isinstance(data, dict):
         raise ConfigError("the top level of a config file must be a mapping", file=name, line=1)
-    own = Source(data, builder.locations, [name])
+    own = Source(data, builder.locations, [name], builder.env_vars)
     includes = data.pop("include", None)
     if includes is None:
         return own
@@ -147,7 +154,7 @@ def _merge(base: Source, over: Source) -> Source:
 
     data = merge(base.data, over.data, ())
     locations.update(over.locations)
-    return Source(data, locations, base.files + over.files)
+    return Source(data, locations, base.files + over.files, {**base.env_vars, **over.env_vars})
 
 
 def _drop_under(locations: dict[KeyPath, Location], prefix: KeyPath) -> None:
@@ -163,6 +170,7 @@ class _Builder:
         self.name = name
         self.env = env
         self.locations: dict[KeyPath, Location] = {}
+        self.env_vars: dict[KeyPath, list[str]] = {}
         self._constructor = yaml.SafeLoader("")
 
     def _loc(self, node: yaml.Node) -> Location:
@@ -215,6 +223,7 @@ class _Builder:
             escaped, name, default = m.groups()
             if escaped:
                 return m.group(0)[1:]
+            self.env_vars.setdefault(path, []).append(name)
             value = self.env.get(name)
             if value is None or (value == "" and default is not None):
                 if default is None:

@@ -120,6 +120,22 @@ def test_port_already_taken_is_named(write):
     assert res.returncode == 1
     assert f"127.0.0.1:{port}" in res.stderr and "in use" in res.stderr
     assert "Traceback" not in res.stderr
+    assert "environment" not in res.stderr  # the address was written in the file
+
+
+def test_port_taken_in_the_default_config_names_the_environment_variable():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "GATEWAY_HTTP_LISTEN": "127.0.0.1:0", "GATEWAY_SMTP_LISTEN": "127.0.0.1:0",
+               "GATEWAY_MQTT_LISTEN": f"127.0.0.1:{port}"}
+        res = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml"], capture_output=True,
+                             text=True, timeout=60, env=env, cwd=ROOT)
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("gateway: error: mqtt: cannot listen on 127.0.0.1:") and "in use" in last
+    assert last.endswith("(adapters.mqtt is set from the environment: GATEWAY_MQTT_LISTEN)")
 
 
 def test_invalid_config_exits_non_zero_before_listening(write):
