@@ -409,3 +409,18 @@ async def auth_hook(username, password):
 
 # -- Redis (for the per-mailbox lock): the layer tests' throwaway redis-server -------------------
 from test_layer_redis_helpers import RedisServer as Redis  # noqa: E402,F401
+
+
+# -- crafted messages ----------------------------------------------------------------------------
+def nested(levels: int, filler_lines: int = 0, subject: str = "deep") -> bytes:
+    """A message whose text part sits inside ``levels`` nested multiparts (nesting depth
+    ``levels``), each level opening with ``filler_lines`` short preamble lines."""
+    out = [f"From: a@example.org\r\nTo: alice@example.com\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n".encode()]
+    for i in range(levels):
+        out.append(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % i)
+        out.append(b"x\r\n" * filler_lines)
+        out.append(b"--b%d\r\n" % i)
+    out.append(b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    for i in reversed(range(levels)):
+        out.append(b"--b%d--\r\n" % i)
+    return b"".join(out)

@@ -139,12 +139,27 @@ class ImapMailbox(Section):
         return self.port or (993 if self.tls == "implicit" else 143)
 
 
+class MimeLimits(Section):
+    """`adapters.email.mime`: how complex a message may be. Parsing costs about (lines x nesting
+    depth) plus a little per part and per header; these bounds keep one crafted message from
+    costing seconds or exhausting the parser's recursion. Applies to SMTP and IMAP alike."""
+
+    max_depth: int = Field(
+        32, gt=0,
+        description="Deepest MIME nesting: how many multipart or message/* containers may enclose a part. "
+        "Deeper messages are refused over SMTP (`550 5.6.0`) and moved to `error_folder` over IMAP.",
+    )
+    max_parts: int = Field(1000, gt=0, description="MIME parts per message, the message itself and nested messages included.")
+    max_headers: int = Field(2000, gt=0, description="Header fields per message, the headers of every part included.")
+
+
 class EmailConfig(Section):
     """`adapters.email`: SMTP in, IMAP in, SMTP out. Each part is optional."""
 
     smtp: SmtpConfig | None = Field(None, description="The SMTP listener (inbound mail).")
     imap: list[ImapMailbox] = Field(default_factory=list, description="Mailboxes to ingest over IMAP.")
     relay: RelayConfig | None = Field(None, description="The outbound relay for `email.send`.")
+    mime: MimeLimits = Field(default_factory=MimeLimits, description="Bounds on the structure of inbound messages (SMTP and IMAP).")
 
     @model_validator(mode="after")
     def _unique_mailboxes(self) -> EmailConfig:

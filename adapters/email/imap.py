@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aioimaplib
 
-from .parse import parse_message, scope_headers
+from .parse import TooComplex, read_message, scope_headers
 from .smtp_in import ASGI
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ class MailboxPoller:
         self.lock = make_lock(adapter.context.layer, config.label, config.lock_ttl)
         self._outcomes = adapter.context.metrics.counter(
             "gateway_email_imap_messages_total",
-            "IMAP messages by outcome: handled, retry (left for the next round), error_folder, rejected, unroutable.",
+            "IMAP messages by outcome: handled, retry (left for the next round), error_folder, rejected, unroutable, "
+            "too_complex (over the mime limits).",
             ("mailbox", "outcome"),
         )
         self.holding = False
@@ -382,7 +383,18 @@ class MailboxPoller:
         if raw is None:
             self.log.warning("imap.fetch_empty", uid=uid)
             return
-        parsed = await asyncio.to_thread(parse_message, raw) if len(raw) > 256 * 1024 else parse_message(raw)
+        try:
+            parsed = await read_message(raw, self.adapter.config.mime)
+        except TooComplex as exc:
+            # It will never parse better: straight to the error folder, as a 5xx reject goes.
+            self.log.warning("imap.too_complex", uid=uid, reason=str(exc), moved_to=cfg.error_folder)
+            await self._to_error_folder(client, uid)
+            self._count("too_complex")
+            return
+        except Exception as exc:  # noqa: BLE001 - the message's failure, never the connection's
+            self.log.error("imap.parse_failed", uid=uid, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            await self._failed(client, uid, "the message could not be parsed")
+            return
         scope = self._scope(uid, parsed)
         match = self.adapter.context.resolve(scope)
         if match is None:
@@ -403,15 +415,20 @@ class MailboxPoller:
             await self._to_error_folder(client, uid)
             self._count("rejected")
         else:
-            tries = self.attempts[uid] = self.attempts.get(uid, 0) + 1
-            if tries >= cfg.max_attempts:
-                self.log.error("imap.gave_up", uid=uid, attempts=tries, moved_to=cfg.error_folder)
-                await self._to_error_folder(client, uid)
-                self.attempts.pop(uid, None)
-                self._count("error_folder")
-            else:
-                self.log.warning("imap.retry_later", uid=uid, attempt=tries, reply=reply)
-                self._count("retry")
+            await self._failed(client, uid, reply)
+
+    async def _failed(self, client: aioimaplib.IMAP4, uid: int, why: str) -> None:
+        """One failed attempt at ``uid``: tried again next round, or moved after ``max_attempts``."""
+        cfg = self.config
+        tries = self.attempts[uid] = self.attempts.get(uid, 0) + 1
+        if tries >= cfg.max_attempts:
+            self.log.error("imap.gave_up", uid=uid, attempts=tries, moved_to=cfg.error_folder, reply=why)
+            await self._to_error_folder(client, uid)
+            self.attempts.pop(uid, None)
+            self._count("error_folder")
+        else:
+            self.log.warning("imap.retry_later", uid=uid, attempt=tries, reply=why)
+            self._count("retry")
 
     def _count(self, outcome: str) -> None:
         self._outcomes.labels(self.config.label, outcome).inc()

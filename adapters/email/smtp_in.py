@@ -24,14 +24,13 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.apps import import_string
 
-from .parse import parse_message, scope_headers
+from .parse import TooComplex, read_message, scope_headers
 
 if TYPE_CHECKING:
     from .adapter import EmailAdapter
     from .config import SmtpConfig
 
 ASGI = {"version": "3.0", "spec_version": "1.0"}
-_PARSE_IN_THREAD = 256 * 1024
 
 
 def reply_text(code: int, reason: str | None, default: str) -> str:
@@ -134,6 +133,13 @@ class SmtpHandler:
             ("stage", "code"),
         )
         self._children: dict[tuple[str, str], Any] = {}
+        self.limits = adapter.config.mime
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's own answer would echo the exception to the client: log it here instead, and
+        give the client a temporary failure it can retry."""
+        self.log.error("smtp.error", error=f"{type(error).__name__}: {error}", exc_info=error)
+        return "451 4.3.0 Local error in processing, try again later"
 
     def count(self, stage: str, reply: str) -> str:
         key = (stage, reply[:3])
@@ -215,10 +221,11 @@ class SmtpHandler:
             return every("550 5.6.0 Message contains NUL characters")
         if self.config.bare_lf == "reject" and raw.count(b"\n") != raw.count(b"\r\n"):
             return every("550 5.6.0 Message contains bare LF line endings (use CRLF)")
-        if len(raw) > _PARSE_IN_THREAD:
-            parsed = await asyncio.to_thread(parse_message, raw)
-        else:
-            parsed = parse_message(raw)
+        try:
+            parsed = await read_message(raw, self.limits)
+        except TooComplex as exc:
+            self.log.info("smtp.too_complex", reason=str(exc), size=len(raw))
+            return every(f"550 5.6.0 Message too complex: {exc}")
         base = self.base_scope(server, session, envelope)
         base["headers"] = scope_headers(parsed)
         base["message_id"] = parsed["message_id"]
