@@ -12,13 +12,14 @@ The replies tell the truth:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import re
 import ssl
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from .config import SmtpConfig
 
 ASGI = {"version": "3.0", "spec_version": "1.0"}
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def reply_text(code: int, reason: str | None, default: str) -> str:
@@ -45,11 +48,14 @@ def reply_text(code: int, reason: str | None, default: str) -> str:
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with separate command/data timeouts, a ``421`` on timeout and session accounting."""
 
-    def __init__(self, handler: SmtpHandler, *, data_timeout: float, on_close: Callable[[GatewaySMTP], None], **kwargs: Any) -> None:
+    def __init__(self, handler: SmtpHandler, *, data_timeout: float, on_close: Callable[[GatewaySMTP], None],
+                 draining: Callable[[], bool], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._data_timeout = data_timeout
         self._on_close = on_close
+        self._draining = draining
         self.busy = False  # True while applications run for a message
+        self.in_data = False  # from DATA until its reply: the message a shutdown lets finish
 
     # aiosmtpd calls the authenticator synchronously; ours returns a coroutine (async hooks).
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
@@ -72,13 +78,43 @@ class GatewaySMTP(SMTP):
         except HeaderParseError:
             return None, None
         address: str = token.addr_spec
+        if _CONTROL.search(address):
+            return None, None  # a NUL or other control character: never a deliverable address
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return address, rest
 
+    @functools.wraps(SMTP.smtp_DATA)
     async def smtp_DATA(self, arg: str) -> None:
+        if await self.refused_while_draining():
+            return
         self._reset_timeout(self._data_timeout)  # the next command sets the command timeout again
-        await super().smtp_DATA(arg)
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+
+    async def refused_while_draining(self) -> bool:
+        """During shutdown every command but QUIT gets ``421 4.3.2`` and the connection closes,
+        so no new transaction starts while in-flight messages finish."""
+        if not self._draining():
+            return False
+        await self.push(SHUTTING_DOWN)
+        self.close_now()
+        return True
+
+    def close_now(self, reply: str | None = None) -> None:
+        """Write ``reply`` (if any) and close; the transport may be gone already."""
+        transport = self.transport
+        if transport is None:
+            return
+        if reply is not None:
+            try:
+                self._writer.write(reply.encode() + b"\r\n")
+            except Exception:  # noqa: BLE001 - the transport is closing anyway
+                pass
+        transport.close()
 
     def _timeout_cb(self) -> None:
         if self.busy:
@@ -106,6 +142,22 @@ class GatewaySMTP(SMTP):
             self._on_close(self)
 
 
+def _guarded(name: str) -> Callable[[GatewaySMTP, str], Awaitable[None]]:
+    @functools.wraps(getattr(SMTP, name))  # keeps the HELP text aiosmtpd attaches to the method
+    async def command(self: GatewaySMTP, arg: str) -> None:
+        if not await self.refused_while_draining():
+            await getattr(super(GatewaySMTP, self), name)(arg)
+
+    return command
+
+
+# aiosmtpd dispatches to the ``smtp_<COMMAND>`` methods; each but QUIT (and DATA, above) is
+# wrapped the same way for the shutdown refusal.
+for _name in ("smtp_HELO", "smtp_EHLO", "smtp_NOOP", "smtp_RSET", "smtp_MAIL", "smtp_RCPT", "smtp_VRFY",
+              "smtp_EXPN", "smtp_HELP", "smtp_STARTTLS", "smtp_AUTH"):
+    setattr(GatewaySMTP, _name, _guarded(_name))
+
+
 class _Busy(asyncio.Protocol):
     """What a client over ``max_sessions`` gets: a 421 greeting and a closed connection."""
 
@@ -113,9 +165,10 @@ class _Busy(asyncio.Protocol):
         self.hostname = hostname
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(f"421 4.3.2 {self.hostname} Too many connections, try again later\r\n".encode())
-        transport.close()
+        # Any event loop's stream transport writes (uvloop's is no asyncio.WriteTransport subclass).
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(f"421 4.3.2 {self.hostname} Too many connections, try again later\r\n".encode())
+        writer.close()
 
 
 class SmtpHandler:
@@ -161,6 +214,8 @@ class SmtpHandler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]) -> str:
         if self.config.auth_required and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        if not address.isascii() and not envelope.smtp_utf8:
+            return "553 5.6.7 Non-ASCII address not permitted without SMTPUTF8"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -189,6 +244,8 @@ class SmtpHandler:
         }
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+        if not address.isascii() and not envelope.smtp_utf8:
+            return self.count("rcpt", "553 5.6.7 Non-ASCII address not permitted without SMTPUTF8")
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return self.count("rcpt", "452 4.5.3 Error: too many recipients")
         domain = address.rpartition("@")[2].lower()
@@ -271,6 +328,8 @@ class SmtpServer:
         self.server: asyncio.base_events.Server | None = None
         self.hostname = config.hostname
         self.authenticator = self._make_authenticator()
+        self.draining = False
+        self._saturated = False  # over max_sessions since the last free slot: logged once per incident
 
     def _make_authenticator(self) -> Callable[..., AuthResult] | None:
         if not self.adapter.auth_enabled:
@@ -305,12 +364,18 @@ class SmtpServer:
     def _protocol(self) -> asyncio.Protocol:
         hostname = self.hostname or "localhost"
         if len(self.sessions) >= self.config.max_sessions:
+            if not self._saturated:
+                self._saturated = True
+                self.adapter.log.warning("smtp.max_sessions_reached", max_sessions=self.config.max_sessions,
+                                         note="further clients get 421 4.3.2 until a session ends")
+            self.handler.count("connect", "421")
             return _Busy(hostname)
         cfg = self.config
         proto = GatewaySMTP(
             self.handler,
             data_timeout=cfg.data_timeout,
-            on_close=self.sessions.discard,
+            on_close=self._closed,
+            draining=lambda: self.draining,
             data_size_limit=cfg.max_message_size or None,
             enable_SMTPUTF8=cfg.smtputf8,
             decode_data=False,
@@ -327,6 +392,11 @@ class SmtpServer:
         )
         self.sessions.add(proto)
         return proto
+
+    def _closed(self, session: GatewaySMTP) -> None:
+        self.sessions.discard(session)
+        if len(self.sessions) < self.config.max_sessions:
+            self._saturated = False
 
     async def start(self, host: str, port: int) -> None:
         if self.hostname is None:
@@ -346,22 +416,25 @@ class SmtpServer:
         return out
 
     async def stop(self, drain: float) -> None:
+        """Stop taking mail: close the listener; tell idle sessions ``421 4.3.2`` at once; let
+        messages in DATA finish for up to ``drain`` seconds (their next command but QUIT gets
+        ``421``); then tell whoever is left ``421`` and close. Returns within ``drain`` plus a
+        moment; the adapter cancels the applications of messages still running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain
+        self.draining = True
         if self.server is not None:
             self.server.close()
-        deadline = time.monotonic() + drain
-        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            transport = session.transport
-            if transport is not None and not session.busy:
-                try:
-                    session._writer.write(b"421 4.3.2 Service shutting down\r\n")  # noqa: SLF001
-                except Exception:  # noqa: BLE001
-                    pass
-                transport.close()
+            if not session.in_data:
+                session.close_now(SHUTTING_DOWN)
+        while any(s.in_data for s in self.sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for session in list(self.sessions):
+            session.close_now(SHUTTING_DOWN)
         if self.server is not None:
             try:
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+                await asyncio.wait_for(self.server.wait_closed(), max(0.1, min(1.0, deadline - loop.time())))
             except TimeoutError:
                 pass
             self.server = None
