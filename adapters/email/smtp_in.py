@@ -25,6 +25,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.apps import import_string
 
+from .library_logs import quiet_library
 from .parse import TooComplex, read_message, scope_headers
 
 if TYPE_CHECKING:
@@ -263,9 +264,15 @@ class SmtpHandler:
         assert isinstance(server, GatewaySMTP)
         server.pause_timeout()
         try:
-            return self.count("data", await self._data(server, session, envelope))
+            reply = self.count("data", await self._data(server, session, envelope))
         finally:
             server.resume_timeout()
+        # The one INFO line per mail (no addresses: those are in the app's hands and at debug level).
+        peer = session.peer
+        self.log.info("smtp.message", client=peer[0] if isinstance(peer, tuple) else None,
+                      size=len(envelope.original_content or b""), recipients=len(envelope.rcpt_tos),
+                      reply=" ".join(reply.split(" ", 2)[:2]))
+        return reply
 
     async def _data(self, server: GatewaySMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
@@ -328,6 +335,7 @@ class SmtpServer:
         self.server: asyncio.base_events.Server | None = None
         self.hostname = config.hostname
         self.authenticator = self._make_authenticator()
+        quiet_library()
         self.draining = False
         self._saturated = False  # over max_sessions since the last free slot: logged once per incident
 
