@@ -443,3 +443,26 @@ def nested(levels: int, filler_lines: int = 0, subject: str = "deep") -> bytes:
     for i in reversed(range(levels)):
         out.append(b"--b%d--\r\n" % i)
     return b"".join(out)
+
+
+class AuthUser:
+    """What a sync AUTH hook hands back: any object; it becomes ``scope["user"]``."""
+
+    def __init__(self, name: str, thread: int) -> None:
+        self.name, self.thread = name, thread
+
+
+def sync_auth_hook(username, password):
+    """A blocking AUTH hook (think Django's ``authenticate``): ``carol``/``pw`` is a user object,
+    ``dave``/``pw`` a plain True, ``boom`` raises; it records how often it was asked."""
+    import threading
+
+    CONTROL["hook_calls"] = CONTROL.get("hook_calls", 0) + 1
+    time.sleep(0.01)
+    if username == "boom":
+        raise RuntimeError("directory unreachable")
+    if password != "pw":
+        return None
+    if username == "carol":
+        return AuthUser("carol", threading.get_ident())
+    return username == "dave"

@@ -16,6 +16,13 @@ class SmtpUser(Section):
     password: str = Field(description="Password (use `${ENV_VAR}` interpolation rather than a literal).")
 
 
+class LoginThrottle(Section):
+    """Failed SMTP AUTH attempts allowed per client address before AUTH is refused for a while."""
+
+    max_failures: int = Field(5, ge=0, description="Failed logins per client address within `window`; then AUTH gets `454 4.7.0`. 0: no throttling.")
+    window: PositiveFloat = Field(60.0, description="Seconds a failed login counts against its address (a sliding window).")
+
+
 class SmtpConfig(Section):
     """`adapters.email.smtp`: the inbound SMTP listener."""
 
@@ -47,9 +54,11 @@ class SmtpConfig(Section):
         default_factory=list, description="Accounts for AUTH PLAIN/LOGIN (offered only over TLS)."
     )
     auth_hook: str | None = Field(
-        None, description="`module:callable` deciding logins: `(username, password) -> bool` (may be async); "
-        "used when `auth_users` does not know the user."
+        None, description="`module:callable` deciding logins: `(username, password)`, plain (run in a worker thread) "
+        "or `async`; `None`/`False` refuses, anything else accepts and (unless it is `True`) becomes `scope['user']`. "
+        "Used when `auth_users` does not know the user."
     )
+    login_throttle: LoginThrottle = Field(default_factory=LoginThrottle, description="Throttling of failed AUTH attempts per client address.")
     auth_required: bool = Field(False, description="Refuse MAIL before a successful AUTH (`530 5.7.0`).")
     lmtp_replies: bool = Field(
         False,

@@ -505,6 +505,7 @@ class MailboxPoller:
             "helo": None,
             "tls": cfg.tls != "none",
             "auth_user": None,
+            "user": None,
             "smtputf8": False,
             "headers": headers,
             "message_id": parsed["message_id"],

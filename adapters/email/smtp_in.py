@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from gateway.apps import import_string
-
+from .auth import THROTTLED, Login, SmtpAuth
 from .library_logs import quiet_library
 from .parse import TooComplex, read_message, scope_headers
 
@@ -50,8 +49,9 @@ class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with separate command/data timeouts, a ``421`` on timeout and session accounting."""
 
     def __init__(self, handler: SmtpHandler, *, data_timeout: float, on_close: Callable[[GatewaySMTP], None],
-                 draining: Callable[[], bool], **kwargs: Any) -> None:
+                 draining: Callable[[], bool], auth: SmtpAuth | None, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._auth = auth
         self._data_timeout = data_timeout
         self._on_close = on_close
         self._draining = draining
@@ -66,6 +66,16 @@ class GatewaySMTP(SMTP):
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         result = await super().auth_LOGIN(_, args)
         return await result if inspect.isawaitable(result) else result
+
+    @functools.wraps(SMTP.smtp_AUTH)
+    async def smtp_AUTH(self, arg: str) -> None:
+        if await self.refused_while_draining():
+            return
+        # A throttled address is refused before the exchange: no credentials read, no hook called.
+        if self._auth is not None and self.session is not None and self._auth.throttled(_client(self.session)):
+            await self.push(THROTTLED)
+            return
+        await super().smtp_AUTH(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The address of a MAIL or RCPT argument, and the rest of the line (``None, None`` when
@@ -152,11 +162,17 @@ def _guarded(name: str) -> Callable[[GatewaySMTP, str], Awaitable[None]]:
     return command
 
 
-# aiosmtpd dispatches to the ``smtp_<COMMAND>`` methods; each but QUIT (and DATA, above) is
+# aiosmtpd dispatches to the ``smtp_<COMMAND>`` methods; each but QUIT (and DATA, AUTH above) is
 # wrapped the same way for the shutdown refusal.
 for _name in ("smtp_HELO", "smtp_EHLO", "smtp_NOOP", "smtp_RSET", "smtp_MAIL", "smtp_RCPT", "smtp_VRFY",
-              "smtp_EXPN", "smtp_HELP", "smtp_STARTTLS", "smtp_AUTH"):
+              "smtp_EXPN", "smtp_HELP", "smtp_STARTTLS"):
     setattr(GatewaySMTP, _name, _guarded(_name))
+
+
+def _client(session: Session) -> str:
+    """The client's address (no port): what failed logins are counted and throttled by."""
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 class _Busy(asyncio.Protocol):
@@ -228,6 +244,7 @@ class SmtpHandler:
         transport = server.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
         peer = session.peer
+        login = session.auth_data if session.authenticated and isinstance(session.auth_data, Login) else None
         return {
             "type": "email",
             "asgi": ASGI,
@@ -239,7 +256,8 @@ class SmtpHandler:
             "server": [sockname[0], sockname[1]] if isinstance(sockname, tuple) else None,
             "helo": session.host_name,
             "tls": session.ssl is not None,
-            "auth_user": session.auth_data if session.authenticated else None,
+            "auth_user": login.username if login is not None else None,
+            "user": login.user if login is not None else None,
             "smtputf8": bool(envelope.smtp_utf8),
             "headers": None,
         }
@@ -334,38 +352,30 @@ class SmtpServer:
         self.sessions: set[GatewaySMTP] = set()
         self.server: asyncio.base_events.Server | None = None
         self.hostname = config.hostname
+        self.auth = SmtpAuth(config, adapter.log, adapter.context.metrics) if adapter.auth_enabled else None
         self.authenticator = self._make_authenticator()
         quiet_library()
         self.draining = False
         self._saturated = False  # over max_sessions since the last free slot: logged once per incident
 
-    def _make_authenticator(self) -> Callable[..., AuthResult] | None:
-        if not self.adapter.auth_enabled:
+    def _make_authenticator(self) -> Callable[..., Any] | None:
+        """aiosmtpd's authenticator callback, when AUTH is on. aiosmtpd calls it synchronously;
+        it returns a coroutine, which ``GatewaySMTP.auth_PLAIN``/``auth_LOGIN`` await."""
+        auth = self.auth
+        if auth is None:
             return None
-        users = {u.username: u.password for u in self.config.auth_users}
-        hook = import_string(self.config.auth_hook) if self.config.auth_hook else None
 
-        async def check(user: str, password: str) -> AuthResult:
-            if user in users:
-                ok = users[user] == password
-            elif hook is not None:
-                try:
-                    ok = hook(user, password)
-                    if inspect.isawaitable(ok):
-                        ok = await ok
-                    ok = bool(ok)
-                except Exception as exc:  # noqa: BLE001 - a failing hook refuses the login
-                    self.adapter.context.log.error("smtp.auth_hook_failed", error=f"{type(exc).__name__}: {exc}")
-                    ok = False
-            else:
-                ok = False
-            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+        async def check(client: str, mechanism: str, username: str, password: str) -> AuthResult:
+            if auth.throttled(client):  # the block began while this exchange was under way
+                return AuthResult(success=False, handled=False, message=THROTTLED)
+            login = await auth.check(client, username, password, mechanism)
+            return AuthResult(success=login is not None, handled=False, auth_data=login)
 
         def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> Any:
             if not isinstance(data, LoginPassword):
                 return AuthResult(success=False, handled=False)
-            # a coroutine: GatewaySMTP.auth_PLAIN/auth_LOGIN await it (the hook may be async)
-            return check(data.login.decode("utf-8", "replace"), data.password.decode("utf-8", "replace"))
+            return check(_client(session), mechanism, data.login.decode("utf-8", "replace"),
+                         data.password.decode("utf-8", "replace"))
 
         return authenticate
 
@@ -384,6 +394,7 @@ class SmtpServer:
             data_timeout=cfg.data_timeout,
             on_close=self._closed,
             draining=lambda: self.draining,
+            auth=self.auth,
             data_size_limit=cfg.max_message_size or None,
             enable_SMTPUTF8=cfg.smtputf8,
             decode_data=False,
