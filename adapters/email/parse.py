@@ -10,6 +10,7 @@ with the depth, so a crafted message could otherwise hold a CPU for seconds or b
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import email.message
 import email.policy
 import functools
@@ -252,15 +253,18 @@ def check_structure(raw: bytes, limits: MimeLimits) -> None:
 
 
 # Messages up to this size and line count are parsed on the event loop (a few milliseconds at
-# most); bigger ones, and those with many lines, in a worker thread.
+# most); bigger ones, and those with many lines, in a worker thread. The parse threads are few and
+# their own: a burst of costly messages then holds at most two threads' worth of the interpreter
+# lock against the loop, and never the default executor that AUTH hooks run in.
 _INLINE_BYTES = 256 * 1024
 _INLINE_LINES = 2000
+_PARSE_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="email-parse")
 
 
 async def read_message(raw: bytes, limits: MimeLimits) -> dict[str, Any]:
     """``parse_message`` on the loop when that is cheap, else in a worker thread."""
     if len(raw) > _INLINE_BYTES or raw.count(b"\n") > _INLINE_LINES:
-        return await asyncio.to_thread(parse_message, raw, limits)
+        return await asyncio.get_running_loop().run_in_executor(_PARSE_THREADS, parse_message, raw, limits)
     return parse_message(raw, limits)
 
 
