@@ -247,8 +247,8 @@ class MailboxPoller:
         # LOGOUT only on a healthy connection: on a dead one it would wait on commands that never end.
         if not self._lost.done() and not self._abandoned and self._writable(client):
             try:
-                if client.get_state() in ("AUTH", "SELECTED"):
-                    await self._command(client.logout(), "LOGOUT", check=False)
+                if client.get_state() in ("AUTH", "SELECTED"):  # a polite goodbye, never a long one
+                    await asyncio.wait_for(self._command(client.logout(), "LOGOUT", check=False), 2)
             except Exception:  # noqa: BLE001 - best effort
                 pass
         transport = getattr(client.protocol, "transport", None)
