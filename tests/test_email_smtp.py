@@ -557,3 +557,14 @@ async def test_one_info_line_per_mail_and_the_library_detail_only_at_debug(caplo
         await send_three(gw)
         library = [r for r in caplog.records if r.name == "mail.log"]
         assert library and {r.levelname for r in library} == {"DEBUG"}
+
+
+async def test_help_knows_every_command_the_listener_wraps():
+    async with h.email_gateway(config(ROUTES)) as gw:
+        raw, _ = await Raw.connect(gw)
+        await raw.cmd("EHLO c.test")
+        listing = await raw.cmd("HELP")
+        data, mail = await raw.cmd("HELP DATA"), await raw.cmd("HELP MAIL")
+        await raw.close()
+    assert listing.startswith("250") and {"DATA", "MAIL", "RCPT", "QUIT"} <= set(listing.split())
+    assert data == "250 Syntax: DATA" and mail.startswith("250 Syntax: MAIL FROM:")
