@@ -8,6 +8,7 @@ import contextlib
 import email.policy
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -310,7 +311,10 @@ namespace inbox {{
         os.chmod(d, 0o755)
         (d / "users").write_text(f"{self.user}:{{PLAIN}}{self.password}::::::\n")
         self.conf.write_text(self.config_text())
-        self.proc = subprocess.Popen([require("dovecot", "/usr/sbin/dovecot"), "-F", "-c", str(self.conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # A session (process group) of its own: the master forks login, auth and imap workers into
+        # it, and stopping the group stops them all (the master alone leaves imap workers serving).
+        self.proc = subprocess.Popen([require("dovecot", "/usr/sbin/dovecot"), "-F", "-c", str(self.conf)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -334,18 +338,33 @@ namespace inbox {{
             raise RuntimeError(f"dovecot-lda failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
 
     def restart(self) -> None:
-        """Stop the server (dropping every connection) and start it again on the same port."""
+        """Stop the server and every worker (dropping every connection), then start it again on the
+        same port."""
         self._terminate()
         self.start()
 
     def _terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        """Stop the master and its workers: the process group this helper started it in."""
+        if self.proc is None:
+            return
+        group = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            self.proc.wait(5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # workers outlive the master for a moment
             try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
 
     def stop(self) -> None:
         self._terminate()
@@ -409,3 +428,41 @@ async def auth_hook(username, password):
 
 # -- Redis (for the per-mailbox lock): the layer tests' throwaway redis-server -------------------
 from test_layer_redis_helpers import RedisServer as Redis  # noqa: E402,F401
+
+
+# -- crafted messages ----------------------------------------------------------------------------
+def nested(levels: int, filler_lines: int = 0, subject: str = "deep") -> bytes:
+    """A message whose text part sits inside ``levels`` nested multiparts (nesting depth
+    ``levels``), each level opening with ``filler_lines`` short preamble lines."""
+    out = [f"From: a@example.org\r\nTo: alice@example.com\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n".encode()]
+    for i in range(levels):
+        out.append(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n' % i)
+        out.append(b"x\r\n" * filler_lines)
+        out.append(b"--b%d\r\n" % i)
+    out.append(b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    for i in reversed(range(levels)):
+        out.append(b"--b%d--\r\n" % i)
+    return b"".join(out)
+
+
+class AuthUser:
+    """What a sync AUTH hook hands back: any object; it becomes ``scope["user"]``."""
+
+    def __init__(self, name: str, thread: int) -> None:
+        self.name, self.thread = name, thread
+
+
+def sync_auth_hook(username, password):
+    """A blocking AUTH hook (think Django's ``authenticate``): ``carol``/``pw`` is a user object,
+    ``dave``/``pw`` a plain True, ``boom`` raises; it records how often it was asked."""
+    import threading
+
+    CONTROL["hook_calls"] = CONTROL.get("hook_calls", 0) + 1
+    time.sleep(0.01)
+    if username == "boom":
+        raise RuntimeError("directory unreachable")
+    if password != "pw":
+        return None
+    if username == "carol":
+        return AuthUser("carol", threading.get_ident())
+    return username == "dave"

@@ -243,3 +243,79 @@ async def test_delete_after_success(dovecot):
         await h.eventually(lambda: len(h.RECEIVED) == 1 and poller.rounds >= 2, 10)
         inbox = await state(dovecot, "INBOX")
     assert inbox == []
+
+
+# -- a dropped connection: reconnect, nothing stuck, one clean log line -------------------------------
+async def test_a_restart_under_the_app_does_not_wedge_the_mailbox(dovecot):
+    """The server restarts (every connection dropped) while the application handles a message: the
+    flag that could not be set is set after the reconnect, and the app is not run a second time."""
+    from structlog.testing import capture_logs
+
+    h.CONTROL["app"] = hold_until_released
+    dovecot.deliver(message("held"))
+    with capture_logs() as logs:
+        async with h.email_gateway(config(dovecot, ", idle: false", app="email_helpers:dynamic")) as gw:
+            poller = gw.adapters["email"].pollers[0]
+            await h.eventually(lambda: len(h.RECEIVED) == 1, 10)
+            await asyncio.to_thread(dovecot.restart)
+            h.CONTROL["release"].set()
+            await h.eventually(lambda: poller.rounds >= 2 and not poller.handled, 15)
+            flags = await state(dovecot, "INBOX")
+    assert len(h.RECEIVED) == 1 and b"\\Seen" in flags[0][0]
+    # the restart really dropped the connection (Dovecot's imap worker went with it)
+    assert [e["event"] for e in logs].count("imap.connected") == 2
+
+
+async def hold_until_released(scope, receive, send):
+    event = await receive()
+    h.CONTROL.setdefault("release", asyncio.Event())
+    h.RECEIVED.append((scope, event))
+    await h.CONTROL["release"].wait()
+
+
+def test_a_dropped_connection_under_uvloop_logs_one_clean_line(dovecot):
+    """uvloop (the `speed` extra) raises RuntimeError when writing to a closed transport, and
+    aioimaplib leaves tasks behind on a dead connection: neither may reach the log."""
+    import gc
+    import logging
+
+    import uvloop
+    from structlog.testing import capture_logs
+
+    problems: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                problems.append(record.getMessage())
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: problems.append(str(context.get("message"))))
+        for n in range(40):
+            await asyncio.to_thread(dovecot.deliver, message(f"m{n}", n))
+        async with h.email_gateway(config(dovecot, ", idle: true, poll_interval: 20", app="email_helpers:slow")) as gw:
+            for handled in (5, 20):  # restarts in the middle of the stream
+                await h.eventually(lambda: len(h.RECEIVED) >= handled, 15)
+                await asyncio.to_thread(dovecot.restart)
+            await h.eventually(lambda: len({e["message"]["subject"] for _, e in h.RECEIVED}) == 40, 20)
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(dovecot.restart)  # and once while idle
+            await asyncio.to_thread(dovecot.deliver, message("after restarts", 99))
+            await h.eventually(lambda: any(e["message"]["subject"] == "after restarts" for _, e in h.RECEIVED), 15)
+        gc.collect()
+        await asyncio.sleep(0)
+
+    h.CONTROL["sleep"] = 0.01
+    recorder = Recorder()
+    logging.getLogger().addHandler(recorder)
+    try:
+        with capture_logs() as logs, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+            gc.collect()
+    finally:
+        logging.getLogger().removeHandler(recorder)
+    drops = [e for e in logs if e["event"] == "imap.disconnected"]
+    assert len(drops) >= 2
+    assert all("RuntimeError" not in e["error"] for e in drops), drops
+    assert problems == []

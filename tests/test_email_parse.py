@@ -48,3 +48,59 @@ def test_a_bad_charset_is_a_defect_not_a_failure() -> None:
         parsed = parse_message(plain("nonsense", b"hello"))
         assert parsed["text"].strip() == "hello"
         assert any("text/plain body" in d for d in parsed["defects"])
+
+
+# -- the cost of parsing is bounded: nesting depth, part count, header count ------------------------
+import pytest  # noqa: E402
+
+from email_helpers import nested  # noqa: E402
+from gateway_adapters.email.config import MimeLimits  # noqa: E402
+from gateway_adapters.email.parse import TooComplex  # noqa: E402
+
+
+def parts(n: int) -> bytes:
+    """``n`` parts: the multipart container and ``n - 1`` text parts in it."""
+    body = b"".join(b"--P\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(n - 1))
+    return (b"From: a@example.org\r\nSubject: parts\r\nContent-Type: multipart/mixed; boundary=P\r\n\r\n"
+            + body + b"--P--\r\n")
+
+
+def headers(n: int) -> bytes:
+    return b"".join(b"X-H%d: v\r\n" % i for i in range(n - 1)) + b"Subject: many\r\n\r\nbody\r\n"
+
+
+def test_a_thousand_levels_deep_is_refused_not_a_recursion_error() -> None:
+    with pytest.raises(TooComplex) as info:
+        parse_message(nested(1000))
+    assert "nesting" in str(info.value)
+
+
+@pytest.mark.parametrize("make, key, limit", [
+    (nested, "max_depth", 3),
+    (parts, "max_parts", 5),
+    (headers, "max_headers", 7),
+])
+def test_each_limit_at_its_boundary(make, key, limit) -> None:
+    limits = MimeLimits(**{key: limit})
+    parsed = parse_message(make(limit), limits)
+    assert parsed["defects"] == []
+    with pytest.raises(TooComplex):
+        parse_message(make(limit + 1), limits)
+
+
+def test_parts_count_the_message_itself_and_nested_messages_count_as_depth() -> None:
+    inner = b"Subject: inner\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+    forwarded = (b"Subject: fwd\r\nContent-Type: multipart/mixed; boundary=F\r\n\r\n--F\r\n"
+                 b"Content-Type: message/rfc822\r\n\r\n" + inner + b"--F--\r\n")
+    assert parse_message(forwarded, MimeLimits(max_depth=2, max_parts=3))["text"].strip() == "hi"
+    with pytest.raises(TooComplex):
+        parse_message(forwarded, MimeLimits(max_depth=1))
+    with pytest.raises(TooComplex):
+        parse_message(forwarded, MimeLimits(max_parts=2))
+
+
+def test_a_boundary_the_scan_cannot_read_still_never_raises_a_recursion_error() -> None:
+    # RFC 2231 continuations hide the boundary from a simple reading; the parser still nests.
+    deep = nested(1200).replace(b'boundary="', b"boundary*0*=''").replace(b'"\r\n\r\n', b"\r\n\r\n")
+    with pytest.raises(TooComplex):
+        parse_message(deep)

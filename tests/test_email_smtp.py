@@ -525,3 +525,46 @@ async def test_lmtp_style_replies_for_header_routes_and_bad_data():
         assert (await raw.cmd("NOOP")).startswith("250")
         await raw.close()
     assert [s["rcpt_to"] for s, _ in h.RECEIVED] == ["bob@example.com"]
+
+
+async def test_one_info_line_per_mail_and_the_library_detail_only_at_debug(caplog, monkeypatch):
+    import logging
+
+    from structlog.testing import capture_logs
+
+    from gateway import logs as gateway_logs
+
+    caplog.set_level(logging.INFO)
+
+    async def send_three(gw):
+        host, port = h.smtp_address(gw)
+        for n in range(3):
+            await aiosmtplib.send(f"Subject: {n}\r\n\r\nhi\r\n".encode(), sender="secret.sender@example.org",
+                                  recipients=["alice@example.com"], hostname=host, port=port)
+
+    async with h.email_gateway(config(ROUTES)) as gw:
+        with capture_logs() as logs:
+            await send_three(gw)
+        library = [r for r in caplog.records if r.name == "mail.log" and r.levelno >= logging.INFO]
+        assert library == []
+        assert [e["event"] for e in logs] == ["smtp.message"] * 3
+        assert all(e["reply"] == "250 2.0.0" and e["recipients"] == 1 for e in logs)
+        assert "secret.sender" not in repr(logs)
+        # at the gateway's debug level the library's lines are there, as DEBUG
+        caplog.clear()
+        caplog.handler.setLevel(logging.DEBUG)
+        monkeypatch.setattr(gateway_logs, "debug", True)
+        await send_three(gw)
+        library = [r for r in caplog.records if r.name == "mail.log"]
+        assert library and {r.levelname for r in library} == {"DEBUG"}
+
+
+async def test_help_knows_every_command_the_listener_wraps():
+    async with h.email_gateway(config(ROUTES)) as gw:
+        raw, _ = await Raw.connect(gw)
+        await raw.cmd("EHLO c.test")
+        listing = await raw.cmd("HELP")
+        data, mail = await raw.cmd("HELP DATA"), await raw.cmd("HELP MAIL")
+        await raw.close()
+    assert listing.startswith("250") and {"DATA", "MAIL", "RCPT", "QUIT"} <= set(listing.split())
+    assert data == "250 Syntax: DATA" and mail.startswith("250 Syntax: MAIL FROM:")

@@ -73,14 +73,20 @@ class EmailAdapter(Adapter):
                 poller.start()
 
     async def stop(self, drain: float) -> None:
+        """One drain period for everything: the listener, the pollers and the messages in the
+        applications share the deadline; what still runs after it is cancelled (not acknowledged,
+        so the sender retries or the IMAP message stays)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain
+        parts = [poller.stop(drain) for poller in self.pollers]
         if self.smtp is not None:
-            await self.smtp.stop(drain)
-        for poller in self.pollers:
-            await poller.stop(drain)
+            parts.append(self.smtp.stop(drain))
+        await asyncio.gather(*parts)
         self.pollers.clear()
         left = [t for t in self._inbound if not t.done()]
         if left:
-            _, pending = await asyncio.wait(left, timeout=drain) if drain > 0 else (set(), set(left))
+            remaining = deadline - loop.time()
+            _, pending = await asyncio.wait(left, timeout=remaining) if remaining > 0 else (set(), set(left))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

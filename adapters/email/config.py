@@ -16,6 +16,13 @@ class SmtpUser(Section):
     password: str = Field(description="Password (use `${ENV_VAR}` interpolation rather than a literal).")
 
 
+class LoginThrottle(Section):
+    """Failed SMTP AUTH attempts allowed per client address before AUTH is refused for a while."""
+
+    max_failures: int = Field(5, ge=0, description="Failed logins per client address within `window`; then AUTH gets `454 4.7.0`. 0: no throttling.")
+    window: PositiveFloat = Field(60.0, description="Seconds a failed login counts against its address (a sliding window).")
+
+
 class SmtpConfig(Section):
     """`adapters.email.smtp`: the inbound SMTP listener."""
 
@@ -47,9 +54,11 @@ class SmtpConfig(Section):
         default_factory=list, description="Accounts for AUTH PLAIN/LOGIN (offered only over TLS)."
     )
     auth_hook: str | None = Field(
-        None, description="`module:callable` deciding logins: `(username, password) -> bool` (may be async); "
-        "used when `auth_users` does not know the user."
+        None, description="`module:callable` deciding logins: `(username, password)`, plain (run in a worker thread) "
+        "or `async`; `None`/`False` refuses, anything else accepts and (unless it is `True`) becomes `scope['user']`. "
+        "Used when `auth_users` does not know the user."
     )
+    login_throttle: LoginThrottle = Field(default_factory=LoginThrottle, description="Throttling of failed AUTH attempts per client address.")
     auth_required: bool = Field(False, description="Refuse MAIL before a successful AUTH (`530 5.7.0`).")
     lmtp_replies: bool = Field(
         False,
@@ -139,12 +148,27 @@ class ImapMailbox(Section):
         return self.port or (993 if self.tls == "implicit" else 143)
 
 
+class MimeLimits(Section):
+    """`adapters.email.mime`: how complex a message may be. Parsing costs about (lines x nesting
+    depth) plus a little per part and per header; these bounds keep one crafted message from
+    costing seconds or exhausting the parser's recursion. Applies to SMTP and IMAP alike."""
+
+    max_depth: int = Field(
+        32, gt=0,
+        description="Deepest MIME nesting: how many multipart or message/* containers may enclose a part. "
+        "Deeper messages are refused over SMTP (`550 5.6.0`) and moved to `error_folder` over IMAP.",
+    )
+    max_parts: int = Field(1000, gt=0, description="MIME parts per message, the message itself and nested messages included.")
+    max_headers: int = Field(2000, gt=0, description="Header fields per message, the headers of every part included.")
+
+
 class EmailConfig(Section):
     """`adapters.email`: SMTP in, IMAP in, SMTP out. Each part is optional."""
 
     smtp: SmtpConfig | None = Field(None, description="The SMTP listener (inbound mail).")
     imap: list[ImapMailbox] = Field(default_factory=list, description="Mailboxes to ingest over IMAP.")
     relay: RelayConfig | None = Field(None, description="The outbound relay for `email.send`.")
+    mime: MimeLimits = Field(default_factory=MimeLimits, description="Bounds on the structure of inbound messages (SMTP and IMAP).")
 
     @model_validator(mode="after")
     def _unique_mailboxes(self) -> EmailConfig:

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import inspect
 import re
 import secrets
 import ssl
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import aioimaplib
 
-from .parse import parse_message, scope_headers
+from .parse import TooComplex, read_message, scope_headers
 from .smtp_in import ASGI
 
 if TYPE_CHECKING:
@@ -117,9 +119,11 @@ class MailboxPoller:
         self._wake = asyncio.Event()
         self._stopping = False
         self.lock = make_lock(adapter.context.layer, config.label, config.lock_ttl)
+        self._abandoned = False  # a command on this connection was given up: no LOGOUT on it
         self._outcomes = adapter.context.metrics.counter(
             "gateway_email_imap_messages_total",
-            "IMAP messages by outcome: handled, retry (left for the next round), error_folder, rejected, unroutable.",
+            "IMAP messages by outcome: handled, retry (left for the next round), error_folder, rejected, unroutable, "
+            "too_complex (over the mime limits).",
             ("mailbox", "outcome"),
         )
         self.holding = False
@@ -240,14 +244,22 @@ class MailboxPoller:
         client, self.client = self.client, None
         if client is None:
             return
-        try:
-            if client.get_state() in ("AUTH", "SELECTED"):
-                await asyncio.wait_for(client.logout(), 2)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
+        # LOGOUT only on a healthy connection: on a dead one it would wait on commands that never end.
+        if not self._lost.done() and not self._abandoned and self._writable(client):
+            try:
+                if client.get_state() in ("AUTH", "SELECTED"):  # a polite goodbye, never a long one
+                    await asyncio.wait_for(self._command(client.logout(), "LOGOUT", check=False), 2)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
         transport = getattr(client.protocol, "transport", None)
         if transport is not None:
             transport.close()
+        # What aioimaplib still waits for on this connection will never come: end it now rather
+        # than leave tasks pending for the garbage collector to complain about.
+        leftovers = [t for t in (*client.tasks, *client.protocol.tasks) if not t.done()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
 
     # -- one connection ------------------------------------------------------------------------
     async def _connect(self) -> aioimaplib.IMAP4:
@@ -260,6 +272,7 @@ class MailboxPoller:
             self._wake.set()
 
         self._lost = lost
+        self._abandoned = False
         context = None
         if cfg.tls != "none":
             context = ssl.create_default_context()
@@ -271,7 +284,10 @@ class MailboxPoller:
         else:
             client = aioimaplib.IMAP4(cfg.host, cfg.real_port, timeout=cfg.timeout, conn_lost_cb=on_lost)
         self.client = client
-        await client.wait_hello_from_server()
+        try:
+            await client.wait_hello_from_server()
+        except TimeoutError:
+            raise ImapError(f"no greeting from the server within {cfg.timeout:g} s") from None
         if cfg.tls == "starttls":
             await self._starttls(client, context)
         return client
@@ -281,17 +297,17 @@ class MailboxPoller:
         if "STARTTLS" not in protocol.capabilities:
             raise ImapError("the server does not offer STARTTLS")
         cmd = aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
-        _check(await asyncio.wait_for(protocol.execute(cmd), self.config.timeout), "STARTTLS")
+        await self._command(protocol.execute(cmd), "STARTTLS")
         loop = asyncio.get_running_loop()
         transport = await loop.start_tls(protocol.transport, protocol, context, server_hostname=self.config.host)
         protocol.transport = transport
-        await asyncio.wait_for(protocol.capability(), self.config.timeout)
+        await self._command(protocol.capability(), "CAPABILITY", check=False)
 
     async def _session(self) -> None:
         cfg = self.config
         client = await self._connect()
-        _check(await client.login(cfg.user, cfg.password), "LOGIN")
-        selected = _check(await client.select(_quote(cfg.folder)), f"SELECT {cfg.folder}")
+        await self._command(client.login(cfg.user, cfg.password), "LOGIN")
+        selected = await self._command(client.select(_quote(cfg.folder)), f"SELECT {cfg.folder}")
         validity = None
         for line in selected.lines:
             m = _UIDVALIDITY.search(bytes(line))
@@ -321,36 +337,67 @@ class MailboxPoller:
                 await self._sleep(cfg.poll_interval)
                 if self._lost.done():
                     raise ImapError("connection lost")
-                _check(await client.noop(), "NOOP")
+                await self._command(client.noop(), "NOOP")
 
     def _use_idle(self, client: aioimaplib.IMAP4) -> bool:
         return self.config.idle and client.has_capability("IDLE")
 
     async def _idle(self, client: aioimaplib.IMAP4) -> None:
-        idle = await client.idle_start(timeout=self.config.poll_interval)
+        idle = await self._command(client.idle_start(timeout=self.config.poll_interval), "IDLE", check=False)
         try:
             waiter = asyncio.ensure_future(client.wait_server_push(self.config.poll_interval + 5))
             wake = asyncio.ensure_future(self._wake_wait())
-            done, pending = await asyncio.wait({waiter, wake}, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
+            done, pending = await asyncio.wait({waiter, wake, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (waiter, wake):
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.gather(waiter, wake, return_exceptions=True)
         finally:
-            if self._lost.done():
+            if self._dropped():
                 idle.cancel()
+                await asyncio.gather(idle, return_exceptions=True)
             else:
                 if client.has_pending_idle():
                     client.idle_done()
-                await asyncio.wait_for(idle, self.config.timeout)
+                await self._command(idle, "IDLE DONE", check=False)
         if self._lost.done():
             raise ImapError("connection lost")
+
+    @staticmethod
+    def _writable(client: aioimaplib.IMAP4) -> bool:
+        transport = getattr(client.protocol, "transport", None)
+        return transport is not None and not transport.is_closing()
+
+    async def _command(self, command: Awaitable[Any], what: str, *, check: bool = True) -> Any:
+        """One IMAP command, bounded by ``timeout`` and by the connection: aioimaplib leaves a
+        command waiting for ever when the connection drops under it (and some commands have no
+        timeout of their own), which would wedge the mailbox."""
+        if self._dropped():
+            if inspect.iscoroutine(command):
+                command.close()
+            raise ImapError(f"{what}: connection lost")
+        task = asyncio.ensure_future(command)
+        try:
+            await asyncio.wait({task, self._lost}, timeout=self.config.timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                self._abandoned = True
+        if task.cancelled() or (task.exception() is not None and self._dropped()):
+            # (writing to a transport that just closed raises RuntimeError on uvloop: the same drop)
+            lost = self._dropped()
+            raise ImapError(f"{what}: connection lost" if lost else f"{what}: no answer in {self.config.timeout:g} s")
+        return _check(task.result(), what) if check else task.result()
+
+    def _dropped(self) -> bool:
+        return self._lost.done() or self.client is None or not self._writable(self.client)
 
     async def _wake_wait(self) -> None:
         self._wake.clear()
         await self._wake.wait()
 
     async def _ensure_folder(self, client: aioimaplib.IMAP4, folder: str) -> None:
-        response = await client.create(_quote(folder))
+        response = await self._command(client.create(_quote(folder)), f"CREATE {folder}", check=False)
         if response.result != "OK":
             text = b" ".join(bytes(x) for x in response.lines)
             if b"ALREADYEXISTS" not in text.upper() and b"EXISTS" not in text.upper():
@@ -359,7 +406,7 @@ class MailboxPoller:
     # -- one round: every pending message -------------------------------------------------------
     async def _round(self, client: aioimaplib.IMAP4) -> None:
         criteria = "UNSEEN UNDELETED" if self.config.after == "seen" else "UNDELETED"
-        response = _check(await client.uid_search(criteria, charset=None), "UID SEARCH")
+        response = await self._command(client.uid_search(criteria, charset=None), "UID SEARCH")
         uids: list[int] = []
         for line in response.lines[:-1]:
             uids.extend(int(tok) for tok in bytes(line).split() if tok.isdigit())
@@ -373,7 +420,7 @@ class MailboxPoller:
         if uid in self.handled:
             await self._after_success(client, uid)  # the earlier after-action did not stick
             return
-        fetched = _check(await client.uid("fetch", str(uid), "(UID BODY.PEEK[])"), f"UID FETCH {uid}")
+        fetched = await self._command(client.uid("fetch", str(uid), "(UID BODY.PEEK[])"), f"UID FETCH {uid}")
         raw = None
         for line in fetched.lines:
             if isinstance(line, bytearray):
@@ -382,7 +429,18 @@ class MailboxPoller:
         if raw is None:
             self.log.warning("imap.fetch_empty", uid=uid)
             return
-        parsed = await asyncio.to_thread(parse_message, raw) if len(raw) > 256 * 1024 else parse_message(raw)
+        try:
+            parsed = await read_message(raw, self.adapter.config.mime)
+        except TooComplex as exc:
+            # It will never parse better: straight to the error folder, as a 5xx reject goes.
+            self.log.warning("imap.too_complex", uid=uid, reason=str(exc), moved_to=cfg.error_folder)
+            await self._to_error_folder(client, uid)
+            self._count("too_complex")
+            return
+        except Exception as exc:  # noqa: BLE001 - the message's failure, never the connection's
+            self.log.error("imap.parse_failed", uid=uid, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            await self._failed(client, uid, "the message could not be parsed")
+            return
         scope = self._scope(uid, parsed)
         match = self.adapter.context.resolve(scope)
         if match is None:
@@ -403,15 +461,20 @@ class MailboxPoller:
             await self._to_error_folder(client, uid)
             self._count("rejected")
         else:
-            tries = self.attempts[uid] = self.attempts.get(uid, 0) + 1
-            if tries >= cfg.max_attempts:
-                self.log.error("imap.gave_up", uid=uid, attempts=tries, moved_to=cfg.error_folder)
-                await self._to_error_folder(client, uid)
-                self.attempts.pop(uid, None)
-                self._count("error_folder")
-            else:
-                self.log.warning("imap.retry_later", uid=uid, attempt=tries, reply=reply)
-                self._count("retry")
+            await self._failed(client, uid, reply)
+
+    async def _failed(self, client: aioimaplib.IMAP4, uid: int, why: str) -> None:
+        """One failed attempt at ``uid``: tried again next round, or moved after ``max_attempts``."""
+        cfg = self.config
+        tries = self.attempts[uid] = self.attempts.get(uid, 0) + 1
+        if tries >= cfg.max_attempts:
+            self.log.error("imap.gave_up", uid=uid, attempts=tries, moved_to=cfg.error_folder, reply=why)
+            await self._to_error_folder(client, uid)
+            self.attempts.pop(uid, None)
+            self._count("error_folder")
+        else:
+            self.log.warning("imap.retry_later", uid=uid, attempt=tries, reply=why)
+            self._count("retry")
 
     def _count(self, outcome: str) -> None:
         self._outcomes.labels(self.config.label, outcome).inc()
@@ -442,6 +505,7 @@ class MailboxPoller:
             "helo": None,
             "tls": cfg.tls != "none",
             "auth_user": None,
+            "user": None,
             "smtputf8": False,
             "headers": headers,
             "message_id": parsed["message_id"],
@@ -454,12 +518,12 @@ class MailboxPoller:
     async def _after_success(self, client: aioimaplib.IMAP4, uid: int) -> None:
         cfg = self.config
         if cfg.after == "seen":
-            _check(await client.uid("store", str(uid), "+FLAGS.SILENT (\\Seen)"), f"UID STORE {uid}")
+            await self._command(client.uid("store", str(uid), "+FLAGS.SILENT (\\Seen)"), f"UID STORE {uid}")
         elif cfg.after == "move":
             assert cfg.move_to is not None
             await self._move(client, uid, cfg.move_to)
         else:
-            _check(await client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)"), f"UID STORE {uid}")
+            await self._command(client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)"), f"UID STORE {uid}")
             await self._expunge(client, uid)
         self.handled.discard(uid)
 
@@ -468,14 +532,14 @@ class MailboxPoller:
 
     async def _move(self, client: aioimaplib.IMAP4, uid: int, folder: str) -> None:
         if client.has_capability("MOVE"):
-            _check(await client.uid("move", str(uid), _quote(folder)), f"UID MOVE {uid}")
+            await self._command(client.uid("move", str(uid), _quote(folder)), f"UID MOVE {uid}")
             return
-        _check(await client.uid("copy", str(uid), _quote(folder)), f"UID COPY {uid}")
-        _check(await client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)"), f"UID STORE {uid}")
+        await self._command(client.uid("copy", str(uid), _quote(folder)), f"UID COPY {uid}")
+        await self._command(client.uid("store", str(uid), "+FLAGS.SILENT (\\Deleted)"), f"UID STORE {uid}")
         await self._expunge(client, uid)
 
     async def _expunge(self, client: aioimaplib.IMAP4, uid: int) -> None:
         if client.has_capability("UIDPLUS"):
-            _check(await client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
+            await self._command(client.uid("expunge", str(uid)), f"UID EXPUNGE {uid}")
         else:
-            _check(await client.expunge(), "EXPUNGE")
+            await self._command(client.expunge(), "EXPUNGE")

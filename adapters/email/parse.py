@@ -1,12 +1,17 @@
 """Raw message bytes -> the parsed form applications receive (stdlib ``email``, modern policy).
 
-Parsing never raises: malformed MIME, invalid or 8-bit headers and broken encodings end up as
+Malformed MIME, invalid or 8-bit headers and broken encodings never raise: they end up as
 best-effort values plus a list of ``defects`` (texts), so one odd message never turns into a
-failure the sender would retry forever.
+failure the sender would retry forever. What does raise is a message over the ``mime`` limits
+(``TooComplex``): the stdlib parser's cost grows with lines times nesting depth and its recursion
+with the depth, so a crafted message could otherwise hold a CPU for seconds or blow the stack.
 """
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+import email.message
 import email.policy
 import functools
 import re
@@ -14,7 +19,10 @@ import email.utils
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import MimeLimits
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -162,8 +170,120 @@ def _parse(raw: bytes) -> EmailMessage:
     return _PARSER.parsebytes(raw)  # type: ignore[return-value]
 
 
-def parse_message(raw: bytes) -> dict[str, Any]:
-    """The parsed form of ``raw`` (see docs/specs/email.md)."""
+class TooComplex(Exception):
+    """The message is over one of the ``mime`` limits; the text says which (safe to show a client)."""
+
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_FIELD = re.compile(rb"^[^ \t\r\n]", re.M)
+_CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+_DASHES = re.compile(rb"^--", re.M)
+_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
+def _head(raw: bytes, start: int) -> tuple[int, int, str]:
+    """The header block at ``start``: where its body begins, how many fields it has, its Content-Type."""
+    if raw.startswith(b"\n", start) or raw.startswith(b"\r\n", start):
+        return raw.index(b"\n", start) + 1, 0, ""
+    m = _HEAD_END.search(raw, start)
+    stop, body = (m.start(), m.end()) if m else (len(raw), len(raw))
+    block = raw[start:stop]
+    ctype = _CONTENT_TYPE.search(block)
+    value = _UNFOLD.sub("", ctype.group(1).decode("ascii", "surrogateescape")).strip() if ctype else ""
+    return body, len(_FIELD.findall(block)), value
+
+
+def _boundary(content_type: str) -> bytes | None:
+    """The boundary as the stdlib reads it (quoting, RFC 2231 parameters and all)."""
+    holder = email.message.Message()
+    holder["Content-Type"] = content_type
+    boundary = holder.get_boundary()
+    return boundary.rstrip().encode("ascii", "surrogateescape") if boundary else None
+
+
+def check_structure(raw: bytes, limits: MimeLimits) -> None:
+    """Raise ``TooComplex`` when ``raw`` is over ``limits``. One linear pass that reads only header
+    blocks and lines starting with ``--``, and stops at the first limit crossed; it follows the
+    boundaries the way the stdlib parser does, so depth and counts are the parser's own."""
+    open_: list[tuple[bytes, int]] = []  # ("--" + boundary, depth of its parts), innermost last
+    parts = fields = 0
+
+    def enter(pos: int, depth: int) -> int:
+        """A part (or the message) starts at ``pos`` with its headers; where its body starts."""
+        nonlocal parts, fields
+        while True:
+            if depth > limits.max_depth:
+                raise TooComplex(f"MIME nesting deeper than {limits.max_depth} levels")
+            parts += 1
+            if parts > limits.max_parts:
+                raise TooComplex(f"more than {limits.max_parts} MIME parts")
+            pos, count, ctype = _head(raw, pos)
+            fields += count
+            if fields > limits.max_headers:
+                raise TooComplex(f"more than {limits.max_headers} header fields")
+            kind = ctype.partition(";")[0].strip().lower()
+            if kind.startswith("multipart/"):
+                boundary = _boundary(ctype)
+                if boundary:
+                    open_.append((b"--" + boundary, depth + 1))
+                return pos
+            if not kind.startswith("message/") or kind == "message/delivery-status":
+                return pos
+            depth += 1  # message/rfc822 and the like: the body is a whole message, headers first
+
+    pos = enter(0, 0)
+    while open_:
+        dashes = _DASHES.search(raw, pos)
+        if dashes is None:
+            return
+        end = raw.find(b"\n", dashes.start())
+        pos = len(raw) if end < 0 else end + 1
+        line = raw[dashes.start():pos].rstrip()
+        for i in range(len(open_) - 1, -1, -1):
+            delimiter, depth = open_[i]
+            if line.startswith(delimiter):
+                rest = line[len(delimiter):]
+                if rest == b"--":
+                    del open_[i:]
+                    break
+                if not rest:
+                    del open_[i + 1:]
+                    pos = enter(pos, depth)
+                    break
+
+
+# Messages up to this size and line count are parsed on the event loop (a few milliseconds at
+# most); bigger ones, and those with many lines, in a worker thread. The parse threads are few and
+# their own: a burst of costly messages then holds at most two threads' worth of the interpreter
+# lock against the loop, and never the default executor that AUTH hooks run in.
+_INLINE_BYTES = 256 * 1024
+_INLINE_LINES = 2000
+_PARSE_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="email-parse")
+
+
+async def read_message(raw: bytes, limits: MimeLimits) -> dict[str, Any]:
+    """``parse_message`` on the loop when that is cheap, else in a worker thread."""
+    if len(raw) > _INLINE_BYTES or raw.count(b"\n") > _INLINE_LINES:
+        return await asyncio.get_running_loop().run_in_executor(_PARSE_THREADS, parse_message, raw, limits)
+    return parse_message(raw, limits)
+
+
+def parse_message(raw: bytes, limits: MimeLimits | None = None) -> dict[str, Any]:
+    """The parsed form of ``raw`` (see docs/specs/email.md); ``TooComplex`` over ``limits``
+    (default: the defaults of ``MimeLimits``)."""
+    if limits is None:
+        from .config import MimeLimits
+
+        limits = MimeLimits()
+    check_structure(raw, limits)
+    try:
+        return _parsed(raw)
+    except RecursionError:
+        # A nesting the scan could not see (it reads what the parser reads; this is the backstop).
+        raise TooComplex("MIME nesting too deep to parse") from None
+
+
+def _parsed(raw: bytes) -> dict[str, Any]:
     defects: list[str] = []
     msg = _parse(raw)
     _utf8_headers(msg)

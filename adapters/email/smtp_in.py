@@ -12,26 +12,28 @@ The replies tell the truth:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import re
 import ssl
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email._header_value_parser import get_addr_spec, get_angle_addr
 from email.errors import HeaderParseError
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from gateway.apps import import_string
-
-from .parse import parse_message, scope_headers
+from .auth import THROTTLED, Login, SmtpAuth
+from .library_logs import quiet_library
+from .parse import TooComplex, read_message, scope_headers
 
 if TYPE_CHECKING:
     from .adapter import EmailAdapter
     from .config import SmtpConfig
 
 ASGI = {"version": "3.0", "spec_version": "1.0"}
-_PARSE_IN_THREAD = 256 * 1024
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def reply_text(code: int, reason: str | None, default: str) -> str:
@@ -46,11 +48,15 @@ def reply_text(code: int, reason: str | None, default: str) -> str:
 class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with separate command/data timeouts, a ``421`` on timeout and session accounting."""
 
-    def __init__(self, handler: SmtpHandler, *, data_timeout: float, on_close: Callable[[GatewaySMTP], None], **kwargs: Any) -> None:
+    def __init__(self, handler: SmtpHandler, *, data_timeout: float, on_close: Callable[[GatewaySMTP], None],
+                 draining: Callable[[], bool], auth: SmtpAuth | None, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        self._auth = auth
         self._data_timeout = data_timeout
         self._on_close = on_close
+        self._draining = draining
         self.busy = False  # True while applications run for a message
+        self.in_data = False  # from DATA until its reply: the message a shutdown lets finish
 
     # aiosmtpd calls the authenticator synchronously; ours returns a coroutine (async hooks).
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
@@ -60,6 +66,16 @@ class GatewaySMTP(SMTP):
     async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
         result = await super().auth_LOGIN(_, args)
         return await result if inspect.isawaitable(result) else result
+
+    @functools.wraps(SMTP.smtp_AUTH)
+    async def smtp_AUTH(self, arg: str) -> None:
+        if await self.refused_while_draining():
+            return
+        # A throttled address is refused before the exchange: no credentials read, no hook called.
+        if self._auth is not None and self.session is not None and self._auth.throttled(_client(self.session)):
+            await self.push(THROTTLED)
+            return
+        await super().smtp_AUTH(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The address of a MAIL or RCPT argument, and the rest of the line (``None, None`` when
@@ -73,13 +89,43 @@ class GatewaySMTP(SMTP):
         except HeaderParseError:
             return None, None
         address: str = token.addr_spec
+        if _CONTROL.search(address):
+            return None, None  # a NUL or other control character: never a deliverable address
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return address, rest
 
+    @functools.wraps(SMTP.smtp_DATA)
     async def smtp_DATA(self, arg: str) -> None:
+        if await self.refused_while_draining():
+            return
         self._reset_timeout(self._data_timeout)  # the next command sets the command timeout again
-        await super().smtp_DATA(arg)
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+
+    async def refused_while_draining(self) -> bool:
+        """During shutdown every command but QUIT gets ``421 4.3.2`` and the connection closes,
+        so no new transaction starts while in-flight messages finish."""
+        if not self._draining():
+            return False
+        await self.push(SHUTTING_DOWN)
+        self.close_now()
+        return True
+
+    def close_now(self, reply: str | None = None) -> None:
+        """Write ``reply`` (if any) and close; the transport may be gone already."""
+        transport = self.transport
+        if transport is None:
+            return
+        if reply is not None:
+            try:
+                self._writer.write(reply.encode() + b"\r\n")
+            except Exception:  # noqa: BLE001 - the transport is closing anyway
+                pass
+        transport.close()
 
     def _timeout_cb(self) -> None:
         if self.busy:
@@ -107,6 +153,28 @@ class GatewaySMTP(SMTP):
             self._on_close(self)
 
 
+def _guarded(name: str) -> Callable[[GatewaySMTP, str], Awaitable[None]]:
+    @functools.wraps(getattr(SMTP, name))  # keeps the HELP text aiosmtpd attaches to the method
+    async def command(self: GatewaySMTP, arg: str) -> None:
+        if not await self.refused_while_draining():
+            await getattr(super(GatewaySMTP, self), name)(arg)
+
+    return command
+
+
+# aiosmtpd dispatches to the ``smtp_<COMMAND>`` methods; each but QUIT (and DATA, AUTH above) is
+# wrapped the same way for the shutdown refusal.
+for _name in ("smtp_HELO", "smtp_EHLO", "smtp_NOOP", "smtp_RSET", "smtp_MAIL", "smtp_RCPT", "smtp_VRFY",
+              "smtp_EXPN", "smtp_HELP", "smtp_STARTTLS"):
+    setattr(GatewaySMTP, _name, _guarded(_name))
+
+
+def _client(session: Session) -> str:
+    """The client's address (no port): what failed logins are counted and throttled by."""
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
 class _Busy(asyncio.Protocol):
     """What a client over ``max_sessions`` gets: a 421 greeting and a closed connection."""
 
@@ -114,9 +182,10 @@ class _Busy(asyncio.Protocol):
         self.hostname = hostname
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(f"421 4.3.2 {self.hostname} Too many connections, try again later\r\n".encode())
-        transport.close()
+        # Any event loop's stream transport writes (uvloop's is no asyncio.WriteTransport subclass).
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(f"421 4.3.2 {self.hostname} Too many connections, try again later\r\n".encode())
+        writer.close()
 
 
 class SmtpHandler:
@@ -134,6 +203,13 @@ class SmtpHandler:
             ("stage", "code"),
         )
         self._children: dict[tuple[str, str], Any] = {}
+        self.limits = adapter.config.mime
+
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's own answer would echo the exception to the client: log it here instead, and
+        give the client a temporary failure it can retry."""
+        self.log.error("smtp.error", error=f"{type(error).__name__}: {error}", exc_info=error)
+        return "451 4.3.0 Local error in processing, try again later"
 
     def count(self, stage: str, reply: str) -> str:
         key = (stage, reply[:3])
@@ -155,6 +231,8 @@ class SmtpHandler:
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]) -> str:
         if self.config.auth_required and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        if not address.isascii() and not envelope.smtp_utf8:
+            return "553 5.6.7 Non-ASCII address not permitted without SMTPUTF8"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -166,6 +244,7 @@ class SmtpHandler:
         transport = server.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
         peer = session.peer
+        login = session.auth_data if session.authenticated and isinstance(session.auth_data, Login) else None
         return {
             "type": "email",
             "asgi": ASGI,
@@ -177,12 +256,15 @@ class SmtpHandler:
             "server": [sockname[0], sockname[1]] if isinstance(sockname, tuple) else None,
             "helo": session.host_name,
             "tls": session.ssl is not None,
-            "auth_user": session.auth_data if session.authenticated else None,
+            "auth_user": login.username if login is not None else None,
+            "user": login.user if login is not None else None,
             "smtputf8": bool(envelope.smtp_utf8),
             "headers": None,
         }
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
+        if not address.isascii() and not envelope.smtp_utf8:
+            return self.count("rcpt", "553 5.6.7 Non-ASCII address not permitted without SMTPUTF8")
         if len(envelope.rcpt_tos) >= self.config.max_recipients:
             return self.count("rcpt", "452 4.5.3 Error: too many recipients")
         domain = address.rpartition("@")[2].lower()
@@ -200,9 +282,15 @@ class SmtpHandler:
         assert isinstance(server, GatewaySMTP)
         server.pause_timeout()
         try:
-            return self.count("data", await self._data(server, session, envelope))
+            reply = self.count("data", await self._data(server, session, envelope))
         finally:
             server.resume_timeout()
+        # The one INFO line per mail (no addresses: those are in the app's hands and at debug level).
+        peer = session.peer
+        self.log.info("smtp.message", client=peer[0] if isinstance(peer, tuple) else None,
+                      size=len(envelope.original_content or b""), recipients=len(envelope.rcpt_tos),
+                      reply=" ".join(reply.split(" ", 2)[:2]))
+        return reply
 
     async def _data(self, server: GatewaySMTP, session: Session, envelope: Envelope) -> str:
         raw: bytes = envelope.original_content or b""
@@ -215,10 +303,11 @@ class SmtpHandler:
             return every("550 5.6.0 Message contains NUL characters")
         if self.config.bare_lf == "reject" and raw.count(b"\n") != raw.count(b"\r\n"):
             return every("550 5.6.0 Message contains bare LF line endings (use CRLF)")
-        if len(raw) > _PARSE_IN_THREAD:
-            parsed = await asyncio.to_thread(parse_message, raw)
-        else:
-            parsed = parse_message(raw)
+        try:
+            parsed = await read_message(raw, self.limits)
+        except TooComplex as exc:
+            self.log.info("smtp.too_complex", reason=str(exc), size=len(raw))
+            return every(f"550 5.6.0 Message too complex: {exc}")
         base = self.base_scope(server, session, envelope)
         base["headers"] = scope_headers(parsed)
         base["message_id"] = parsed["message_id"]
@@ -263,47 +352,49 @@ class SmtpServer:
         self.sessions: set[GatewaySMTP] = set()
         self.server: asyncio.base_events.Server | None = None
         self.hostname = config.hostname
+        self.auth = SmtpAuth(config, adapter.log, adapter.context.metrics) if adapter.auth_enabled else None
         self.authenticator = self._make_authenticator()
+        quiet_library()
+        self.draining = False
+        self._saturated = False  # over max_sessions since the last free slot: logged once per incident
 
-    def _make_authenticator(self) -> Callable[..., AuthResult] | None:
-        if not self.adapter.auth_enabled:
+    def _make_authenticator(self) -> Callable[..., Any] | None:
+        """aiosmtpd's authenticator callback, when AUTH is on. aiosmtpd calls it synchronously;
+        it returns a coroutine, which ``GatewaySMTP.auth_PLAIN``/``auth_LOGIN`` await."""
+        auth = self.auth
+        if auth is None:
             return None
-        users = {u.username: u.password for u in self.config.auth_users}
-        hook = import_string(self.config.auth_hook) if self.config.auth_hook else None
 
-        async def check(user: str, password: str) -> AuthResult:
-            if user in users:
-                ok = users[user] == password
-            elif hook is not None:
-                try:
-                    ok = hook(user, password)
-                    if inspect.isawaitable(ok):
-                        ok = await ok
-                    ok = bool(ok)
-                except Exception as exc:  # noqa: BLE001 - a failing hook refuses the login
-                    self.adapter.context.log.error("smtp.auth_hook_failed", error=f"{type(exc).__name__}: {exc}")
-                    ok = False
-            else:
-                ok = False
-            return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
+        async def check(client: str, mechanism: str, username: str, password: str) -> AuthResult:
+            if auth.throttled(client):  # the block began while this exchange was under way
+                return AuthResult(success=False, handled=False, message=THROTTLED)
+            login = await auth.check(client, username, password, mechanism)
+            return AuthResult(success=login is not None, handled=False, auth_data=login)
 
         def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> Any:
             if not isinstance(data, LoginPassword):
                 return AuthResult(success=False, handled=False)
-            # a coroutine: GatewaySMTP.auth_PLAIN/auth_LOGIN await it (the hook may be async)
-            return check(data.login.decode("utf-8", "replace"), data.password.decode("utf-8", "replace"))
+            return check(_client(session), mechanism, data.login.decode("utf-8", "replace"),
+                         data.password.decode("utf-8", "replace"))
 
         return authenticate
 
     def _protocol(self) -> asyncio.Protocol:
         hostname = self.hostname or "localhost"
         if len(self.sessions) >= self.config.max_sessions:
+            if not self._saturated:
+                self._saturated = True
+                self.adapter.log.warning("smtp.max_sessions_reached", max_sessions=self.config.max_sessions,
+                                         note="further clients get 421 4.3.2 until a session ends")
+            self.handler.count("connect", "421")
             return _Busy(hostname)
         cfg = self.config
         proto = GatewaySMTP(
             self.handler,
             data_timeout=cfg.data_timeout,
-            on_close=self.sessions.discard,
+            on_close=self._closed,
+            draining=lambda: self.draining,
+            auth=self.auth,
             data_size_limit=cfg.max_message_size or None,
             enable_SMTPUTF8=cfg.smtputf8,
             decode_data=False,
@@ -320,6 +411,11 @@ class SmtpServer:
         )
         self.sessions.add(proto)
         return proto
+
+    def _closed(self, session: GatewaySMTP) -> None:
+        self.sessions.discard(session)
+        if len(self.sessions) < self.config.max_sessions:
+            self._saturated = False
 
     async def start(self, host: str, port: int) -> None:
         if self.hostname is None:
@@ -339,22 +435,25 @@ class SmtpServer:
         return out
 
     async def stop(self, drain: float) -> None:
+        """Stop taking mail: close the listener; tell idle sessions ``421 4.3.2`` at once; let
+        messages in DATA finish for up to ``drain`` seconds (their next command but QUIT gets
+        ``421``); then tell whoever is left ``421`` and close. Returns within ``drain`` plus a
+        moment; the adapter cancels the applications of messages still running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain
+        self.draining = True
         if self.server is not None:
             self.server.close()
-        deadline = time.monotonic() + drain
-        while any(s.busy for s in self.sessions) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
         for session in list(self.sessions):
-            transport = session.transport
-            if transport is not None and not session.busy:
-                try:
-                    session._writer.write(b"421 4.3.2 Service shutting down\r\n")  # noqa: SLF001
-                except Exception:  # noqa: BLE001
-                    pass
-                transport.close()
+            if not session.in_data:
+                session.close_now(SHUTTING_DOWN)
+        while any(s.in_data for s in self.sessions) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for session in list(self.sessions):
+            session.close_now(SHUTTING_DOWN)
         if self.server is not None:
             try:
-                await asyncio.wait_for(self.server.wait_closed(), 1.0)
+                await asyncio.wait_for(self.server.wait_closed(), max(0.1, min(1.0, deadline - loop.time())))
             except TimeoutError:
                 pass
             self.server = None
