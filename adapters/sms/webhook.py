@@ -61,6 +61,8 @@ class Webhook:
             provider.verify(request)
         except SignatureError as exc:
             return self.refuse("forbidden", 403, str(exc), url=request.url)
+        except MalformedWebhook as exc:  # a signature over parameters that cannot be read
+            return self.refuse("malformed", 400, str(exc))
         try:
             item = provider.parse(request)
             if isinstance(item, Inbound):

@@ -51,7 +51,7 @@ class VonageProvider(Provider):
         if auth.lower().startswith("bearer "):
             self._verify_jwt(auth[7:].strip(), request.body)
             return
-        params = self._params(request, for_signature=True)
+        params = self._params(request)
         sig = params.pop("sig", None)
         if not sig:
             raise SignatureError("missing 'sig' parameter (or a Messages API bearer token)")
@@ -86,19 +86,14 @@ class VonageProvider(Provider):
             raise SignatureError("the token's payload_hash does not match the body")
 
     # -- parsing -----------------------------------------------------------------------------
-    def _params(self, request: WebhookRequest, *, for_signature: bool = False) -> dict[str, str]:
+    def _params(self, request: WebhookRequest) -> dict[str, str]:
         """Query, form or JSON parameters, one value each."""
-        try:
-            merged = {k: v[-1] for k, v in request.query.items()}
-            if request.method == "POST":
-                if request.content_type == "application/json":
-                    merged.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in request.json_object().items()})
-                elif request.body:
-                    merged.update({k: v[-1] for k, v in request.form.items()})
-        except MalformedWebhook as exc:
-            if for_signature:
-                raise SignatureError(f"cannot check the signature: {exc}") from None
-            raise
+        merged = {k: v[-1] for k, v in request.query.items()}
+        if request.method == "POST":
+            if request.content_type == "application/json":
+                merged.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in request.json_object().items()})
+            elif request.body:
+                merged.update({k: v[-1] for k, v in request.form.items()})
         return merged
 
     def parse(self, request: WebhookRequest) -> Inbound | StatusReport:
