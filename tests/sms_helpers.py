@@ -235,7 +235,7 @@ class FakeCloud:
 
     async def _record(self, request: web.Request, kind: str) -> tuple[Planned | None, str]:
         body = await request.read()
-        entry = {"kind": kind, "path": request.path, "headers": dict(request.headers), "body": body}
+        entry = {"kind": kind, "path": request.path, "headers": {k.lower(): v for k, v in request.headers.items()}, "body": body}
         if request.content_type == "application/json":
             entry["json"] = json.loads(body)
         else:
