@@ -376,3 +376,49 @@ class AsyncMqttConsumer(AsyncConsumer):
         if properties:
             event["properties"] = properties
         await self.send(event)
+
+
+class AsyncSmsConsumer(AsyncConsumer):
+    """One inbound text or delivery report (scope type ``sms``, see docs/specs/sms.md).
+
+    Override ``message(body, **info)`` for texts: ``info`` holds ``from``, ``to``, ``message_id``,
+    ``provider``, ``media``, ``segments`` and ``encoding``; ``body`` regex captures are in
+    ``self.kwargs``. Override ``status(status, **info)`` for delivery reports (routes with
+    ``events: status``). Returning normally acknowledges the webhook (2xx); raising makes the
+    provider deliver it again. ``reply(text)`` answers the sender (inline where the provider
+    allows it); ``send_sms(to, body)`` texts anyone.
+    """
+
+    async def sms_message(self, message: Message) -> None:
+        self.kwargs: dict[str, Any] = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        self.sms: Message = message
+        keys = ("from", "to", "message_id", "provider", "media", "segments", "encoding")
+        await self.message(message.get("body", ""), **{k: message[k] for k in keys if k in message})
+
+    async def message(self, body: str, **info: Any) -> None:
+        """Called with the text; override it."""
+
+    async def sms_status(self, message: Message) -> None:
+        self.kwargs = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        keys = ("message_id", "provider_status", "from", "to", "error_code", "error", "provider")
+        await self.status(message["status"], **{k: message[k] for k in keys if k in message})
+
+    async def status(self, status: str, **info: Any) -> None:
+        """Called with a delivery report (``delivered``, ``failed``, ...); override it."""
+
+    async def sms_disconnect(self, message: Message) -> None:
+        raise StopConsumer()
+
+    async def reply(self, body: str, *, media: list[str] | None = None) -> None:
+        """Answer the sender of the text, from the number it was sent to."""
+        sms = getattr(self, "sms", None) or {}
+        await self.send_sms(sms.get("from") or self.scope["from"], body, media=media)
+
+    async def send_sms(self, to: str, body: str | None = None, *, from_: str | None = None, media: list[str] | None = None,
+                       account: str | None = None, idempotency_key: str | None = None) -> None:
+        """Send a text (an ``sms.send``); returns once the provider took it, raises when it did not."""
+        event: dict[str, Any] = {"type": "sms.send", "to": to}
+        for key, value in (("body", body), ("from", from_), ("media", media), ("account", account), ("idempotency_key", idempotency_key)):
+            if value is not None:
+                event[key] = value
+        await self.send(event)

@@ -289,3 +289,23 @@ async def cloud() -> AsyncIterator[FakeCloud]:
 def twilio_account(api_url: str = "http://127.0.0.1:9", extra: str = "") -> str:
     return (f'{{provider: twilio, webhook: /sms/twilio, account_id: "{TWILIO_SID}", auth_token: "{TWILIO_TOKEN}", '
             f'numbers: ["{OUR_NUMBER}"], api_url: "{api_url}", rate_limit: 0, backoff: 0.01{extra}}}')
+
+
+# -- a consumer ------------------------------------------------------------------------------------
+from gateway.consumers import AsyncSmsConsumer  # noqa: E402 - after the plain apps it sits beside
+
+
+class TextConsumer(AsyncSmsConsumer):
+    """Replies to texts, forwards ``fwd ...`` to CONTROL['to'], raises on ``raise``, records reports."""
+
+    async def message(self, body, **info):
+        RECEIVED.append((dict(self.scope), {"body": body, **info, "kwargs": self.kwargs}))
+        if body == "raise":
+            raise RuntimeError("the consumer raised")
+        if body.startswith("fwd "):
+            await self.send_sms(CONTROL["to"], body[4:])
+        else:
+            await self.reply(f"thanks for: {body}")
+
+    async def status(self, status, **info):
+        RECEIVED.append((dict(self.scope), {"status": status, **info}))
