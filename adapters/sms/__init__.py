@@ -4,10 +4,10 @@ Providers are plugins too: subclass ``Provider`` (see ``providers/base.py``).
 """
 
 from .adapter import SmsAdapter
-from .providers import Inbound, OutboundSms, Provider, RestRequest, SendFailed, SignatureError, StatusReport, WebhookRequest
+from .providers import Inbound, MalformedWebhook, OutboundSms, Provider, RestRequest, SendFailed, SignatureError, StatusReport, WebhookRequest
 from .sender import OptedOut, SmsSendError
 
 __all__ = [
-    "Inbound", "OptedOut", "OutboundSms", "Provider", "RestRequest", "SendFailed", "SignatureError", "SmsAdapter",
+    "Inbound", "MalformedWebhook", "OptedOut", "OutboundSms", "Provider", "RestRequest", "SendFailed", "SignatureError", "SmsAdapter",
     "SmsSendError", "StatusReport", "WebhookRequest",
 ]

@@ -114,7 +114,8 @@ class OptOutConfig(Section):
 
 
 class SmsConfig(Section):
-    """`adapters.sms`: provider accounts and the limits every account shares."""
+    """`adapters.sms`: provider accounts and the limits every account shares. One account may be written
+    in place, its keys directly in this block, instead of under `accounts`."""
 
     accounts: list[AccountConfig] = Field(default_factory=list, description="Provider accounts, one webhook path each.")
     default_region: str | None = Field(
