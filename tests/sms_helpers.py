@@ -309,3 +309,36 @@ class TextConsumer(AsyncSmsConsumer):
 
     async def status(self, status, **info):
         RECEIVED.append((dict(self.scope), {"status": status, **info}))
+
+
+# -- a provider plugin, written as docs/sms.md shows ----------------------------------------------
+from gateway_adapters.sms import Inbound, Provider, RestRequest, SignatureError, StatusReport  # noqa: E402
+
+
+class AcmeProvider(Provider):
+    name = "acme"
+    required = ("signing_secret",)
+
+    def verify(self, request):
+        if request.headers.get("x-acme-token") != self.secret("signing_secret"):
+            raise SignatureError("bad X-Acme-Token")
+
+    def parse(self, request):
+        data = request.json_object()
+        if "state" in data:
+            return StatusReport(message_id=data["ref"], status="delivered" if data["state"] == "OK" else "failed",
+                                provider_status=data["state"], sender=None, recipient=data.get("msisdn"), raw=data)
+        return Inbound(sender=data["msisdn"], recipient=data["shortcode"], body=data["text"], message_id=data["ref"], raw=data)
+
+    def send_request(self, sms):
+        return RestRequest("POST", f"{self.api_url}/generic/send", {"content-type": "application/json"},
+                           json.dumps({"to": sms.to, "text": sms.body, "mode": self.account.options.get("mode")}).encode())
+
+    def sent(self, status, headers, body):
+        if status != 200:
+            raise self.http_failure(status, headers, body)
+        return json.loads(body)["id"]
+
+
+class NotAProvider:
+    pass

@@ -259,3 +259,27 @@ async def test_a_provider_from_an_import_string():
         body = json.dumps({"id": "g-1", "from": h.UK_SENDER, "to": h.OUR_NUMBER, "body": "x"}).encode()
         assert (await h.post(base + "/sms/in", content=body, headers=h.generic_headers(body))).status_code == 200
         assert h.RECEIVED[0][0]["provider"] == "generic"
+
+
+# -- a provider plugin -----------------------------------------------------------------------------
+async def test_a_plugin_provider_as_the_docs_show_it():
+    sms = (f'{{provider: "sms_helpers:AcmeProvider", name: acme, webhook: /sms/acme, signing_secret: tok, '
+           f'numbers: ["{h.OUR_NUMBER}"], rate_limit: 0, options: {{mode: fast}}}}')
+    async with h.cloud() as cloud, h.running(h.config(sms.replace("rate_limit", f'api_url: "{cloud.url}", rate_limit'), ROUTES)) as (gw, base):
+        body = json.dumps({"ref": "a-1", "msisdn": h.UK_SENDER, "shortcode": h.OUR_NUMBER, "text": "hi acme"}).encode()
+        r = await h.post(base + "/sms/acme", content=body, headers={"x-acme-token": "tok", "content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert h.RECEIVED[0][0]["provider"] == "acme"
+        assert cloud.requests[0]["json"] == {"to": h.UK_SENDER, "text": "you said: hi acme", "mode": "fast"}
+        r = await h.post(base + "/sms/acme", content=body, headers={"x-acme-token": "nope"})
+        assert r.status_code == 403 and "bad X-Acme-Token" in r.text
+
+
+def test_a_provider_that_is_not_one_is_refused():
+    from gateway.errors import ConfigError
+    from gateway.server import Gateway
+
+    with pytest.raises(ConfigError, match="not a concrete subclass"):
+        Gateway.from_text(h.config('{provider: "sms_helpers:NotAProvider", webhook: /x}', '    - {app: "sms_helpers:ok"}'))
+    with pytest.raises(ConfigError, match="needs 'signing_secret'"):
+        Gateway.from_text(h.config('{provider: "sms_helpers:AcmeProvider", webhook: /x}', '    - {app: "sms_helpers:ok"}'))
