@@ -78,6 +78,8 @@ async def test_media_are_listed():
 
 @pytest.mark.parametrize("case", ["unsigned", "wrong token", "tampered", "other url"])
 async def test_bad_signatures_get_403_and_nothing_is_routed(case):
+    from structlog.testing import capture_logs
+
     async with h.running(h.config(h.twilio_account(), ROUTES)) as (gw, base):
         url = base + "/sms/twilio"
         params = h.twilio_message()
@@ -90,13 +92,18 @@ async def test_bad_signatures_get_403_and_nothing_is_routed(case):
             params = {**params, "Body": "changed"}
         else:
             headers = h.twilio_form("https://elsewhere.example/sms/twilio", params)
-        r = await h.post(url, content=urlencode(params), headers=headers)
+        with capture_logs() as logs:
+            r = await h.post(url, content=urlencode(params), headers=headers)
         assert r.status_code == 403
         assert "X-Twilio-Signature" in r.text
         assert h.TWILIO_TOKEN not in r.text
         assert h.RECEIVED == []
         assert h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="unknown", outcome="forbidden") == 1
         assert b'outcome="forbidden"' in (await _metrics(base))
+    logged = [entry for entry in logs if entry["event"] == "sms.webhook.forbidden"]
+    assert len(logged) == 1
+    assert logged[0]["url"] == url and "X-Twilio-Signature" in logged[0]["error"]
+    assert h.TWILIO_TOKEN not in repr(logs)
 
 
 async def _metrics(base: str) -> bytes:

@@ -109,7 +109,7 @@ class SmsAdapter(Adapter):
 
         async def send(out: dict[str, Any]) -> None:
             target = self._account_for(out, account)
-            sms = self.sender.prepare(target, out, default_from=msg.recipient)
+            sms = self.sender.prepare(target, out, default_from=msg.recipient if target is account else None)
             if provider.inline_replies and target is account and sms.to == msg.sender and sms.sender == msg.recipient:
                 if await self.store.opted_out(sms.to):
                     raise self.sender.refused(account, f"{sms.to} has opted out (texted a stop word): not sent")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from gateway.types import Receive, Scope, Send
 
@@ -60,7 +61,7 @@ class Webhook:
         try:
             provider.verify(request)
         except SignatureError as exc:
-            return self.refuse("forbidden", 403, str(exc), url=request.url)
+            return self.refuse("forbidden", 403, str(exc), url=_without_userinfo(request.url))
         except MalformedWebhook as exc:  # a signature over parameters that cannot be read
             return self.refuse("malformed", 400, str(exc))
         try:
@@ -112,3 +113,11 @@ class Webhook:
         path = raw.decode("latin-1") if raw else scope.get("root_path", "") + scope["path"]
         query = scope.get("query_string") or b""
         return base + path + (f"?{query.decode('latin-1')}" if query else "")
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` for a log line: a ``user:password@`` in it (some providers allow one) is left out."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))

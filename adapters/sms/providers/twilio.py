@@ -86,7 +86,7 @@ class TwilioProvider(Provider):
             mac = hmac.new(key.encode(), (url + tail).encode(), digest).digest()
             if hmac.compare_digest(base64.b64encode(mac).decode(), signature.strip()):
                 return
-        raise SignatureError(f"X-Twilio-Signature does not match ({algorithm} over {request.url})")
+        raise SignatureError(f"X-Twilio-Signature does not match ({algorithm} over the URL and parameters)")
 
     def parse(self, request: WebhookRequest) -> Inbound | StatusReport:
         if request.content_type == "application/json":
