@@ -9,7 +9,7 @@ import pytest
 
 import sms_helpers as h
 from sms_helpers import clean_state  # noqa: F401 - autouse
-from test_layer_redis_helpers import prefix, redis_server  # noqa: F401 - fixtures
+from test_layer_redis_helpers import own_redis, prefix, redis_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,3 +53,18 @@ async def test_each_channel_send_is_sent_by_exactly_one_process(redis_server, pr
         assert sent == [f"n{i}" for i in range(6)]
         total = sum(h.metric(gw, "gateway_sms_sent_total", account="twilio", outcome="sent") for gw in (gw1, gw2))
         assert total == 6
+
+
+async def test_redis_away_gets_503_and_the_text_is_not_lost(own_redis, prefix):  # noqa: F811
+    layer = f'layer: {{backend: redis, hosts: ["{own_redis.url}"], prefix: {prefix}}}\n'
+    async with h.running(h.config(h.twilio_account(), ROUTES, layer)) as (gw, base):
+        own_redis.stop()
+        r = await h.post_twilio(base, h.twilio_message())
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert h.RECEIVED == []
+        assert h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="unknown", outcome="error") == 1
+        own_redis.start()
+        await h.eventually(lambda: own_redis.proc is not None)
+        r = await h.post_twilio(base, h.twilio_message())  # the provider's retry, once Redis is back
+        assert r.status_code == 200
+        assert len(h.RECEIVED) == 1

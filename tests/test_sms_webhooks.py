@@ -309,3 +309,29 @@ async def test_without_an_http_adapter_the_gateway_refuses_to_start():
     with pytest.raises(StartupError, match="needs an HTTP listener"):
         async with Gateway.from_text(text):
             pass
+
+
+async def test_a_retry_while_the_first_delivery_runs_gets_503():
+    routes = '    - {app: "sms_helpers:slow", timeout: 5}\n'
+    async with h.running(h.config(h.twilio_account(), routes)) as (gw, base):
+        h.CONTROL["sleep"] = 0.5
+        first = asyncio.ensure_future(h.post_twilio(base, h.twilio_message()))
+        await h.eventually(lambda: len(h.RECEIVED) == 1)
+        again = await h.post_twilio(base, h.twilio_message())
+        assert again.status_code == 503 and again.headers["retry-after"] == "1"
+        assert (await first).status_code == 200
+        assert (await h.post_twilio(base, h.twilio_message())).status_code == 200  # now a known duplicate
+        assert len(h.RECEIVED) == 1
+
+
+def test_gateway_routes_shows_the_sms_matchers():
+    import io
+
+    from gateway.cli import print_routes
+    from gateway.config import loads
+
+    out = io.StringIO()
+    print_routes(loads(h.config(h.twilio_account(), ROUTES + '    - {events: status, to: "+15005550006", app: "sms_helpers:ok"}\n')), out)
+    text = out.getvalue()
+    for needle in ("from=+44*", "keyword=JOIN|SUBSCRIBE", "body~/^order (?P<number>[0-9]+)$/", "events=status to=+15005550006"):
+        assert needle in text

@@ -44,10 +44,11 @@ class SmsAdapter(Adapter):
         self.store: MemoryStore | RedisStore = MemoryStore()
         self._running: dict[int, int] = {}  # id(route) -> instances running, for max_concurrency
         self._inbound: set[asyncio.Task[Any]] = set()
+        self._in_flight: set[str] = set()  # "<account>:<message id>" being handled in this process
         self._webhooks = context.metrics.counter(
             "gateway_sms_webhooks_total",
-            "SMS webhooks by account, kind (message, status) and outcome (handled, duplicate, opt_out, failed, timeout, "
-            "busy, no_route, forbidden, malformed, too_large, method).",
+            "SMS webhooks by account, kind (message, status) and outcome (handled, duplicate, in_flight, opt_out, failed, "
+            "timeout, busy, no_route, forbidden, malformed, too_large, method, error).",
             ("account", "kind", "outcome"),
         )
 
@@ -74,13 +75,25 @@ class SmsAdapter(Adapter):
 
     # -- inbound messages ------------------------------------------------------------------
     async def on_message(self, account: Account, msg: Inbound, client: Any, url: str) -> Answer:
-        provider = account.provider
         key = f"{account.label}:{msg.message_id}"
         window = self.config.dedup_window
         if window and await self.store.seen(key):
             self.count(account, "message", "duplicate")
             self.log.info("sms.webhook.duplicate", account=account.label, message_id=msg.message_id)
             return self._ok(account, [])
+        if key in self._in_flight:  # a retry while the first delivery still runs here: not yet handled
+            self.count(account, "message", "in_flight")
+            self.log.info("sms.webhook.in_flight", account=account.label, message_id=msg.message_id)
+            return Answer(503, b"this message is being handled; retry later\n", headers=((b"retry-after", BUSY_RETRY_AFTER),))
+        self._in_flight.add(key)
+        try:
+            return await self._message(account, msg, key, client, url)
+        finally:
+            self._in_flight.discard(key)
+
+    async def _message(self, account: Account, msg: Inbound, key: str, client: Any, url: str) -> Answer:
+        provider = account.provider
+        window = self.config.dedup_window
         words = msg.body.split(maxsplit=1)
         keyword = words[0].upper() if words else None
         replies: list[OutboundSms] = []
