@@ -335,3 +335,28 @@ def test_gateway_routes_shows_the_sms_matchers():
     text = out.getvalue()
     for needle in ("from=+44*", "keyword=JOIN|SUBSCRIBE", "body~/^order (?P<number>[0-9]+)$/", "events=status to=+15005550006"):
         assert needle in text
+
+
+async def test_the_http_adapters_own_body_limit_ends_a_chunked_webhook_without_routing_it():
+    import httpx
+
+    text = h.config(h.twilio_account(), ROUTES).replace('http: {listen: "127.0.0.1:0"}', 'http: {listen: "127.0.0.1:0", limits: {max_body_size: 100}}')
+    async with h.running(text) as (gw, base):
+        params = h.twilio_message(body="x" * 200)
+        url = base + "/sms/twilio"
+
+        async def chunks():
+            body = urlencode(params).encode()
+            for i in range(0, len(body), 50):
+                yield body[i:i + 50]
+
+        async with httpx.AsyncClient() as client:
+            try:
+                r = await client.post(url, content=chunks(), headers=h.twilio_form(url, params))
+            except httpx.TransportError:
+                pass  # the 413 and the close can overtake the client's last chunks: refused either way
+            else:
+                assert r.status_code == 413
+        assert h.RECEIVED == []
+        await h.eventually(lambda: h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="unknown", outcome="disconnected") == 1)
+        assert h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="unknown", outcome="forbidden") == 0

@@ -48,7 +48,7 @@ class SmsAdapter(Adapter):
         self._webhooks = context.metrics.counter(
             "gateway_sms_webhooks_total",
             "SMS webhooks by account, kind (message, status) and outcome (handled, duplicate, in_flight, opt_out, failed, "
-            "timeout, busy, no_route, forbidden, malformed, too_large, method, error).",
+            "timeout, busy, no_route, forbidden, malformed, too_large, disconnected, method, error).",
             ("account", "kind", "outcome"),
         )
 

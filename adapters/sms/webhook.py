@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from .sender import Account
 
 
+class ClientGone(Exception):
+    """The request ended (``http.disconnect``) before its body was complete."""
+
+
 @dataclass
 class Answer:
     status: int
@@ -56,7 +60,12 @@ class Webhook:
         if method not in provider.methods:
             return self.refuse("method", 405, f"{method} is not how {provider.name} calls a webhook",
                                headers=((b"allow", ", ".join(provider.methods).encode()),))
-        body = await self.read_body(receive)
+        try:
+            body = await self.read_body(receive)
+        except ClientGone:
+            # the caller hung up, or the http adapter refused the body under its own max_body_size
+            # (it answered 413 itself): nothing was accepted, so nothing is lost
+            return self.refuse("disconnected", 400, "the request ended before its body was complete")
         if body is None:
             return self.refuse("too_large", 413, f"the body is larger than max_body_size ({adapter.config.max_body_size} bytes)")
         headers: dict[str, str] = {}
@@ -89,14 +98,15 @@ class Webhook:
         return Answer(status, f"{why}\n".encode(), headers=headers)
 
     async def read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or ``None`` once it passes ``max_body_size``."""
+        """The whole body, or ``None`` once it passes ``max_body_size``; ``ClientGone`` when the
+        request ends first."""
         limit = self.adapter.config.max_body_size
         chunks: list[bytes] = []
         size = 0
         while True:
             event: Any = await receive()
             if event["type"] != "http.request":
-                return b"".join(chunks)
+                raise ClientGone()
             chunk = event.get("body") or b""
             size += len(chunk)
             if size > limit:
