@@ -206,6 +206,8 @@ async def test_delivery_status_callbacks_are_routed_to_status_routes():
                   "To": h.UK_SENDER, "From": h.OUR_NUMBER, "AccountSid": h.TWILIO_SID}
         r = await h.post_twilio(base, params)
         assert r.status_code == 200
+        assert (await h.post_twilio(base, params)).status_code == 200  # a retry of a handled report
+        assert len(h.RECEIVED) == 1
         scope, event = h.RECEIVED[0]
         assert (scope["kind"], scope["route_name"], scope["message_id"]) == ("status", "status", "SMout1")
         assert event["type"] == "sms.status"

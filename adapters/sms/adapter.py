@@ -170,6 +170,12 @@ class SmsAdapter(Adapter):
 
     # -- delivery reports ------------------------------------------------------------------
     async def on_status(self, account: Account, report: StatusReport, client: Any, url: str | None) -> Answer:
+        window = self.config.dedup_window
+        # a provider's retry of a report already handled; the gateway's own reports have no id
+        key = f"{account.label}:status:{report.message_id}:{report.provider_status}" if report.message_id and window else None
+        if key is not None and await self.store.seen(key):
+            self.count(account, "status", "duplicate")
+            return self._ok(account, [])
         sender, recipient = self._number(report.sender), self._number(report.recipient)
         scope = self._scope(account, "status", sender, recipient, report.message_id, client, url)
         scope["keyword"] = None
@@ -189,7 +195,11 @@ class SmsAdapter(Adapter):
             await self.sender.send(target, self.sender.prepare(target, out, default_from=None))
 
         answer = await self._run(account, "status", match, scope, event, send)
-        return answer if answer is not None else self._ok(account, [])
+        if answer is not None:
+            return answer
+        if key is not None:
+            await self.store.remember(key, window)
+        return self._ok(account, [])
 
     def _number(self, number: str | None) -> str | None:
         """E.164 when it is a number; as given otherwise (an alphanumeric sender id)."""
