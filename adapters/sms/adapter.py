@@ -125,7 +125,7 @@ class SmsAdapter(Adapter):
             sms = self.sender.prepare(target, out, default_from=msg.recipient if target is account else None)
             if provider.inline_replies and target is account and sms.to == msg.sender and sms.sender == msg.recipient:
                 if await self.store.opted_out(sms.to):
-                    raise self.sender.refused(account, f"{sms.to} has opted out (texted a stop word): not sent")
+                    raise self.sender.opted_out(account, sms.to)
                 replies.append(sms)
                 return
             await self.sender.send(target, sms)

@@ -97,6 +97,11 @@ class Sender:
             idempotency_key=event.get("idempotency_key") or secrets.token_hex(16), status_url=account.status_url,
         )
 
+    def opted_out(self, account: Account, number: str) -> OptedOut:
+        self._sent.labels(account.label, "refused").inc()
+        self.log.warning("sms.send.opted_out", account=account.label, to=number)
+        return OptedOut(f"{number} has opted out (texted a stop word): not sent")
+
     def refused(self, account: Account, why: str) -> SmsSendError:
         self._sent.labels(account.label, "refused").inc()
         self.log.warning("sms.send.refused", account=account.label, error=why)
@@ -106,9 +111,7 @@ class Sender:
         """Send through the provider's REST API; the provider's message id. ``force`` skips the
         opt-out check (for the confirmation of a stop word itself)."""
         if not force and await self.adapter.store.opted_out(sms.to):
-            self._sent.labels(account.label, "refused").inc()
-            self.log.warning("sms.send.opted_out", account=account.label, to=sms.to)
-            raise OptedOut(f"{sms.to} has opted out (texted a stop word): not sent")
+            raise self.opted_out(account, sms.to)
         await self._turn(account, sms.sender)
         cfg = account.config
         attempt = 0
