@@ -360,3 +360,17 @@ async def test_the_http_adapters_own_body_limit_ends_a_chunked_webhook_without_r
         assert h.RECEIVED == []
         await h.eventually(lambda: h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="unknown", outcome="disconnected") == 1)
         assert h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="unknown", outcome="forbidden") == 0
+
+
+async def test_secrets_come_from_the_environment_and_stay_out_of_reprs_and_logs(monkeypatch):
+    from structlog.testing import capture_logs
+
+    monkeypatch.setenv("SMS_TEST_TOKEN", h.TWILIO_TOKEN)
+    sms = h.twilio_account().replace(f'auth_token: "{h.TWILIO_TOKEN}"', 'auth_token: "${SMS_TEST_TOKEN}"')
+    assert h.TWILIO_TOKEN not in sms
+    async with h.running(h.config(sms, ROUTES)) as (gw, base):
+        assert h.TWILIO_TOKEN not in repr(gw.plan.adapters[1].config)
+        with capture_logs() as logs:
+            assert (await h.post_twilio(base, h.twilio_message())).status_code == 200
+            assert (await h.post_twilio(base, h.twilio_message(sid="SM2"), token="wrong")).status_code == 403
+        assert h.TWILIO_TOKEN not in repr(logs)
