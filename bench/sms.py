@@ -130,7 +130,8 @@ def signed_requests(count: int, offset: int) -> list[tuple[bytes, str]]:
     return out
 
 
-async def load(port: int, requests: list[tuple[bytes, str]], connections: int, seconds: float) -> tuple[float, int]:
+async def load(port: int, requests: list[tuple[bytes, str]], connections: int, seconds: float) -> tuple[float, int, int]:
+    """``(webhooks/s answered 200 after the warm-up, answers that were not 200, every answer)``."""
     import aiohttp
 
     url = f"http://127.0.0.1:{port}{PATH}"
@@ -156,7 +157,7 @@ async def load(port: int, requests: list[tuple[bytes, str]], connections: int, s
         start = time.monotonic()
         await asyncio.gather(*(worker(session, start + seconds) for _ in range(connections)))
         elapsed = time.monotonic() - start
-    return (counts[0] - done_before) / elapsed, counts[1]
+    return (counts[0] - done_before) / elapsed, counts[1], counts[0] + counts[1]
 
 
 @contextlib.contextmanager
@@ -173,7 +174,7 @@ def running(kind: str):
 
     try:
         common.wait_listening(port, proc, kind, output)
-        yield port
+        yield port, proc.pid
     finally:
         common.stop(proc)
         log.close()
@@ -221,6 +222,12 @@ async def outbound(sends: int) -> float:
     return sends / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far: unlike a rate, not skewed by other load on the machine."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -236,15 +243,21 @@ def main() -> None:
         return
     per_cell = int(args.seconds * 20000) + 20000  # more than either server answers in a cell
     best: dict[str, tuple[float, int]] = {}
+    cpu: dict[str, list[float]] = {"aiohttp": [], "gateway": []}  # server CPU µs per webhook, per cell
     offset = 0
-    with running("aiohttp") as bare_port, running("gateway") as gateway_port:
-        ports = {"aiohttp": bare_port, "gateway": gateway_port}
+    with running("aiohttp") as (bare_port, bare_pid), running("gateway") as (gateway_port, gateway_pid):
+        servers = {"aiohttp": (bare_port, bare_pid), "gateway": (gateway_port, gateway_pid)}
         for round_ in range(args.rounds):
             for kind in ("aiohttp", "gateway"):
+                port, pid = servers[kind]
                 requests = signed_requests(per_cell, offset)
                 offset += per_cell
-                rate, errors = asyncio.run(load(ports[kind], requests, args.connections, args.seconds))
-                print(f"  round {round_ + 1} {kind:>8}: {rate:8.1f} webhooks/s ({errors} not 200)", file=sys.stderr, flush=True)
+                before = cpu_seconds(pid)
+                rate, errors, answered = asyncio.run(load(port, requests, args.connections, args.seconds))
+                used = cpu_seconds(pid) - before  # warm-up included, and so are its requests in `answered`
+                cpu[kind].append(used * 1e6 / answered)
+                print(f"  round {round_ + 1} {kind:>8}: {rate:8.1f} webhooks/s ({errors} not 200), {cpu[kind][-1]:.0f} µs CPU each",
+                      file=sys.stderr, flush=True)
                 if kind not in best or rate > best[kind][0]:
                     best[kind] = (rate, errors)
     sends_per_second = asyncio.run(outbound(args.sends))
@@ -252,6 +265,9 @@ def main() -> None:
     print(f"\nSigned Twilio webhooks, {args.connections} keep-alive connections, {args.seconds:g} s per cell (best of {args.rounds} alternating rounds)")
     print(f"{'bare aiohttp + verification':>30} {'gateway':>10} {'ratio':>7}  {'errors':>6}")
     print(f"{bare:>30.1f} {gateway:>10.1f} {gateway / bare:>6.2f}x  {best['gateway'][1]:>6}")
+    bare_cpu, gateway_cpu = min(cpu["aiohttp"]), min(cpu["gateway"])
+    print(f"server CPU per webhook (least of the rounds): bare {bare_cpu:.0f} µs, gateway {gateway_cpu:.0f} µs, "
+          f"ratio {bare_cpu / gateway_cpu:.2f}x (the same comparison, not skewed by other load on the machine)")
     print(f"\nOutbound: {args.sends} sends from the layer channel sms.send to a local Twilio REST stand-in: {sends_per_second:.1f} sends/s")
 
 

@@ -44,6 +44,7 @@ class SmsAdapter(Adapter):
         self.store: MemoryStore | RedisStore = MemoryStore()
         self._running: dict[int, int] = {}  # id(route) -> instances running, for max_concurrency
         self._inbound: set[asyncio.Task[Any]] = set()
+        self._counted: dict[tuple[str, str, str], Any] = {}
         self._in_flight: set[str] = set()  # "<account>:<message id>" being handled in this process
         self._webhooks = context.metrics.counter(
             "gateway_sms_webhooks_total",
@@ -71,7 +72,11 @@ class SmsAdapter(Adapter):
         await self.store.close()
 
     def count(self, account: Account, kind: str, outcome: str) -> None:
-        self._webhooks.labels(account.label, kind, outcome).inc()
+        key = (account.label, kind, outcome)
+        child = self._counted.get(key)
+        if child is None:  # a label lookup per webhook costs more than the increment: once per series
+            child = self._counted[key] = self._webhooks.labels(*key)
+        child.inc()
 
     # -- inbound messages ------------------------------------------------------------------
     async def on_message(self, account: Account, msg: Inbound, client: Any, url: str) -> Answer:

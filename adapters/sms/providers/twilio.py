@@ -40,15 +40,13 @@ def _algorithm(settings: str) -> str:
     return "HMAC_SHA1"
 
 
-def _url_forms(url: str) -> list[str]:
-    """The URL as called, and the same with its default port added or removed."""
+def _other_port_form(url: str) -> str:
+    """The same URL with its default port added, or its port removed."""
     parts = urlsplit(url)
     default = 443 if parts.scheme == "https" else 80
     if parts.port is None:
-        other = parts._replace(netloc=f"{parts.netloc}:{default}")
-    else:
-        other = parts._replace(netloc=parts.netloc.rsplit(":", 1)[0])
-    return [url, urlunsplit(other)]
+        return urlunsplit(parts._replace(netloc=f"{parts.netloc}:{default}"))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit(":", 1)[0]))
 
 
 class TwilioProvider(Provider):
@@ -81,10 +79,11 @@ class TwilioProvider(Provider):
         else:
             params = request.form
         tail = "".join(name + value for name in sorted(params) for value in sorted(set(params[name])))
-        digest = _ALGORITHMS[algorithm]
-        for url in _url_forms(request.url):
-            mac = hmac.new(key.encode(), (url + tail).encode(), digest).digest()
-            if hmac.compare_digest(base64.b64encode(mac).decode(), signature.strip()):
+        digest, given = _ALGORITHMS[algorithm], signature.strip().encode()
+        # the URL as called first; the other port form (computed only then) for Twilio's inconsistency
+        for url in (request.url, None):
+            mac = hmac.new(key.encode(), ((url or _other_port_form(request.url)) + tail).encode(), digest).digest()
+            if hmac.compare_digest(base64.b64encode(mac), given):
                 return
         raise SignatureError(f"X-Twilio-Signature does not match ({algorithm} over the URL and parameters)")
 
