@@ -94,6 +94,24 @@ async def fail(scope, receive, send):
 
 
 @sms_only
+async def slow_then_done(scope, receive, send):
+    """Takes CONTROL['sleep'] seconds, then records that it finished."""
+    event = await receive()
+    RECEIVED.append((scope, event))
+    await asyncio.sleep(CONTROL.get("sleep", 30))
+    RECEIVED.append((scope, {"type": "done"}))
+
+
+@sms_only
+async def slow_forward(scope, receive, send):
+    """Takes CONTROL['sleep'] seconds, then texts CONTROL['to'] over REST."""
+    event = await receive()
+    RECEIVED.append((scope, event))
+    await asyncio.sleep(CONTROL.get("sleep", 30))
+    await send({"type": "sms.send", "to": CONTROL["to"], "body": "after a while"})
+
+
+@sms_only
 async def slow(scope, receive, send):
     event = await receive()
     RECEIVED.append((scope, event))

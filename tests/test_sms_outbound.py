@@ -221,3 +221,18 @@ async def test_status_without_a_status_route_is_acknowledged_and_counted():
         assert (await h.post_twilio(base, params)).status_code == 200
         assert h.RECEIVED == []
         assert h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="status", outcome="no_route") == 1
+
+
+async def test_a_graceful_stop_lets_running_instances_finish_their_sends():
+    from gateway.server import Gateway
+
+    async with h.cloud() as cloud:
+        gw = Gateway.from_text(h.config(h.twilio_account(cloud.url), '    - {app: "sms_helpers:slow_forward", timeout: 10}\n'))
+        await gw.start()
+        base = f"http://{gw.addresses['http'][0]}"
+        h.CONTROL.update(sleep=0.5, to=h.US_SENDER)
+        webhook = asyncio.ensure_future(h.post_twilio(base, h.twilio_message()))
+        await h.eventually(lambda: len(h.RECEIVED) == 1)
+        await gw.stop(drain=10)
+        assert (await webhook).status_code == 200
+        assert [r["form"]["Body"] for r in cloud.requests] == ["after a while"]

@@ -379,3 +379,20 @@ async def test_secrets_come_from_the_environment_and_stay_out_of_reprs_and_logs(
             assert (await h.post_twilio(base, h.twilio_message())).status_code == 200
             assert (await h.post_twilio(base, h.twilio_message(sid="SM2"), token="wrong")).status_code == 403
         assert h.TWILIO_TOKEN not in repr(logs)
+
+
+async def test_a_caller_that_hangs_up_does_not_cancel_the_app_and_its_retry_is_a_duplicate():
+    import httpx
+
+    routes = '    - {app: "sms_helpers:slow_then_done", timeout: 5}\n'
+    async with h.running(h.config(h.twilio_account(), routes)) as (gw, base):
+        h.CONTROL["sleep"] = 0.5
+        params = h.twilio_message()
+        url = base + "/sms/twilio"
+        async with httpx.AsyncClient(timeout=0.1) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(url, content=urlencode(params), headers=h.twilio_form(url, params))
+        await h.eventually(lambda: any(e["type"] == "done" for _, e in h.RECEIVED))
+        assert (await h.post_twilio(base, params)).status_code == 200  # the provider's retry
+        assert len(h.RECEIVED) == 2  # one run: started, done
+        assert h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="message", outcome="duplicate") == 1

@@ -43,7 +43,8 @@ class SmsAdapter(Adapter):
         self.sender = Sender(self)
         self.store: MemoryStore | RedisStore = MemoryStore()
         self._running: dict[int, int] = {}  # id(route) -> instances running, for max_concurrency
-        self._inbound: set[asyncio.Task[Any]] = set()
+        self._busy = 0  # webhook instances running now
+        self._idle: asyncio.Event | None = None  # set when the last one ends, while stop() waits
         self._counted: dict[tuple[str, str, str], Any] = {}
         self._in_flight: set[str] = set()  # "<account>:<message id>" being handled in this process
         self._webhooks = context.metrics.counter(
@@ -62,12 +63,14 @@ class SmsAdapter(Adapter):
         self.context.health.set("sms", "ok", ", ".join(f"{a.label}: {a.config.webhook}" for a in self.accounts.values()))
 
     async def stop(self, drain: float) -> None:
-        left = [t for t in self._inbound if not t.done()]
-        if left:
-            _, pending = await asyncio.wait(left, timeout=drain) if drain > 0 else (set(), set(left))
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        # running instances may still send texts: the REST client stays open while they finish
+        # (the http adapter drains their webhooks, the runner cancels what outlives the drain)
+        if self._busy and drain > 0:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), drain)
+            except TimeoutError:
+                pass
         await self.sender.close()
         await self.store.close()
 
@@ -225,8 +228,8 @@ class SmsAdapter(Adapter):
 
     async def _run(self, account: Account, kind: str, match: Match, scope: dict[str, Any], event: dict[str, Any],
                    send: Any) -> Answer | None:
-        """Run one instance shielded from the webhook's connection; ``None`` when it returned
-        normally, else the answer that makes the provider retry."""
+        """Run one instance; ``None`` when it returned normally, else the answer that makes the
+        provider retry."""
         route = match.route
         limit = getattr(route.config, "max_concurrency", None)
         running = self._running.get(id(route), 0)
@@ -235,13 +238,17 @@ class SmsAdapter(Adapter):
             self.log.warning("sms.webhook.busy", account=account.label, route=route.name or route.target, limit=limit)
             return Answer(503, b"busy: too many messages for this route at once, retry later\n", headers=((b"retry-after", BUSY_RETRY_AFTER),))
         self._running[id(route)] = running + 1
+        self._busy += 1
         try:
-            task = asyncio.get_running_loop().create_task(self.context.runner.run_message(match, scope, event, send, adapter="sms"))
-            self._inbound.add(task)
-            task.add_done_callback(self._inbound.discard)
-            result = await asyncio.shield(task)
+            # Inline in the webhook's connection task: the http adapter never cancels it when the
+            # caller hangs up (the instance runs to its end), and a shutdown cancels it through the
+            # runner like any HTTP request. A separate task would cost two more loop turns each.
+            result = await self.context.runner.run_message(match, scope, event, send, adapter="sms")
         finally:
             self._running[id(route)] -= 1
+            self._busy -= 1
+            if not self._busy and self._idle is not None:
+                self._idle.set()
         if result.ok:
             self.count(account, kind, "handled")
             return None

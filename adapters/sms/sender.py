@@ -137,7 +137,8 @@ class Sender:
             attempt += 1
 
     async def _attempt(self, account: Account, sms: OutboundSms) -> str:
-        assert self.session is not None, "the sms adapter is not started"
+        if self.session is None:
+            raise SendFailed("the sms adapter is stopped", permanent=True)
         request = account.provider.send_request(sms)
         try:
             async with self.session.request(
