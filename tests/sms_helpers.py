@@ -218,6 +218,7 @@ class Planned:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    hold: asyncio.Event | None = None  # answer only once the test sets it
 
 
 class FakeCloud:
@@ -263,6 +264,8 @@ class FakeCloud:
         planned = self.planned.pop(0) if self.planned else None
         if planned is not None and planned.delay:
             await asyncio.sleep(planned.delay)
+        if planned is not None and planned.hold is not None:
+            await planned.hold.wait()
         return planned, f"{kind}-{self._ids}"
 
     @staticmethod

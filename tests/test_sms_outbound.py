@@ -236,3 +236,34 @@ async def test_a_graceful_stop_lets_running_instances_finish_their_sends():
         await gw.stop(drain=10)
         assert (await webhook).status_code == 200
         assert [r["form"]["Body"] for r in cloud.requests] == ["after a while"]
+
+
+async def test_a_slow_channel_send_does_not_hold_up_the_next_one():
+    async with h.cloud() as cloud, h.running(h.config(h.twilio_account(cloud.url), ROUTES)) as (gw, base):
+        held = asyncio.Event()
+        cloud.plan(Planned(hold=held))
+        await gw.layer.send("sms.send", {"type": "sms.send", "to": h.UK_SENDER, "body": "first"})
+        await gw.layer.send("sms.send", {"type": "sms.send", "to": h.US_SENDER, "body": "second"})
+        # the second is sent while the provider still sits on the first
+        await h.eventually(lambda: h.metric(gw, "gateway_sms_sent_total", account="twilio", outcome="sent") == 1)
+        assert [r["form"]["Body"] for r in cloud.requests] == ["first", "second"]
+        held.set()
+        await h.eventually(lambda: h.metric(gw, "gateway_sms_sent_total", account="twilio", outcome="sent") == 2)
+
+
+async def test_outbound_concurrency_bounds_sends_in_flight_and_shutdown_counts_the_abandoned():
+    sms = h.twilio_account().replace("{provider", "{outbound_concurrency: 1, provider")
+    async with h.cloud() as cloud:
+        gw = h.Gateway.from_text(h.config(sms.replace("http://127.0.0.1:9", cloud.url), ROUTES))
+        await gw.start()
+        held = asyncio.Event()
+        cloud.plan(Planned(hold=held))
+        for body in ("first", "second"):
+            await gw.layer.send("sms.send", {"type": "sms.send", "to": h.UK_SENDER, "body": body})
+        await h.eventually(lambda: len(cloud.requests) == 1)
+        await asyncio.sleep(0.2)  # room for a second send to start, if the bound did not hold
+        assert len(cloud.requests) == 1
+        await gw.stop(drain=0.2)
+        # the one in flight and the one waiting for a slot: both taken from the channel, neither lost silently
+        assert h.metric(gw, "gateway_sms_sent_total", account="twilio", outcome="abandoned") == 2
+        held.set()

@@ -43,6 +43,8 @@ class SmsAdapter(Adapter):
         self.sender = Sender(self)
         self.store: MemoryStore | RedisStore = MemoryStore()
         self._running: dict[int, int] = {}  # id(route) -> instances running, for max_concurrency
+        self._slots = asyncio.Semaphore(config.outbound_concurrency)
+        self._sending: set[asyncio.Task[None]] = set()  # sends taken from the layer channel
         self._busy = 0  # webhook instances running now
         self._idle: asyncio.Event | None = None  # set when the last one ends, while stop() waits
         self._counted: dict[tuple[str, str, str], Any] = {}
@@ -65,12 +67,19 @@ class SmsAdapter(Adapter):
     async def stop(self, drain: float) -> None:
         # running instances may still send texts: the REST client stays open while they finish
         # (the http adapter drains their webhooks, the runner cancels what outlives the drain)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain
         if self._busy and drain > 0:
             self._idle = asyncio.Event()
             try:
                 await asyncio.wait_for(self._idle.wait(), drain)
             except TimeoutError:
                 pass
+        if self._sending:  # sends taken from the channel: finish them within the drain, else give up
+            _, pending = await asyncio.wait(set(self._sending), timeout=max(0.0, deadline - loop.time()))
+            for task in pending:
+                task.cancel()  # each logs and counts itself as abandoned
+            await asyncio.gather(*pending, return_exceptions=True)
         await self.sender.close()
         await self.store.close()
 
@@ -269,8 +278,33 @@ class SmsAdapter(Adapter):
         return found
 
     async def handle_outbound(self, channel: str, message: dict[str, Any]) -> None:
-        """An ``sms.send`` from the channel layer. One that fails for good is logged, counted
-        and reported as a ``status: failed`` instance."""
+        """An ``sms.send`` from the channel layer, sent in a task of its own so one slow or
+        retried send does not hold up the others; at most ``outbound_concurrency`` at once (the
+        relay waits for a free slot, and the channel's capacity pushes back on producers)."""
+        try:
+            await self._slots.acquire()
+        except asyncio.CancelledError:  # shutdown while it waited for a slot: taken, never sent
+            self._abandoned(message)
+            raise
+        task = asyncio.get_running_loop().create_task(self._send_from_layer(message))
+        self._sending.add(task)
+        task.add_done_callback(self._sent_one)
+
+    def _sent_one(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("sms.send.crashed", error=f"{type(task.exception()).__name__}: {task.exception()}")
+
+    def _abandoned(self, message: dict[str, Any]) -> None:
+        account = self.accounts.get(message.get("account")) or next(iter(self.accounts.values()))  # type: ignore[arg-type]
+        self.sender.count(account, "abandoned")
+        self.log.error("sms.send.abandoned", account=account.label, to=message.get("to"),
+                       note="taken from the sms.send channel, cancelled at shutdown before it was sent")
+
+    async def _send_from_layer(self, message: dict[str, Any]) -> None:
+        """Send one; one that fails for good is logged, counted and reported as a
+        ``status: failed`` instance."""
         problem = SEND_SPEC.problem(message)
         account = next(iter(self.accounts.values()))
         try:
@@ -278,6 +312,9 @@ class SmsAdapter(Adapter):
                 raise self.sender.refused(account, f"invalid sms.send event: {problem}")
             account = self._account_for(message, None)
             await self.sender.send(account, self.sender.prepare(account, message, default_from=None))
+        except asyncio.CancelledError:
+            self._abandoned(message)
+            raise
         except SmsSendError as exc:
             report = StatusReport(
                 message_id=None, status="failed", provider_status="opted_out" if isinstance(exc, OptedOut) else "not_sent",

@@ -128,6 +128,10 @@ class SmsConfig(Section):
         "running the app again (in Redis when the layer is Redis). 0: off."
     )
     opt_out: OptOutConfig = Field(default_factory=OptOutConfig, description="STOP / START / HELP handling.")
+    outbound_concurrency: int = Field(
+        8, gt=0, description="Sends from the `sms.send` layer channel in flight at once (each with its own retries); "
+        "beyond it the channel waits, and its capacity pushes back on producers."
+    )
 
     @model_validator(mode="before")
     @classmethod

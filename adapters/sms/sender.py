@@ -60,7 +60,7 @@ class Sender:
         self._slots: dict[tuple[str, str], float] = {}
         metrics = adapter.context.metrics
         self._sent = metrics.counter(
-            "gateway_sms_sent_total", "Outbound texts by account and outcome (sent, failed, refused).", ("account", "outcome")
+            "gateway_sms_sent_total", "Outbound texts by account and outcome (sent, failed, refused, abandoned).", ("account", "outcome")
         )
         self._retries = metrics.counter("gateway_sms_send_retries_total", "REST attempts that were retried, by account.", ("account",))
 
@@ -96,6 +96,9 @@ class Sender:
             to=to, sender=sender, body=body, media=list(event.get("media") or []), encoding=kind,
             idempotency_key=event.get("idempotency_key") or secrets.token_hex(16), status_url=account.status_url,
         )
+
+    def count(self, account: Account, outcome: str) -> None:
+        self._sent.labels(account.label, outcome).inc()
 
     def opted_out(self, account: Account, number: str) -> OptedOut:
         self._sent.labels(account.label, "refused").inc()
