@@ -39,7 +39,8 @@ async def test_dedup_and_opt_outs_hold_across_processes(redis_server, prefix):  
         r = await h.post_twilio(base1, h.twilio_message(body="STOP", sid="SM-stop"))
         assert "unsubscribed" in r.text
         assert await gw2.adapters["sms"].store.opted_out(h.UK_SENDER)
-        await gw2.adapters["sms"].handle_outbound("sms.send", {"type": "sms.send", "to": h.UK_SENDER, "body": "promo"})
+        await gw2.layer.send("sms.send", {"type": "sms.send", "to": h.UK_SENDER, "body": "promo"})
+        await h.eventually(lambda: any(s["kind"] == "status" for s, _ in h.RECEIVED))
         assert cloud.requests == []
         assert [e["provider_status"] for s, e in h.RECEIVED if s["kind"] == "status"] == ["opted_out"]
 
