@@ -194,6 +194,8 @@ async def test_vonage_throttled_answer_is_retried_and_unicode_is_flagged():
         await h.eventually(lambda: h.metric(gw, "gateway_sms_sent_total", account="vonage", outcome="sent") == 1)
         assert len(cloud.requests) == 2
         assert cloud.requests[1]["form"]["type"] == "unicode"
+        refs = {r["form"]["client-ref"] for r in cloud.requests}
+        assert len(refs) == 1 and len(refs.pop()) == 32  # one idempotency key for both attempts
         cloud.plan(Planned(200, body=b'{"message-count": "1", "messages": [{"status": "6", "error-text": "Invalid Message"}]}'))
         await gw.layer.send("sms.send", {"type": "sms.send", "to": h.UK_SENDER, "body": "x"})
         await h.eventually(lambda: len(h.RECEIVED) == 1)
