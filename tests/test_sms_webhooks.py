@@ -396,3 +396,13 @@ async def test_a_caller_that_hangs_up_does_not_cancel_the_app_and_its_retry_is_a
         assert (await h.post_twilio(base, params)).status_code == 200  # the provider's retry
         assert len(h.RECEIVED) == 2  # one run: started, done
         assert h.metric(gw, "gateway_sms_webhooks_total", account="twilio", kind="message", outcome="duplicate") == 1
+
+
+async def test_a_webhook_path_taken_by_another_mount_stops_the_start_with_a_clear_error():
+    from gateway.errors import StartupError
+    from gateway.server import Gateway
+
+    sms = h.twilio_account().replace("webhook: /sms/twilio", "webhook: /metrics")
+    with pytest.raises(StartupError, match="account 'twilio': sms:twilio and metrics both want to mount '/metrics'"):
+        async with Gateway.from_text(h.config(sms, ROUTES)):
+            pass

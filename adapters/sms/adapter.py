@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from gateway.errors import StartupError
 from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import Match
 from gateway.runner import Outcome
@@ -61,7 +62,10 @@ class SmsAdapter(Adapter):
         self.store = make_store(self.context.layer)
         await self.sender.start()
         for account in self.accounts.values():
-            self.context.mounts.add(account.config.webhook, Webhook(self, account), f"sms:{account.label}", required=True)
+            try:
+                self.context.mounts.add(account.config.webhook, Webhook(self, account), f"sms:{account.label}", required=True)
+            except ValueError as exc:
+                raise StartupError(f"adapters.sms: account {account.label!r}: {exc}") from None
         self.context.health.set("sms", "ok", ", ".join(f"{a.label}: {a.config.webhook}" for a in self.accounts.values()))
 
     async def stop(self, drain: float) -> None:
