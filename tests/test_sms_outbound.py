@@ -164,7 +164,7 @@ async def test_rate_limit_spaces_sends_from_one_sender():
 async def test_stop_start_and_help():
     sms = h.twilio_account().replace("{provider", '{opt_out: {help_reply: "Text JOIN to join."}, provider')
     async with h.cloud() as cloud, h.running(h.config(sms.replace("http://127.0.0.1:9", cloud.url), ROUTES)) as (gw, base):
-        r = await h.post_twilio(base, h.twilio_message(body="stop", sid="SM1"))
+        r = await h.post_twilio(base, h.twilio_message(body="Stop.", sid="SM1"))
         assert r.status_code == 200
         assert "You have been unsubscribed" in r.text
         assert h.RECEIVED == []  # the app does not see it (opt_out.pass_to_app is off)

@@ -23,6 +23,8 @@ from .webhook import Answer, Webhook
 
 ASGI = {"version": "3.0", "spec_version": "1.0"}
 BUSY_RETRY_AFTER = b"1"
+# "Stop." and "JOIN!" are the keywords STOP and JOIN
+KEYWORD_PUNCTUATION = ".,;:!?\"'()[]"
 
 
 class SmsAdapter(Adapter):
@@ -116,7 +118,7 @@ class SmsAdapter(Adapter):
         provider = account.provider
         window = self.config.dedup_window
         words = msg.body.split(maxsplit=1)
-        keyword = words[0].upper() if words else None
+        keyword = (words[0].strip(KEYWORD_PUNCTUATION).upper() or None) if words else None
         replies: list[OutboundSms] = []
         opt = self.config.opt_out
         if opt.enabled and keyword is not None:
