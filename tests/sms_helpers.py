@@ -87,6 +87,17 @@ async def forward(scope, receive, send):
 
 
 @sms_only
+async def bad_send(scope, receive, send):
+    """Sends an sms.send without a body; records what send() raised."""
+    event = await receive()
+    try:
+        await send({"type": "sms.send", "to": event["from"]})
+    except Exception as exc:
+        RECEIVED.append((scope, {"type": "raised", "error": str(exc)}))
+        raise
+
+
+@sms_only
 async def fail(scope, receive, send):
     event = await receive()
     RECEIVED.append((scope, event))

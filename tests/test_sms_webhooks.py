@@ -406,3 +406,10 @@ async def test_a_webhook_path_taken_by_another_mount_stops_the_start_with_a_clea
     with pytest.raises(StartupError, match="account 'twilio': sms:twilio and metrics both want to mount '/metrics'"):
         async with Gateway.from_text(h.config(sms, ROUTES)):
             pass
+
+
+async def test_an_invalid_sms_send_raises_from_send_and_fails_the_instance():
+    async with h.running(h.config(h.twilio_account(), '    - {app: "sms_helpers:bad_send"}\n')) as (gw, base):
+        r = await h.post_twilio(base, h.twilio_message())
+        assert r.status_code == 500
+        assert "needs a 'body'" in h.RECEIVED[0][1]["error"]
