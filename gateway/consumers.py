@@ -339,7 +339,55 @@ class AsyncMqttConsumer(AsyncConsumer):
     async def publish(self, topic: str, payload: bytes | str | None = None, *, json: Any = None, qos: int = 0,
                       retain: bool = False, properties: dict[str, Any] | None = None) -> None:
         """Publish to ``topic`` (QoS > 0: returns once the broker has the message)."""
-        await self.send(publish_event(topic, payload, json=json, qos=qos, retain=retain, properties=properties))
+        event: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "qos": qos, "retain": retain}
+        if json is not None:
+            if payload is not None:
+                raise ValueError("pass either payload or json, not both")
+            event["json"] = json
+        else:
+            event["payload"] = b"" if payload is None else payload
+        if properties:
+            event["properties"] = properties
+        await self.send(event)
+
+
+class AsyncSmsConsumer(AsyncConsumer):
+    """One inbound text or delivery report (scope type ``sms``, see docs/specs/sms.md).
+
+    Override ``message(body, **info)`` for texts: ``info`` holds ``from``, ``to``, ``message_id``,
+    ``provider``, ``media``, ``segments`` and ``encoding``; ``body`` regex captures are in
+    ``self.kwargs``. Override ``status(status, **info)`` for delivery reports (routes with
+    ``events: status``). Returning normally acknowledges the webhook (2xx); raising makes the
+    provider deliver it again. ``reply(text)`` answers the sender (inline where the provider
+    allows it); ``send_sms(to, body)`` texts anyone.
+    """
+
+    async def sms_message(self, message: Message) -> None:
+        self.kwargs: dict[str, Any] = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        self.sms: Message = message
+        await self.message(message.get("body", ""), **_sms_info(message))
+
+    async def message(self, body: str, **info: Any) -> None:
+        """Called with the text; override it."""
+
+    async def sms_status(self, message: Message) -> None:
+        self.kwargs = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        await self.status(message["status"], **_sms_status_info(message))
+
+    async def status(self, status: str, **info: Any) -> None:
+        """Called with a delivery report (``delivered``, ``failed``, ...); override it."""
+
+    async def sms_disconnect(self, message: Message) -> None:
+        raise StopConsumer()
+
+    async def reply(self, body: str, *, media: list[str] | None = None) -> None:
+        """Answer the sender of the text, from the number it was sent to."""
+        await self.send_sms(_sender(self.scope, getattr(self, "sms", None)), body, media=media)
+
+    async def send_sms(self, to: str, body: str | None = None, *, from_: str | None = None, media: list[str] | None = None,
+                       account: str | None = None, idempotency_key: str | None = None) -> None:
+        """Send a text (an ``sms.send``); returns once the provider took it, raises when it did not."""
+        await self.send(sms_event(to, body, from_=from_, media=media, account=account, idempotency_key=idempotency_key))
 
 
 # -- the events the message consumers send, built once for the async and the sync forms --------
@@ -394,6 +442,29 @@ def publish_event(topic: str, payload: bytes | str | None = None, *, json: Any =
     if properties:
         event["properties"] = properties
     return event
+
+
+def sms_event(to: str, body: str | None = None, *, from_: str | None = None, media: list[str] | None = None,
+              account: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": "sms.send", "to": to}
+    for key, value in (("body", body), ("from", from_), ("media", media), ("account", account), ("idempotency_key", idempotency_key)):
+        if value is not None:
+            event[key] = value
+    return event
+
+
+def _sms_info(message: Message) -> dict[str, Any]:
+    keys = ("from", "to", "message_id", "provider", "media", "segments", "encoding")
+    return {k: message[k] for k in keys if k in message}
+
+
+def _sms_status_info(message: Message) -> dict[str, Any]:
+    keys = ("message_id", "provider_status", "from", "to", "error_code", "error", "provider")
+    return {k: message[k] for k in keys if k in message}
+
+
+def _sender(scope: Scope, sms: Message | None) -> str:
+    return str((sms or {}).get("from") or scope["from"])
 
 
 def _mqtt_info(message: Message) -> dict[str, Any]:
@@ -460,3 +531,32 @@ class SyncEmailConsumer(SyncConsumer):
 
     def reject(self, code: int = 550, reason: str = "5.7.1 Message rejected") -> None:
         self.send({"type": "email.reject", "code": code, "reason": reason})
+
+
+class SyncSmsConsumer(SyncConsumer):
+    """The sync form of ``AsyncSmsConsumer``: override ``message(body, **info)`` and ``status(status, **info)``."""
+
+    def sms_message(self, message: Message) -> None:
+        self.kwargs: dict[str, Any] = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        self.sms: Message = message
+        self.message(message.get("body", ""), **_sms_info(message))
+
+    def message(self, body: str, **info: Any) -> None:
+        """Called with the text, in a worker thread; override it."""
+
+    def sms_status(self, message: Message) -> None:
+        self.kwargs = dict(self.scope.get("url_route", {}).get("kwargs", {}))
+        self.status(message["status"], **_sms_status_info(message))
+
+    def status(self, status: str, **info: Any) -> None:
+        """Called with a delivery report, in a worker thread; override it."""
+
+    def sms_disconnect(self, message: Message) -> None:
+        raise StopConsumer()
+
+    def reply(self, body: str, *, media: list[str] | None = None) -> None:
+        self.send_sms(_sender(self.scope, getattr(self, "sms", None)), body, media=media)
+
+    def send_sms(self, to: str, body: str | None = None, *, from_: str | None = None, media: list[str] | None = None,
+                 account: str | None = None, idempotency_key: str | None = None) -> None:
+        self.send(sms_event(to, body, from_=from_, media=media, account=account, idempotency_key=idempotency_key))

@@ -506,3 +506,71 @@ async def test_a_sync_consumer_that_raises_leaves_the_message_unacknowledged(pro
         device.close()
     assert project.count("instance.finished") > before
     assert rows(db, "select 1 from sensors_reading where device='broken'") == []
+
+
+# -- 8. Django users for SMTP AUTH and MQTT CONNECT ---------------------------------------------
+@pytest.fixture(scope="module")
+def authed(db, tmp_path_factory, sink_port):
+    """The project with logins required on SMTP and MQTT, checked against Django's users."""
+    from tls_helpers import self_signed
+
+    folder = tmp_path_factory.mktemp("authed")
+    cert, key = self_signed(folder, "gateway.test")
+    config = folder / "authed.yaml"
+    config.write_text(f"""\
+django: {{settings: mysite.settings}}
+python_path: ["{PROJECT}"]
+adapters:
+  mqtt:
+    mode: broker
+    listen: ["127.0.0.1:0"]
+    allow_anonymous: false
+    auth_app: gateway.django.auth:mqtt_login
+    acl_app: gateway.django.auth:mqtt_acl
+  email:
+    smtp:
+      listen: "127.0.0.1:0"
+      domains: [example.com]
+      tls_cert: "{cert}"
+      tls_key: "{key}"
+      auth_hook: gateway.django.auth:smtp_login
+      auth_required: true
+    relay: {{host: 127.0.0.1, port: {sink_port.port}, default_from: support@example.com, retries: 0}}
+routes:
+  mqtt:
+    - {{topic: "sensors/+device/temperature", app: sensors.consumers:ReadingConsumer}}
+  email:
+    - {{to: "support@example.com", app: tickets.consumers:TicketConsumer}}
+""")
+    gw = GatewayProcess(config, project_env(db))
+    addresses = gw.started()
+    gw.smtp = addresses["email"][0]
+    gw.mqtt = int(addresses["mqtt"][0].rsplit(":", 1)[1])
+    yield gw
+    assert gw.stop() == 0
+
+
+def test_smtp_auth_against_django_users_sets_scope_user(authed, db):
+    import ssl
+
+    host, port = authed.smtp.rsplit(":", 1)
+    context = ssl._create_unverified_context()  # the test's self-signed certificate
+    msg = EmailMessage()
+    msg["From"] = "bob@example.com"
+    msg["To"] = "support@example.com"
+    msg["Subject"] = "sent by a Django user"
+    msg.set_content("hello")
+    with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+        smtp.starttls(context=context)
+        with pytest.raises(smtplib.SMTPAuthenticationError) as wrong:
+            smtp.login("bob", "not-his-password")
+        assert wrong.value.smtp_code == 535
+        with pytest.raises(smtplib.SMTPSenderRefused):  # auth_required: no mail before a login
+            smtp.send_message(msg)
+    with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+        smtp.starttls(context=context)
+        smtp.login("bob", PASSWORD)
+        assert smtp.send_message(msg) == {}
+    assert rows(db, "select user from tickets_ticket where subject='sent by a Django user'") == [("bob",)]
+    failed = authed.wait_for("smtp.auth_failed")
+    assert failed["username"] == "bob" and PASSWORD not in json.dumps(failed) and "not-his-password" not in json.dumps(failed)
