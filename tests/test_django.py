@@ -41,9 +41,44 @@ def sink_port():
 
 
 @pytest.fixture(scope="module")
-def project(db, sink_port):
+def sms_cloud():
+    """A stand-in for the SMS provider's REST API (the generic provider's wire format)."""
+    import http.server
+    import threading
+
+    posts: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            answer = json.dumps({"id": f"out-{len(posts)}"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.posts = posts
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+SMS_SECRET = "texts-secret"
+
+
+@pytest.fixture(scope="module")
+def project(db, sink_port, sms_cloud):
     """The project's own gateway.yaml, DEBUG on, in-memory layer from CHANNEL_LAYERS."""
-    gw = GatewayProcess("gateway.yaml", project_env(db, RELAY_PORT=str(sink_port.port)))
+    gw = GatewayProcess("gateway.yaml", project_env(
+        db, RELAY_PORT=str(sink_port.port), SMS_SECRET=SMS_SECRET,
+        SMS_API_URL=f"http://127.0.0.1:{sms_cloud.server_address[1]}"))
     addresses = gw.started()
     gw.http = addresses["http"][0]
     gw.mqtt = int(addresses["mqtt"][0].rsplit(":", 1)[1])
@@ -506,6 +541,30 @@ async def test_a_sync_consumer_that_raises_leaves_the_message_unacknowledged(pro
         device.close()
     assert project.count("instance.finished") > before
     assert rows(db, "select 1 from sensors_reading where device='broken'") == []
+
+
+async def test_a_text_message_becomes_a_row_and_gets_a_reply(project, db, sms_cloud):
+    import hashlib
+    import hmac
+    import time
+
+    body = json.dumps({"id": "in-1", "from": "+447700900123", "to": "+15005550006", "body": "is it on?"}).encode()
+    stamp = str(int(time.time()))
+    signature = hmac.new(SMS_SECRET.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
+    async with httpx.AsyncClient(base_url=f"http://{project.http}") as client:
+        forged = await client.post("/sms/in", content=body, headers={
+            "content-type": "application/json", "x-timestamp": stamp, "x-signature": "0" * 64})
+        assert forged.status_code == 403
+        done = await client.post("/sms/in", content=body, headers={
+            "content-type": "application/json", "x-timestamp": stamp, "x-signature": signature})
+        assert done.status_code == 200, done.text
+    texts = rows(db, "select id, sender, body from tickets_text")
+    assert [(sender, text) for _, sender, text in texts] == [("+447700900123", "is it on?")]
+    deadline = asyncio.get_running_loop().time() + 20
+    while not sms_cloud.posts:
+        assert asyncio.get_running_loop().time() < deadline, "no reply reached the provider"
+        await asyncio.sleep(0.1)
+    assert sms_cloud.posts[0]["to"] == "+447700900123" and sms_cloud.posts[0]["body"] == f"Got it: text {texts[0][0]}."
 
 
 # -- 8. Django users for SMTP AUTH and MQTT CONNECT ---------------------------------------------

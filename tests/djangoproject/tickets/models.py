@@ -7,3 +7,9 @@ class Ticket(models.Model):
     body = models.TextField()
     user = models.CharField(max_length=150, blank=True)
     created = models.DateTimeField(auto_now_add=True)
+
+
+class Text(models.Model):
+    sender = models.CharField(max_length=32)
+    body = models.TextField()
+    created = models.DateTimeField(auto_now_add=True)
