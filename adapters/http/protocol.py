@@ -252,7 +252,10 @@ class HttpProtocol(BaseProtocol):
         name = name.lower()
         if name == b"host":
             self.hosts += 1
-        headers.append((name, value))
+        # RFC 9112 section 5: whitespace around a value is not part of it. llhttp drops the
+        # leading whitespace; the trailing is ours to drop (rstrip returns the same object,
+        # at no cost, when there is none).
+        headers.append((name, value.rstrip(_OWS)))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -660,6 +663,7 @@ _PLAIN, _LENGTH, _FRAMING, _CONNECTION, _INVALID = range(5)
 # Byte values, not one-byte strings: ``b"\n" in value`` first tries the needle as an integer and
 # raises and clears a TypeError inside CPython, several times the cost of the search itself.
 _LF, _CR, _COLON, _SLASH = 10, 13, 58, 47
+_OWS = b" \t"
 _ROLES: dict[bytes, int] = {}
 _ROLES_MAX = 1024  # names an app makes up per response (a counter in the name) must not grow it without end
 

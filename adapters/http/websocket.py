@@ -55,6 +55,12 @@ def _write_frame(transport: Any, first: int, data: bytes) -> None:
         transport.writelines((_HEAD8(first, 127, n), data))
 
 
+def _sendable_close_code(code: int) -> bool:
+    """RFC 6455 section 7.4: the codes a peer may put in a close frame (the registered ones
+    meant for the wire, and the ranges for libraries and applications)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 class ClientDisconnected(OSError):
     """``send`` on a WebSocket whose client has gone (ASGI 2.4+: an ``OSError`` subclass)."""
 
@@ -382,7 +388,11 @@ class WebSocketSession:
             if self.state == OPEN:
                 self.deliver({"type": "websocket.receive", "bytes": msg[1]})
         elif kind is _CLOSE:
-            code = msg[1] or 1005
+            code = msg[1] or 1005  # 0: the frame carried no code
+            if msg[1] and not _sendable_close_code(code):
+                # aiohttp's reader lets 1006 and everything from 3000 up through
+                self.on_error(WebSocketError(1002, f"invalid close code {code}"))
+                return
             reason = msg[2] or ""
             if self.state == OPEN:
                 self._write_close(msg[1] or 1000)
@@ -399,7 +409,8 @@ class WebSocketSession:
             self.ping_sent = 0.0
 
     def on_error(self, exc: BaseException) -> None:
-        code = exc.code if isinstance(exc, WebSocketError) else 1002
+        # int(): the reader's codes are an enum, and the app's event carries a plain int
+        code = int(exc.code) if isinstance(exc, WebSocketError) else 1002
         if code not in (1002, 1003, 1007, 1008, 1009, 1011):
             code = 1002
         self.close_code = code
