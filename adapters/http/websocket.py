@@ -215,12 +215,12 @@ class WebSocketSession:
             else:
                 payload, opcode = event["text"].encode("utf-8"), _TEXT
             conn = self.conn
+            transport = conn.transport
+            if transport is None or transport.is_closing():
+                raise ClientDisconnected("the WebSocket client went away")
             if self.compress:
                 await self.writer.send_frame(payload, opcode)
             else:
-                transport = conn.transport
-                if transport is None or transport.is_closing():
-                    raise ClientDisconnected("the WebSocket client went away")
                 _write_frame(transport, 0x80 | opcode, payload)
             self.frames_out += 1
             if conn._paused:
@@ -228,6 +228,8 @@ class WebSocketSession:
                     await conn._drain_helper()
                 except ConnectionError:
                     raise ClientDisconnected("the WebSocket client went away") from None
+                if conn.transport is None:  # aborted while it waited (send_timeout)
+                    raise ClientDisconnected("the WebSocket client took nothing for send_timeout seconds")
         elif kind == "websocket.accept":
             if state != CONNECTING:
                 raise RuntimeError("'websocket.accept' sent twice or after a close")
