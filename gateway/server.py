@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from . import config as config_mod
+from . import fdlimit
 from .errors import StartupError
 from .events import core_table
 from .health import Health
@@ -99,6 +100,7 @@ class Gateway:
         self.layer = self.plan.layer_class(**self.plan.layer_options)
         self._watch_layer(self.layer)
         set_channel_layer(self.layer)
+        fdlimit.ensure(sum(ap.cls.connection_limit(ap.config) for ap in self.plan.adapters))
         if cfg.metrics.path:
             self.mounts.add(cfg.metrics.path, self._metrics_endpoint, "metrics")
         if cfg.metrics.health_path:

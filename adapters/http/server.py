@@ -293,6 +293,10 @@ class HttpAdapter(Adapter):
                 out.append(str(addr))
         return out
 
+    @classmethod
+    def connection_limit(cls, config: HttpConfig) -> int:
+        return config.limits.max_connections
+
     @property
     def addresses(self) -> list[str]:
         return list(self._addresses)
