@@ -93,6 +93,13 @@ class Adapter(abc.ABC):
         check that refuses a config that listens twice on one address. Port 0 is never a clash."""
         return []
 
+    @classmethod
+    def connection_limit(cls, config: Any) -> int:
+        """How many client connections this config lets the adapter hold open at once (0: it
+        does not bound them or does not say), for the start-up check of the process's open-file
+        limit (``gateway.fdlimit``)."""
+        return 0
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Bind or connect. Raise ``StartupError`` with a clear message when that fails."""

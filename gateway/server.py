@@ -18,6 +18,7 @@ import structlog
 
 from . import config as config_mod
 from . import threads
+from . import fdlimit
 from .errors import StartupError
 from .django.layers import ChannelsBinding
 from .events import core_table
@@ -105,6 +106,7 @@ class Gateway:
         set_channel_layer(self.layer)
         if self._channels is not None:
             self._channels.bind(self.layer)
+        fdlimit.ensure(sum(ap.cls.connection_limit(ap.config) for ap in self.plan.adapters))
         if cfg.metrics.path:
             self.mounts.add(cfg.metrics.path, self._metrics_endpoint, "metrics")
         if cfg.metrics.health_path:

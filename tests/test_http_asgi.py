@@ -65,6 +65,20 @@ async def test_scope_fields_from_httpx():
     assert "http.response.trailers" in scope["extensions"]
 
 
+async def test_header_values_lose_surrounding_whitespace():
+    """RFC 9112 section 5: the whitespace around a field value is not part of it; inside, it is."""
+    seen: list[dict[str, Any]] = []
+    async with serve(scope_app(seen)) as gw:
+        out = await raw(gw, b"GET / HTTP/1.1\r\nHost: x\r\nX:   foobar    \r\nX-Tab:\t v \t\r\n"
+                            b"X-Inner:  a  b  \r\nX-Empty:    \r\nConnection: close\r\n\r\n")
+    assert status_of(out) == 200
+    headers = seen[0]["headers"]
+    assert (b"x", b"foobar") in headers
+    assert (b"x-tab", b"v") in headers
+    assert (b"x-inner", b"a  b") in headers
+    assert (b"x-empty", b"") in headers
+
+
 async def test_http10_and_raw_path_bytes():
     seen: list[dict[str, Any]] = []
     async with serve(scope_app(seen)) as gw:

@@ -204,6 +204,7 @@ async def test_limits_documented_defaults_are_sane():
     lim = Limits()
     assert lim.max_body_size and lim.max_body_size <= 64 * 1024 * 1024
     assert lim.header_timeout <= 30 and lim.keepalive_timeout <= 30
+    assert lim.body_timeout <= 60 and lim.body_min_rate and lim.send_timeout <= 60  # slow clients are bounded by default
     assert lim.ws_max_message_size <= 16 * 1024 * 1024
     for name, field in Limits.model_fields.items():
         assert field.description, name

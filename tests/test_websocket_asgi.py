@@ -252,7 +252,45 @@ async def test_invalid_close_code_from_client_is_answered_with_1002():
         out = await read_all(reader)
         writer.close()
     assert read_close_code(out) == 1002
-    assert got and got[0]["code"] == 1002
+    assert got and got[0]["code"] == 1002 and type(got[0]["code"]) is int
+
+
+@pytest.mark.parametrize("code", [1004, 1006, 1015, 2999, 5000, 65535])
+async def test_close_codes_outside_the_valid_ranges_are_never_echoed(code):
+    """RFC 6455 section 7.4: 1006 (and codes nobody may send) must not go back on the wire."""
+    got: list[dict[str, Any]] = []
+
+    async def handler(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+
+    async with serve(ws_app(handler)) as gw:
+        reader, writer = await raw_ws(gw)
+        writer.write(frame(0x8, struct.pack("!H", code)))
+        out = await read_all(reader)
+        writer.close()
+    assert read_close_code(out) == 1002
+    assert got and got[0]["type"] == "websocket.disconnect"
+    assert got[0]["code"] == 1002 and type(got[0]["code"]) is int
+
+
+@pytest.mark.parametrize("code", [1000, 1003, 1007, 1014, 3000, 4999])
+async def test_valid_close_codes_are_echoed_and_reach_the_app(code):
+    got: list[dict[str, Any]] = []
+
+    async def handler(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+
+    async with serve(ws_app(handler)) as gw:
+        reader, writer = await raw_ws(gw)
+        writer.write(frame(0x8, struct.pack("!H", code)))
+        out = await read_all(reader)
+        writer.close()
+    assert read_close_code(out) == code
+    assert got[0]["code"] == code and type(got[0]["code"]) is int
 
 
 async def test_message_size_limit_boundary_single_frame_and_fragments():
@@ -406,12 +444,21 @@ async def test_aiohttp_client_echo():
 
 
 async def test_invalid_utf8_text_is_1007():
-    async with serve(ws_app(hello)) as gw:
+    got: list[dict[str, Any]] = []
+
+    async def handler(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+
+    async with serve(ws_app(handler)) as gw:
         reader, writer = await raw_ws(gw)
         writer.write(frame(0x1, b"\xff\xfe"))
         out = await read_all(reader)
         writer.close()
     assert read_close_code(out) == 1007
+    # the app's code is a plain int, never the frame reader's enum
+    assert got[0]["type"] == "websocket.disconnect" and got[0]["code"] == 1007 and type(got[0]["code"]) is int
 
 
 async def test_websocket_path_without_a_route_is_403():

@@ -45,6 +45,23 @@ class Limits(Section):
         10.0, description="Seconds a client has, once it starts a request, to send the complete request head "
         "(slow-loris guard); then 408 and close.",
     )
+    body_timeout: PositiveFloat = Field(
+        20.0, description="Seconds a request body has to arrive, counted from the end of the request head and "
+        "extended by one second for every `body_min_rate` bytes received; the clock stops while the server is not "
+        "reading (the app has not read what arrived, or has not yet asked for an `Expect: 100-continue` body). "
+        "Then 408 (the connection is closed instead if the response has started) and the app's `receive` "
+        "returns `http.disconnect`.",
+    )
+    body_min_rate: int | None = Field(
+        500, gt=0, description="Bytes per second a request body must average to outlast `body_timeout` "
+        "(slow-body guard). null: the whole body must arrive within `body_timeout`.",
+    )
+    send_timeout: PositiveFloat = Field(
+        30.0, description="Seconds a client may take none of the data waiting for it (more than `ws_send_buffer`, "
+        "so the app's `send` waits; or the rest of a response on a connection being closed). Then the connection "
+        "is aborted: an HTTP app's `send` returns and its `receive` gives `http.disconnect`; a WebSocket app's "
+        "`send` raises OSError and it gets `websocket.disconnect` 1006.",
+    )
     keepalive_timeout: PositiveFloat = Field(
         5.0, description="Seconds an idle keep-alive connection (or a new connection with no request yet) is kept open."
     )

@@ -60,13 +60,15 @@ def simple_response(status: int, body: bytes | None = None, extra: bytes = b"", 
 
 
 class ParseError:
-    """A queue entry standing for a request that could not be parsed: answered, then close."""
+    """A queue entry standing for a request that could not be parsed (or whose body never came
+    in time): answered, then close. ``logged``: its incident has its own log line already."""
 
-    __slots__ = ("reason", "status")
+    __slots__ = ("logged", "reason", "status")
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, logged: bool = False) -> None:
         self.status = status
         self.reason = reason
+        self.logged = logged
 
 
 class Refused(Exception):
@@ -108,6 +110,8 @@ class HttpProtocol(BaseProtocol):
         "rejected",
         "server",
         "sockname",
+        "stall_mark",
+        "stalled_since",
         "tail",
         "task",
         "tls",
@@ -129,7 +133,9 @@ class HttpProtocol(BaseProtocol):
         self.ws: Any = None
         self.waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
-        self.deadline_kind = 0  # 0 none, 1 keep-alive / idle, 2 header
+        self.deadline_kind = 0  # 0 none, 1 keep-alive / idle, 2 header, 3 request body
+        self.stalled_since = 0.0  # when the client last took none of what waits for it (0: not stalled)
+        self.stall_mark = 0  # bytes waiting for it then
         self.closing = False
         self.rejected = False
         self.broken = False
@@ -204,11 +210,14 @@ class HttpProtocol(BaseProtocol):
                 self._parse_failed(400, str(exc) or type(exc).__name__)
             return
         if not self.got_head:
-            if self.deadline_kind:
+            kind = self.deadline_kind
+            if kind and kind != 3:  # 3: body bytes, timed in on_body
                 self._reading_head(data)
             return
         self.head_size = 0
-        if self.cycle is None:
+        if self.parsing is not None:
+            self._start_body_clock()
+        elif self.cycle is None:
             self.deadline_kind = 0
         # _wake_serve, written out: this runs for every request
         waiter = self.waiter
@@ -219,6 +228,19 @@ class HttpProtocol(BaseProtocol):
             self.task = self.server.loop.create_task(self.serve())
         if not self._buffer_paused and len(self.queue) > self.server.limits.max_pipelined:
             self._pause_reading_for_buffer()
+
+    def _start_body_clock(self) -> None:
+        """A request head is in and its body is on its way: from now the client is the one who
+        keeps it waiting. The bytes of it that came with the head already earn their time."""
+        server = self.server
+        self.deadline = server.loop.time() + server.body_timeout + self.parsing.size * server.body_step  # type: ignore[union-attr]
+        self.deadline_kind = 3
+
+    def restart_body_clock(self) -> None:
+        """The server held the body back (it stopped reading, or owed a 100 Continue) and lets
+        it come again: the client gets at least a whole ``body_timeout`` from now."""
+        if self.deadline_kind == 3:
+            self.deadline = max(self.deadline, self.server.loop.time() + self.server.body_timeout)
 
     def _reading_head(self, data: bytes) -> None:
         """``data`` is part of a request head not read in full yet: its first bytes start the
@@ -252,7 +274,10 @@ class HttpProtocol(BaseProtocol):
         name = name.lower()
         if name == b"host":
             self.hosts += 1
-        headers.append((name, value))
+        # RFC 9112 section 5: whitespace around a value is not part of it. llhttp drops the
+        # leading whitespace; the trailing is ours to drop (rstrip returns the same object,
+        # at no cost, when there is none).
+        headers.append((name, value.rstrip(_OWS)))
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -276,6 +301,8 @@ class HttpProtocol(BaseProtocol):
         req = self.parsing
         if req is not None:
             req.feed(body)
+            if self.deadline_kind == 3:
+                self.deadline += len(body) * self.server.body_step
             if req.size > BODY_BUFFER and not self._buffer_paused:
                 self._pause_reading_for_buffer()
 
@@ -284,10 +311,12 @@ class HttpProtocol(BaseProtocol):
         if req is not None:
             self.parsing = None
             req.complete = True
+            if self.deadline_kind == 3:
+                self.deadline_kind = 0
             if req.waiter is not None:
                 req.wake()
 
-    def _parse_failed(self, status: int, reason: str) -> None:
+    def _parse_failed(self, status: int, reason: str, logged: bool = False) -> None:
         self.broken = True
         self.head_size = 0
         req = self.parsing
@@ -304,7 +333,7 @@ class HttpProtocol(BaseProtocol):
                 self.queue.remove(req)
             except ValueError:
                 pass
-        self.queue.append(ParseError(status, reason))
+        self.queue.append(ParseError(status, reason, logged))
         self._wake_serve()
 
     def _wake_serve(self) -> None:
@@ -323,6 +352,42 @@ class HttpProtocol(BaseProtocol):
             and (self.parsing is None or self.parsing.size <= BODY_BUFFER // 2)
         ):
             self._resume_reading_for_buffer()
+            self.restart_body_clock()
+
+    # -- writing: a client that takes nothing -----------------------------------------------
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.stalled_since = self.server.loop.time()
+        self.stall_mark = self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def resume_writing(self) -> None:
+        self.stalled_since = 0.0
+        super().resume_writing()
+
+    def check_stall(self, now: float) -> None:
+        """Called by the sweep: while output waits for the client (the app's ``send`` is held
+        back, or a closed connection still has a response to flush), the client must take some
+        of it every ``send_timeout`` seconds; else the connection is aborted, which frees the
+        app's ``send`` and the file descriptor."""
+        transport = self.transport
+        if transport is None:
+            return
+        since = self.stalled_since
+        if not since:
+            if transport.is_closing():
+                self.stalled_since = now
+                self.stall_mark = transport.get_write_buffer_size()
+            return
+        size = transport.get_write_buffer_size()
+        if size < self.stall_mark:  # the client took some: the clock starts again
+            self.stalled_since = now
+            self.stall_mark = size
+        elif now - since >= self.server.limits.send_timeout:
+            self.stalled_since = 0.0
+            self.server.timed_out(self, "send", waiting_bytes=size)
+            transport.abort()
+        else:
+            self.stall_mark = size  # our own writes (pings, a close frame) are not the client's progress
 
     # -- the connection task -------------------------------------------------------------
     async def serve(self) -> None:
@@ -348,7 +413,8 @@ class HttpProtocol(BaseProtocol):
                     break
                 if isinstance(req, ParseError):
                     self._write_close(simple_response(req.status, date=server.date_header))
-                    server.log_parse_error(self, req)
+                    if not req.logged:
+                        server.log_parse_error(self, req)
                     break
                 if req.upgrade and not queue:
                     from .websocket import start_websocket
@@ -384,16 +450,48 @@ class HttpProtocol(BaseProtocol):
 
     # -- timers and drain, called by the server's sweep ------------------------------------
     def expire(self) -> None:
-        """The header or keep-alive deadline passed."""
+        """The header, body or keep-alive deadline passed."""
         kind = self.deadline_kind
+        if kind == 3:
+            self._body_late()
+            return
         self.deadline_kind = 0
         transport = self.transport
         if transport is None:
             return
         if kind == 2:
             self.broken = True
+            self.server.timed_out(self, "header")
             transport.write(simple_response(408, date=self.server.date_header))
         transport.close()
+
+    def _body_late(self) -> None:
+        server = self.server
+        req = self.parsing
+        if req is None or self.transport is None:
+            self.deadline_kind = 0
+            return
+        if self._buffer_paused or self._owes_continue(req):
+            # the server is the one holding the body back: not the client's time
+            self.deadline = server.loop.time() + server.body_timeout
+            return
+        self.deadline_kind = 0
+        server.timed_out(self, "body", body_bytes=req.size)
+        cycle = self.cycle
+        if cycle is not None and cycle.request is req:
+            self.parsing = None
+            server.refuse_body(cycle, 408)
+            req.fail(TimeoutError("the request body did not arrive in time"))  # the app's receive: http.disconnect
+        else:  # a request no app has seen yet: answered in its turn
+            self._parse_failed(408, "request body timeout", logged=True)
+
+    def _owes_continue(self, req: Request) -> bool:
+        """``req`` asked for ``100 Continue`` and has not had it: its client waits for us."""
+        cycle = self.cycle
+        if cycle is not None and cycle.request is req:
+            return cycle.expect_100
+        expect = req.header(b"expect")
+        return expect is not None and expect.lower() == b"100-continue"
 
     def drain(self) -> None:
         """Graceful shutdown: idle connections close now, busy ones after their response."""
@@ -452,7 +550,7 @@ class Cycle:
         self.sent = 0
         self.received = 0
         self.disconnect: asyncio.Future[None] | None = None
-        self.silenced = False  # the server answered (413): the app's sends go nowhere
+        self.silenced = 0  # the status the server answered with (413, 408): the app's sends go nowhere
         self.max_body = max_body
         self.expected = -1  # the response's Content-Length, -1 when it has none
 
@@ -480,6 +578,7 @@ class Cycle:
                     self.expect_100 = False
                     if not self.started and conn.transport is not None:
                         conn.transport.write(_CONTINUE)
+                        conn.restart_body_clock()
                 try:
                     chunk = await req.read(conn.server.loop)
                 except Exception:  # noqa: BLE001 - whatever broke the body (reset, bad framing) ends it
@@ -495,7 +594,7 @@ class Cycle:
                 self.received += len(chunk)
                 if self.max_body is not None and self.received > self.max_body:
                     self.more_body = False
-                    conn.server.body_too_large(self)
+                    conn.server.refuse_body(self, 413)
                     return {"type": "http.disconnect"}
             return {"type": "http.request", "body": chunk, "more_body": more}
         if not self.done and self.conn.transport is not None and not self.silenced:
@@ -660,6 +759,7 @@ _PLAIN, _LENGTH, _FRAMING, _CONNECTION, _INVALID = range(5)
 # Byte values, not one-byte strings: ``b"\n" in value`` first tries the needle as an integer and
 # raises and clears a TypeError inside CPython, several times the cost of the search itself.
 _LF, _CR, _COLON, _SLASH = 10, 13, 58, 47
+_OWS = b" \t"
 _ROLES: dict[bytes, int] = {}
 _ROLES_MAX = 1024  # names an app makes up per response (a counter in the name) must not grow it without end
 

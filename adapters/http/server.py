@@ -37,6 +37,9 @@ class ServerState:
         # the most a valid request head can hold: its target, every field at its limits (name,
         # ": ", value, CRLF), and 64 bytes for the method, the version and the line ends
         self.max_head = self.max_request_line + self.max_headers * (2 * self.max_header_size + 4) + 64
+        # read for every chunk of a request body: the time it buys, and the time a body starts with
+        self.body_timeout = config.limits.body_timeout
+        self.body_step = 1.0 / config.limits.body_min_rate if config.limits.body_min_rate else 0.0
         self.context = context
         self.loop = loop
         self.runner = context.runner
@@ -48,6 +51,19 @@ class ServerState:
         self.access_log = config.access_log
         self.connections: set[HttpProtocol] = set()
         self.active = 0
+        self.refused_in_a_row = 0  # connections refused at max_connections since one was last accepted
+        metrics = context.metrics
+        self._timeouts = metrics.counter(
+            "gateway_http_timeouts_total",
+            "HTTP/WebSocket connections closed because the client was too slow: to send its request head "
+            "(phase=header) or body (body), or to take its response (send).",
+            ("phase",),
+        )
+        self._refused = metrics.counter(
+            "gateway_http_connections_refused_total",
+            "Connections answered 503 and closed: over limits.max_connections, or arriving during the drain.",
+            ("reason",),
+        )
         self.draining = False
         self.empty = asyncio.Event()
         self.date_header = b""
@@ -55,7 +71,10 @@ class ServerState:
         self._resolvers: dict[str, Any] = {kind: context.router_for(kind).resolve for kind in ("http", "websocket")}
         # every request resolves its route: straight to the router when no root path is cut first
         self.resolve_http: Any = partial(self.resolve, "http") if self.root_path else self._resolvers["http"]
-        ticks = [self.limits.header_timeout, self.limits.keepalive_timeout, self.limits.ws_ping_timeout]
+        ticks = [
+            self.limits.header_timeout, self.limits.keepalive_timeout, self.limits.ws_ping_timeout,
+            self.limits.body_timeout, self.limits.send_timeout,
+        ]
         if self.limits.ws_ping_interval:
             ticks.append(self.limits.ws_ping_interval)
         self.tick = max(0.02, min(1.0, *(t / 4 for t in ticks)))
@@ -68,8 +87,26 @@ class ServerState:
         self.connections.add(conn)
         if self.active >= self.limits.max_connections or self.draining:
             conn.rejected = True
+            self._refuse()
         else:
             self.active += 1
+            if self.refused_in_a_row:
+                self.log.info("http.max_connections_recovered", limit=self.limits.max_connections, refused=self.refused_in_a_row)
+                self.refused_in_a_row = 0
+
+    def _refuse(self) -> None:
+        """Count every refused connection; log the limit once per time it is reached."""
+        if self.draining:
+            self._refused.labels("draining").inc()
+            return
+        self._refused.labels("max_connections").inc()
+        self.refused_in_a_row += 1
+        if self.refused_in_a_row == 1:
+            self.log.warning(
+                "http.max_connections_reached", limit=self.limits.max_connections,
+                detail="new connections get 503 until open ones close (each one counted in "
+                "gateway_http_connections_refused_total)",
+            )
 
     def connection_lost(self, conn: HttpProtocol) -> None:
         self.connections.discard(conn)
@@ -161,7 +198,7 @@ class ServerState:
             conn.cycle = None
         status = cycle.status
         if cycle.silenced:
-            status = 413
+            status = cycle.silenced
         elif not cycle.head_sent:
             # Nothing is on the wire yet (no start, or a start the body never followed): a clean 500.
             if not cycle.started and not failed:
@@ -181,13 +218,14 @@ class ServerState:
             cycle._wake()
         return cycle.keep_alive and req.complete  # an unread body that was all read in is dropped
 
-    def body_too_large(self, cycle: Cycle) -> None:
-        """The streamed body went past ``max_body_size``."""
+    def refuse_body(self, cycle: Cycle, status: int) -> None:
+        """The body being read breaks a limit: past ``max_body_size`` (413), too slow (408). The
+        client gets ``status`` if no response has started, else the connection just closes."""
         cycle.keep_alive = False
         conn = cycle.conn
         if not cycle.head_sent:
-            cycle.silenced = True
-            conn._write_close(simple_response(413, date=self.date_header))
+            cycle.silenced = status
+            conn._write_close(simple_response(status, date=self.date_header))
         elif conn.transport is not None:
             conn.transport.close()
         conn.broken = True
@@ -200,6 +238,12 @@ class ServerState:
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             client=f"{client[0]}:{client[1]}" if client else None,
         )
+
+    def timed_out(self, conn: HttpProtocol, phase: str, **facts: Any) -> None:
+        """A client too slow in ``phase`` (header, body, send) loses its connection: counted and logged."""
+        self._timeouts.labels(phase).inc()
+        client = conn.client
+        self.log.info("http.timeout", phase=phase, client=f"{client[0]}:{client[1]}" if client else None, **facts)
 
     def log_parse_error(self, conn: HttpProtocol, err: Any) -> None:
         client = conn.client
@@ -220,6 +264,7 @@ class ServerState:
                     conn.expire()
                 elif conn.ws is not None:
                     conn.ws.tick(now)
+                conn.check_stall(now)
 
 
 class HttpAdapter(Adapter):
@@ -247,6 +292,10 @@ class HttpAdapter(Adapter):
             else:
                 out.append(str(addr))
         return out
+
+    @classmethod
+    def connection_limit(cls, config: HttpConfig) -> int:
+        return config.limits.max_connections
 
     @property
     def addresses(self) -> list[str]:

@@ -55,6 +55,12 @@ def _write_frame(transport: Any, first: int, data: bytes) -> None:
         transport.writelines((_HEAD8(first, 127, n), data))
 
 
+def _sendable_close_code(code: int) -> bool:
+    """RFC 6455 section 7.4: the codes a peer may put in a close frame (the registered ones
+    meant for the wire, and the ranges for libraries and applications)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 class ClientDisconnected(OSError):
     """``send`` on a WebSocket whose client has gone (ASGI 2.4+: an ``OSError`` subclass)."""
 
@@ -209,12 +215,12 @@ class WebSocketSession:
             else:
                 payload, opcode = event["text"].encode("utf-8"), _TEXT
             conn = self.conn
+            transport = conn.transport
+            if transport is None or transport.is_closing():
+                raise ClientDisconnected("the WebSocket client went away")
             if self.compress:
                 await self.writer.send_frame(payload, opcode)
             else:
-                transport = conn.transport
-                if transport is None or transport.is_closing():
-                    raise ClientDisconnected("the WebSocket client went away")
                 _write_frame(transport, 0x80 | opcode, payload)
             self.frames_out += 1
             if conn._paused:
@@ -222,6 +228,8 @@ class WebSocketSession:
                     await conn._drain_helper()
                 except ConnectionError:
                     raise ClientDisconnected("the WebSocket client went away") from None
+                if conn.transport is None:  # aborted while it waited (send_timeout)
+                    raise ClientDisconnected("the WebSocket client took nothing for send_timeout seconds")
         elif kind == "websocket.accept":
             if state != CONNECTING:
                 raise RuntimeError("'websocket.accept' sent twice or after a close")
@@ -382,7 +390,11 @@ class WebSocketSession:
             if self.state == OPEN:
                 self.deliver({"type": "websocket.receive", "bytes": msg[1]})
         elif kind is _CLOSE:
-            code = msg[1] or 1005
+            code = msg[1] or 1005  # 0: the frame carried no code
+            if msg[1] and not _sendable_close_code(code):
+                # aiohttp's reader lets 1006 and everything from 3000 up through
+                self.on_error(WebSocketError(1002, f"invalid close code {code}"))
+                return
             reason = msg[2] or ""
             if self.state == OPEN:
                 self._write_close(msg[1] or 1000)
@@ -399,7 +411,8 @@ class WebSocketSession:
             self.ping_sent = 0.0
 
     def on_error(self, exc: BaseException) -> None:
-        code = exc.code if isinstance(exc, WebSocketError) else 1002
+        # int(): the reader's codes are an enum, and the app's event carries a plain int
+        code = int(exc.code) if isinstance(exc, WebSocketError) else 1002
         if code not in (1002, 1003, 1007, 1008, 1009, 1011):
             code = 1002
         self.close_code = code
