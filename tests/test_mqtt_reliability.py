@@ -137,7 +137,7 @@ async def test_broker_mode_retries_a_failed_message_itself_then_dead_letters_it(
             dead_lettered, failed = metric(gw, "dead_lettered"), metric(gw, "failed")
     assert attempts == {b"flaky": 3, b"poison": 3, b"1": 1, b"2": 1, b"3": 1}
     assert (dead.topic, dead.payload) == ("dead/job/a", b"poison")
-    assert dead_lettered == 1 and failed == 4
+    assert dead_lettered == 1 and failed == 5  # flaky twice, poison three times
     assert not [e for e in logs if "broker will redeliver" in str(e.get("why", ""))]
     gave_up = [e for e in logs if e["event"] == "mqtt.dead_lettered"]
     assert len(gave_up) == 1 and gave_up[0]["attempts"] == 3 and gave_up[0]["client_id"] == "dev-retry"
