@@ -143,6 +143,26 @@ async def test_broker_mode_retries_a_failed_message_itself_then_dead_letters_it(
     assert len(gave_up) == 1 and gave_up[0]["attempts"] == 3 and gave_up[0]["client_id"] == "dev-retry"
 
 
+async def test_a_dead_letter_goes_to_the_channel_layer_with_what_failed() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        raise ValueError("bad reading")
+
+    APPS["j"] = app
+    retry = "{attempts: 2, delay: 0.05, exhausted: dead_letter, dead_letter_channel: mqtt.dead_letters}"
+    async with Gateway.from_text(broker_yaml(route("job/#", "j"), extra=QUICK, retry=retry)) as gw:
+        device = await peer(port_of(gw), client_id="dev-dl")
+        try:
+            await asyncio.to_thread(device.publish, "job/7", b"poison", 1)  # returns once acknowledged
+            letter = await asyncio.wait_for(gw.layer.receive("mqtt.dead_letters"), 10)
+        finally:
+            device.close()
+    assert letter == {
+        "type": "mqtt.dead_letter", "topic": "job/7", "payload": b"poison", "qos": 1, "route": "j", "attempts": 2,
+        "client_id": "dev-dl", "error": "ValueError: bad reading",
+    }
+
+
 async def test_broker_mode_closes_the_connection_when_retries_are_exhausted() -> None:
     attempts: list[bytes] = []
 

@@ -9,12 +9,14 @@ thirds of the broker's time. This module goes one level deeper, with two narrow 
   own reader (``broker_reader``): QoS 0 and 1 PUBLISHes are checked and routed as they are
   decoded, everything else goes to amqtt's handler methods. A QoS 1 message gets its PUBACK
   only when the routed app returned normally; for QoS 2 the PUBREC is held back the same way
-  (then PUBREL/PUBCOMP as usual). A failed message stays unacknowledged, so the
-  device resends it on its next session.
+  (then PUBREL/PUBCOMP as usual). A failed message stays unacknowledged while the
+  dispatcher runs it again; after its last attempt it is dead-lettered or the device's
+  connection is closed (``close_connection``) so that the device resends it.
 * ``_Broker`` (amqtt's ``Broker``): every accepted PUBLISH is routed to the gateway and fanned
   out to MQTT subscribers at once (``accept``, ``fan_out``); authentication and ACL come from
-  the gateway config; every reader waits on one gate that closes while a route's bound is
-  reached (backpressure towards the devices).
+  ``access``; a reader waits after a QoS 1/2 PUBLISH on one gate that closes while a route's
+  backlog is full (backpressure towards the devices; QoS 0 messages are dropped at the bound
+  instead, so a device's PINGREQ behind them is still answered).
 
 What the reader enforces that amqtt 0.12 does not:
 

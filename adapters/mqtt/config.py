@@ -139,10 +139,10 @@ class MqttConfig(Section):
         "after that, or on a malformed one, it is closed."
     )
     auth_app: str | None = Field(
-        None, description="Broker mode: `module:callable` `async (client_id, username, password) -> bool` deciding logins "
-        "(e.g. a Django-backed check) for usernames not in `users`. May be sync (run in a worker thread) and may return a "
-        "user object: any result but `False`/`None` accepts the login, and a result other than `True` becomes "
-        "`scope['user']` of the connection's messages."
+        None, description="Broker mode: `module:callable` `(client_id, username, password)`, sync (run in a worker thread) "
+        "or async, deciding logins for usernames not in `users` (e.g. a Django-backed check). Any result but "
+        "`False`/`None` accepts the login; a result other than `True` (a user object) becomes `scope['user']` of the "
+        "connection's messages and the `user` of `acl_app`."
     )
     acl_app: str | None = Field(
         None, description="Broker mode: `module:callable` `(user, topic, action) -> bool`, sync or async, asked for "
