@@ -14,9 +14,9 @@ thirds of the broker's time. This module goes one level deeper, with two narrow 
   connection is closed (``close_connection``) so that the device resends it.
 * ``_Broker`` (amqtt's ``Broker``): every accepted PUBLISH is routed to the gateway and fanned
   out to MQTT subscribers at once (``accept``, ``fan_out``); authentication and ACL come from
-  ``access``; a reader waits after a QoS 1/2 PUBLISH on one gate that closes while a route's
-  backlog is full (backpressure towards the devices; QoS 0 messages are dropped at the bound
-  instead, so a device's PINGREQ behind them is still answered).
+  ``access``; every reader waits on one gate that closes while a route's backlog is full
+  (backpressure towards the devices; a route full of QoS 0 messages overflows after its
+  ``drop_after`` and drops them instead, so a device's PINGREQ behind them is still answered).
 
 What the reader enforces that amqtt 0.12 does not:
 

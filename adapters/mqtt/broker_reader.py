@@ -232,11 +232,11 @@ async def read_packets(
     for a packet that ends the connection. A PUBLISH longer than ``max_packet`` is read past
     without being kept (only its topic and packet id) and handed to ``refuse``, so the device
     gets its acknowledgement and does not resend it for ever; any other packet that long
-    raises ``PacketTooLarge`` as soon as its fixed header arrives. After a QoS 1/2 PUBLISH it
-    waits while ``gate`` is closed (a route's backlog is full of messages that cannot be
-    dropped), so a device's burst stops at the socket, not in memory; QoS 0 messages never
-    wait (a full route drops them), so a PINGREQ behind them is answered however slow a route
-    is. ``tasks`` collects amqtt's handler tasks for the caller to cancel at the end.
+    raises ``PacketTooLarge`` as soon as its fixed header arrives. Between packets it waits
+    while ``gate`` is closed (a route's backlog is full), so a device's burst stops at the
+    socket, not in memory (a route that stays full of QoS 0 messages overflows and opens the
+    gate again after its ``drop_after``, see ``dispatch``). ``tasks`` collects amqtt's handler
+    tasks for the caller to cancel at the end.
     """
     pending = bytearray()  # the start of a packet that has not arrived whole
     need = 0  # how long ``pending`` must grow before it is worth parsing again
@@ -288,13 +288,13 @@ async def read_packets(
                         tasks.append(asyncio.get_running_loop().create_task(work))
                     else:
                         await work
-                if first & 0x06 and not gate.is_set():
-                    await gate.wait()
             elif kind in _HANDLERS or kind == CONNECT:
                 await _other_packet(handler, first, buf[start:stop], tasks)
             else:
                 raise BadPacket(f"reserved packet type {kind}")
             while tasks and tasks[0].done():
                 tasks.popleft()
+            if not gate.is_set():
+                await gate.wait()
         if pos < end:
             pending += memoryview(buf)[pos:]

@@ -265,9 +265,13 @@ class MqttRoute(RouteConfig):
         "When the bound is reached further messages wait in the route's backlog."
     )
     backlog: int = Field(
-        1000, ge=1, description="Messages that may wait for a free slot of this route. When it is full, a QoS 0 "
-        "message for the route is dropped (counted as `dropped`, logged once per overflow); a QoS 1/2 one makes the "
-        "adapter stop reading (client mode: from the broker; broker mode: from that device) until the backlog is half empty."
+        1000, ge=1, description="Messages that may wait for a free slot of this route. When it is full the adapter stops "
+        "reading (client mode: from the broker; broker mode: from the devices) until it is half empty."
+    )
+    drop_after: float = Field(
+        1.0, ge=0, description="Seconds reading may stay stopped because this route's backlog is full of QoS 0 messages; "
+        "after that the route overflows: its QoS 0 messages are dropped (counted as `dropped`, logged once per overflow) "
+        "until its backlog is half empty, so it no longer holds back other routes. QoS 1/2 messages are never dropped."
     )
 
     @field_validator("topic")

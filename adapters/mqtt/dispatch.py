@@ -5,14 +5,19 @@ callback that receives ``True`` when the message may be acknowledged and ``False
 stay unacknowledged. Each route has a lane: at most ``concurrency`` instances run at once; a
 message that finds its lane full waits in the lane's queue, up to the route's ``backlog``.
 
-Backpressure is per route. When a route's backlog is full, a QoS 0 message for it is dropped
-(counted, logged once per overflow): QoS 0 is "at most once", and stopping the connection for it
-would hold back every other route's messages behind one slow application. A QoS 1/2 message is
-never dropped: it joins the queue and the lane becomes *blocked*, the signal for the mode to
-stop reading (``blocked``); ``on_unblocked`` tells it to read again once every blocked lane has
-come down to half its backlog (resuming at the first free slot would pause and resume the socket
-for every message under steady load). So memory stays bounded by the routes' backlogs plus what
-one network read can deliver, never by the publishers' rate.
+A message that finds its route's backlog full joins it anyway and the lane becomes *blocked*,
+the signal for the mode to stop reading (``blocked``); ``on_unblocked`` tells it to read again
+once every blocked lane has come down to half its backlog (resuming at the first free slot
+would pause and resume the socket for every message under steady load). So memory stays bounded
+by the routes' backlogs plus what one network read can deliver, never by the publishers' rate,
+and a burst that the application can absorb is absorbed without loss.
+
+A lane blocked by QoS 0 messages alone stays blocked for at most the route's ``drop_after``
+seconds: then it *overflows*, stops blocking, and drops the QoS 0 messages for it (counted,
+logged once per overflow) until its backlog is half empty. QoS 0 is "at most once", and
+holding the connection for a route that cannot keep up would hold back every other route's
+messages, and the PINGREQs behind them. A QoS 1/2 message is never dropped: a lane it blocked
+stays blocked until it is half empty.
 
 A QoS 1/2 message whose instance failed is run again by the gateway itself (``retry``: a
 delay that doubles, a bound on the attempts), holding its unacknowledged slot at the peer but
@@ -60,12 +65,16 @@ class Lane:
     name: str
     limit: int
     backlog: int
+    drop_after: float
     running: int = 0
     waiting: deque[Pending] = field(default_factory=deque)
+    firm: bool = False  # blocked by a QoS 1/2 message: stays blocked until half empty
+    timer: asyncio.TimerHandle | None = None  # blocked by QoS 0 only: when to start dropping
+    dropping: bool = False  # overflow: QoS 0 messages for the route are dropped
     dropped: int = 0  # QoS 0 messages dropped in the current overflow
 
 
-# what the mode does with a message whose attempts are used up: (message, attempts) -> None
+# what the mode does with a message whose attempts are used up
 GiveUp = Callable[[Pending], None]
 
 
@@ -124,31 +133,46 @@ class Dispatcher:
         if lane is None:
             config = match.route.config
             lane = self.lanes[key] = Lane(
-                match.route.name or str(match.route.target), getattr(config, "concurrency", 16) or 16, getattr(config, "backlog", 1000) or 1000,
+                match.route.name or str(match.route.target), getattr(config, "concurrency", 16) or 16,
+                getattr(config, "backlog", 1000) or 1000, getattr(config, "drop_after", 1.0),
             )
         pending = Pending(match, scope, event, done, disconnect)
         if lane.running < lane.limit and not lane.waiting:
             self._start(lane, pending)
-        elif len(lane.waiting) >= lane.backlog and not scope.get("qos"):
-            self._drop(lane, scope)
+        elif lane.dropping and not scope.get("qos") and len(lane.waiting) >= lane.backlog:
+            self.count("dropped")
+            lane.dropped += 1
         else:
             self._enqueue(lane, pending)
-
-    def _drop(self, lane: Lane, scope: Scope) -> None:
-        self.count("dropped")
-        if not lane.dropped:
-            log.warning(
-                "mqtt.route_overflow", route=lane.name, backlog=lane.backlog, topic=scope["topic"],
-                why="the route's backlog is full: QoS 0 messages for it are dropped until it has room again",
-            )
-        lane.dropped += 1
 
     def _enqueue(self, lane: Lane, pending: Pending) -> None:
         lane.waiting.append(pending)
         self.backlog += 1
         self._backlog_gauge.set(self.backlog)
-        if len(lane.waiting) >= lane.backlog and pending.scope.get("qos"):
-            self.blocked_lanes.add(lane)  # QoS 0 never blocks: it is dropped at the bound instead
+        if len(lane.waiting) < lane.backlog:
+            return
+        if pending.scope.get("qos"):
+            lane.firm = True
+        elif lane.timer is None and not lane.firm and not lane.dropping:
+            lane.timer = asyncio.get_running_loop().call_later(lane.drop_after, self._overflow, lane)
+        self.blocked_lanes.add(lane)
+
+    def _overflow(self, lane: Lane) -> None:
+        """A lane blocked by QoS 0 messages for ``drop_after`` seconds: drop them instead."""
+        lane.timer = None
+        if lane not in self.blocked_lanes or lane.firm:
+            return
+        lane.dropping = True
+        log.warning(
+            "mqtt.route_overflow", route=lane.name, backlog=lane.backlog, drop_after=lane.drop_after,
+            why="the route's backlog stayed full: QoS 0 messages for it are dropped until it is half empty",
+        )
+        self._unblock(lane)
+
+    def _unblock(self, lane: Lane) -> None:
+        self.blocked_lanes.discard(lane)
+        if not self.blocked_lanes and self.on_unblocked is not None:
+            self.on_unblocked()
 
     def _start(self, lane: Lane, pending: Pending) -> None:
         lane.running += 1
@@ -181,13 +205,17 @@ class Dispatcher:
             self.backlog -= 1
             self._backlog_gauge.set(self.backlog)
             self._start(lane, nxt)
-        if lane.dropped and len(lane.waiting) <= lane.backlog // 2:
+        if len(lane.waiting) > lane.backlog // 2:
+            return
+        if lane.dropping:
             log.info("mqtt.route_overflow_ended", route=lane.name, dropped=lane.dropped)
-            lane.dropped = 0
-        if lane in self.blocked_lanes and len(lane.waiting) <= lane.backlog // 2:
-            self.blocked_lanes.discard(lane)
-            if not self.blocked_lanes and self.on_unblocked is not None:
-                self.on_unblocked()
+            lane.dropping, lane.dropped = False, 0
+        if lane.timer is not None:
+            lane.timer.cancel()
+            lane.timer = None
+        lane.firm = False
+        if lane in self.blocked_lanes:
+            self._unblock(lane)
 
     def _failed(self, lane: Lane, pending: Pending) -> None:
         scope = pending.scope
@@ -244,6 +272,9 @@ class Dispatcher:
                 else:
                     qos0 += 1
             lane.waiting.clear()
+            if lane.timer is not None:
+                lane.timer.cancel()
+                lane.timer = None
         for handle, pending in list(self.retrying.items()):
             handle.cancel()
             unacked += 1
