@@ -280,6 +280,35 @@ async def test_a_slow_qos0_route_does_not_starve_a_fast_route(tmp_path: Path) ->
     assert len(overflow) == 1 and overflow[0]["route"] == "slow" and overflow[0]["backlog"] == 50
 
 
+async def test_a_slow_route_that_keeps_finishing_messages_still_overflows(tmp_path: Path) -> None:
+    """The slow route makes room one message at a time: its backlog must not block reading again
+    after it overflowed (the fast route would wait for the whole flood)."""
+    fast: list[bytes] = []
+
+    async def slow_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await asyncio.sleep(0.05)
+
+    async def fast_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        fast.append((await receive())["payload"])
+
+    APPS["slow"] = slow_app
+    APPS["fast"] = fast_app
+    with mosquitto(tmp_path) as port:
+        routes = route("bulk/#", "slow", "concurrency: 1, qos: 0, backlog: 20, drop_after: 0.2") + route("cmd/#", "fast")
+        async with Gateway.from_text(client_yaml(port, routes, extra="shutdown: {drain_timeout: 0.2}")) as gw:
+            sender = Peer(port)
+            try:
+                for i in range(5000):  # 250 s of work for the slow route
+                    sender.client.publish("bulk/x", b"%d" % i, 0)
+                for i in range(20):
+                    sender.client.publish(f"cmd/{i}", b"%d" % i, 1)
+                await wait_for(lambda: len(fast) == 20, timeout=30, what="the fast route's messages")
+            finally:
+                sender.close()
+            assert metric(gw, "dropped") > 0
+
+
 # -- smaller ones ----------------------------------------------------------------------------------
 async def test_messages_waiting_at_shutdown_are_logged_and_counted() -> None:
     started = asyncio.Event()

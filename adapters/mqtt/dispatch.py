@@ -153,7 +153,9 @@ class Dispatcher:
             return
         if pending.scope.get("qos"):
             lane.firm = True
-        elif lane.timer is None and not lane.firm and not lane.dropping:
+        elif lane.dropping:
+            return  # overflowing: the next QoS 0 message is dropped, reading goes on
+        elif lane.timer is None and not lane.firm:
             lane.timer = asyncio.get_running_loop().call_later(lane.drop_after, self._overflow, lane)
         self.blocked_lanes.add(lane)
 
