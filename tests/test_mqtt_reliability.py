@@ -214,6 +214,36 @@ async def test_client_mode_retries_a_failed_message_without_waiting_for_a_reconn
     assert reconnects == 0  # retried in place: no reconnect, no 30 s stall
 
 
+@pytest.mark.parametrize("mode", ["broker", "client"])
+async def test_with_default_settings_a_failed_message_is_retried_within_the_connection(mode: str, tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    async def flaky(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append((await receive())["payload"])
+        if len(seen) == 1:
+            raise RuntimeError("first attempt fails")
+
+    APPS["f"] = flaky
+    with mosquitto(tmp_path) as mosquitto_port:
+        if mode == "broker":
+            yaml = broker_yaml(route("jobs/#", "f"), extra=QUICK)
+        else:
+            yaml = client_yaml(mosquitto_port, route("jobs/#", "f"), extra=QUICK, client_id="gw-default-retry")
+        async with Gateway.from_text(yaml) as gw:
+            sender = await peer(port_of(gw) if mode == "broker" else mosquitto_port, client_id="dev-default", clean=False)
+            connects: list[int] = []
+            sender.client.on_connect = lambda *a: connects.append(1)
+            try:
+                info = sender.client.publish("jobs/1", b"job", 1)
+                await wait_for(lambda: len(seen) == 2, timeout=10, what="the retry")
+                await wait_for(info.is_published, timeout=10, what="acknowledged")
+            finally:
+                sender.close()
+            if mode == "client":
+                assert gw.adapters["mqtt"].mode.generation == 0  # no reconnect
+    assert connects == [] and seen == [b"job", b"job"]
+
+
 # -- 3. an oversized QoS 1 publish is acknowledged and dropped, not a reconnect loop -----------
 async def test_an_oversized_qos1_publish_is_acknowledged_and_dropped_without_a_reconnect_loop() -> None:
     got: list[bytes] = []
