@@ -271,6 +271,27 @@ async def test_an_oversized_qos1_publish_is_acknowledged_and_dropped_without_a_r
     assert len(dropped) == 1 and dropped[0]["size"] == 2 * 1024 * 1024 and dropped[0]["topic"] == "s/big"
 
 
+async def test_an_oversized_qos2_publish_completes_its_flow_and_is_dropped() -> None:
+    got: list[bytes] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        got.append((await receive())["payload"])
+
+    APPS["s"] = app
+    async with Gateway.from_text(broker_yaml(route("s/#", "s"), extra=QUICK, max_payload=8)) as gw:
+        sock = await asyncio.to_thread(_raw_connect, port_of(gw))
+        try:
+            await asyncio.to_thread(sock.sendall, _publish(b"s/big", b"z" * 70_000, 2, 9) + _publish(b"s/ok", b"ok"))
+            assert await asyncio.to_thread(sock.recv, 4) == b"\x50\x02\x00\x09"  # PUBREC
+            sock.sendall(b"\x62\x02\x00\x09")  # PUBREL
+            assert await asyncio.to_thread(sock.recv, 4) == b"\x70\x02\x00\x09"  # PUBCOMP
+            await wait_for(lambda: got, what="the message behind it")
+        finally:
+            sock.close()
+        oversized = metric(gw, "oversized")
+    assert got == [b"ok"] and oversized == 1
+
+
 # -- 4. client mode: one slow route does not starve the others ---------------------------------
 async def test_a_slow_qos0_route_does_not_starve_a_fast_route(tmp_path: Path) -> None:
     release = asyncio.Event()
