@@ -109,15 +109,15 @@ async def test_failed_logins_are_logged_and_throttled_per_address() -> None:
             # the right password is refused too while the address is throttled, without asking the hook
             throttled_ok = await asyncio.to_thread(connack, port, "device-3", "token-3")
             hook_calls = len(HOOK_CALLS)
-            bad = counter(gw, "gateway_auth_failures_total", adapter="mqtt", reason="bad_credentials")
+            bad = counter(gw, "gateway_auth_failures_total", adapter="mqtt", reason="invalid")
             throttled = counter(gw, "gateway_auth_failures_total", adapter="mqtt", reason="throttled")
     assert all(c != 0 for c in codes) and throttled_ok != 0
     assert hook_calls == 5
     assert (bad, throttled) == (5, 26)
-    failed = [e for e in logs if e["event"] == "mqtt.login_failed"]
+    failed = [e for e in logs if e["event"] == "mqtt.auth_failed"]
     assert len(failed) == 31
     assert all(e["client"] == "127.0.0.1" and e["username"] == "device-3" for e in failed)
-    assert [e["reason"] for e in failed[:6]] == ["bad_credentials"] * 5 + ["throttled"]
+    assert [e["reason"] for e in failed[:6]] == ["invalid"] * 5 + ["throttled"]
     assert not any("guess" in str(e) or "token-3" in str(e) for e in logs)  # never the password
 
 

@@ -98,7 +98,8 @@ class Access:
         self.allow_anonymous = config.allow_anonymous if config.allow_anonymous is not None else not (config.users or config.auth_app)
         self.throttle = LoginThrottle(config.login_throttle.max_failures, config.login_throttle.window)
         self._failures = context.metrics.counter(
-            "gateway_auth_failures_total", "Refused logins, by adapter and reason.", ("adapter", "reason"),
+            "gateway_auth_failures_total", "Refused logins, by adapter and reason (invalid credentials, throttled, hook_error).",
+            ("adapter", "reason"),
         )
 
     # -- CONNECT ----------------------------------------------------------------------------
@@ -110,7 +111,7 @@ class Access:
         if self.throttle.blocked(address):
             self._refused(session, address, "throttled")
             return False
-        reason = "bad_credentials"
+        reason = "invalid"
         users = self.config.users
         if username is None:
             ok = self.allow_anonymous
@@ -123,7 +124,7 @@ class Access:
             except Exception as exc:  # noqa: BLE001
                 self.log.error("mqtt.auth_app_failed", client=address, client_id=session.client_id, username=username,
                                error=f"{type(exc).__name__}: {exc}")
-                result, reason = None, "auth_app_error"
+                result, reason = None, "hook_error"
             ok = result is not None and result is not False
             if ok and result is not True:
                 session.attributes[USER] = result
@@ -136,7 +137,7 @@ class Access:
 
     def _refused(self, session: Any, address: str, reason: str) -> None:
         self._failures.labels("mqtt", reason).inc()
-        self.log.info("mqtt.login_failed", client=address, username=session.username, client_id=session.client_id, reason=reason)
+        self.log.warning("mqtt.auth_failed", client=address, username=session.username, client_id=session.client_id, reason=reason)
 
     # -- topics -----------------------------------------------------------------------------
     def user(self, session: Any) -> Any:
