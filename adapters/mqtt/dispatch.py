@@ -114,7 +114,7 @@ class Dispatcher:
 
     @property
     def blocked(self) -> bool:
-        """A route's backlog is full of messages that cannot be dropped: stop reading."""
+        """A route's backlog is full (and not overflowing): stop reading until it has room."""
         return bool(self.blocked_lanes)
 
     def submit(self, scope: Scope, event: Message, done: Done, disconnect: Callable[[], None] | None = None) -> None:
