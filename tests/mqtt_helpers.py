@@ -184,6 +184,35 @@ class Peer:
         self.client.loop_stop()
 
 
+class Mosquitto:
+    """A Mosquitto that a test can kill (SIGKILL) and start again on the same port, with nothing
+    persisted: the restarted broker has forgotten every session, as after a crash or failover."""
+
+    def __init__(self, tmp: Path, extra: str = "") -> None:
+        self.port = free_port()
+        self.conf = tmp / f"mosquitto-{self.port}.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n"
+            + ("user root\n" if os.geteuid() == 0 else "") + extra
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = require("mosquitto", "/usr/sbin/mosquitto")
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _wait_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, kill=True)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
 def client_yaml(port: int, routes: str, *, extra: str = "", **adapter: Any) -> str:
     return _mqtt_yaml(routes, extra, {"mode": "client", "url": f"mqtt://127.0.0.1:{port}", **adapter})
 
@@ -273,3 +302,39 @@ class ThermoConsumer(AsyncMqttConsumer):
         reading = {"device": self.kwargs["device"], "celsius": float(payload)}
         await self.publish(f"readings/{self.kwargs['device']}", json=reading, qos=1)
         await self.channel_layer.group_send("readings", {"type": "reading", **reading})
+
+
+# -- hooks for tests/test_mqtt_auth.py ----------------------------------------------------------
+class DeviceUser:
+    """What a user-returning `auth_app` hands back (a Django user, in a real project)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+HOOK_CALLS: list[tuple[str, Any, int]] = []  # (hook, arguments, thread id)
+
+
+def sync_device_user(client_id: str, username: str, password: str | None) -> DeviceUser | None:
+    """A sync `auth_app` (as a Django ORM lookup would be): device-N with token-N is a user."""
+    import threading
+
+    HOOK_CALLS.append(("auth", (client_id, username, password), threading.get_ident()))
+    if username.startswith("device-") and password == "token-" + username.removeprefix("device-"):
+        return DeviceUser(username)
+    return None
+
+
+def sync_topic_acl(user: Any, topic: str, action: str) -> bool:
+    """A sync `acl_app`: a DeviceUser publishes below `devices/<name>/` and subscribes to `cmd/<name>`."""
+    import threading
+
+    HOOK_CALLS.append(("acl", (user, topic, action), threading.get_ident()))
+    name = user.name if isinstance(user, DeviceUser) else user
+    if action == "publish":
+        return topic.startswith(f"devices/{name}/")
+    return topic == f"cmd/{name}"
+
+
+async def async_topic_acl(user: Any, topic: str, action: str) -> bool:
+    return sync_topic_acl(user, topic, action)

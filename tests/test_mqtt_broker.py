@@ -177,13 +177,14 @@ async def test_backpressure_and_bound_in_broker_mode() -> None:
         done.append(n)
 
     APPS["s"] = slow
-    async with Gateway.from_text(broker_yaml(route("load/#", "s", "concurrency: 2"), extra=QUICK)) as gw:
+    async with Gateway.from_text(broker_yaml(route("load/#", "s", "concurrency: 2, backlog: 5"), extra=QUICK)) as gw:
         mode = gw.adapters["mqtt"].mode
         device = await peer(port_of(gw))
         try:
             for i in range(100):
-                device.client.publish("load/x", str(i).encode(), 0)
+                device.client.publish("load/x", str(i).encode(), 1)
             await wait_for(lambda: running == 2 and not mode.gate.is_set(), what="bound reached, reading stopped")
+            assert mode.dispatcher.backlog == 5
             await asyncio.sleep(0.2)
             assert peak == 2
             release.set()
@@ -384,10 +385,11 @@ async def test_a_large_message_arriving_in_many_reads_is_routed_whole() -> None:
     assert got == [payload]
 
 
-async def test_a_packet_longer_than_any_acceptable_publish_is_refused_unread() -> None:
+async def test_a_packet_longer_than_any_acceptable_publish_is_read_past_or_refused_unread() -> None:
     """The bound is the longest PUBLISH whose payload could still be accepted: 2 + 65535 + 2 +
-    max_payload bytes. Up to it a PUBLISH is read (and an oversized payload dropped, the
-    connection kept); one byte more and the connection is closed before the body is read."""
+    max_payload bytes. Up to it a PUBLISH is read (and an oversized payload dropped); a longer
+    PUBLISH is read past without being kept and acknowledged, the connection kept; any other
+    packet longer than the bound closes the connection before its body is read."""
     from structlog.testing import capture_logs
 
     got: list[bytes] = []
@@ -406,14 +408,23 @@ async def test_a_packet_longer_than_any_acceptable_publish_is_refused_unread() -
                 fits = b"\x00\x03s/x" + b"ok"
                 sock.sendall(b"\x30" + _remaining_length(bound) + at_bound + b"\x30" + bytes([len(fits)]) + fits)
                 await wait_for(lambda: got, what="the next message routed")
-                sock.sendall(b"\x30" + _remaining_length(bound + 1) + b"\x00\x03s/x")  # body never sent
+                # QoS 1, one byte over the bound, sent in pieces, with a message right behind it
+                over = b"\x00\x03s/y\x00\x07" + b"y" * (bound + 1 - 7)
+                packet = b"\x32" + _remaining_length(bound + 1) + over + b"\x30" + bytes([len(fits)]) + fits
+                for i in range(0, len(packet), 30000):
+                    sock.sendall(packet[i:i + 30000])
+                assert await asyncio.to_thread(sock.recv, 4) == b"\x40\x02\x00\x07"  # PUBACK for packet id 7
+                await wait_for(lambda: len(got) == 2, what="the message behind it routed")
+                sock.sendall(b"\x82" + _remaining_length(bound + 1) + b"\x00\x01")  # a SUBSCRIBE that long: closed
                 sock.settimeout(5)
                 assert await asyncio.to_thread(sock.recv, 10) == b""
             finally:
                 sock.close()
         text = gw.metrics.render().decode()
-    assert got == [b"ok"]
-    assert 'gateway_mqtt_messages_total{outcome="oversized"} 2.0' in text
+    assert got == [b"ok", b"ok"]
+    assert 'gateway_mqtt_messages_total{outcome="oversized"} 3.0' in text
+    dropped = [e for e in logs if e["event"] == "mqtt.payload_too_large"]
+    assert [(e["topic"], e["size"]) for e in dropped] == [("s/x", bound - 5), ("s/y", bound + 1 - 7)]
     refused = [e for e in logs if e["event"] == "mqtt.packet_too_large"]
     assert len(refused) == 1 and f"a packet of {bound + 1} bytes, more than the {bound}" in refused[0]["why"]
 

@@ -9,12 +9,14 @@ thirds of the broker's time. This module goes one level deeper, with two narrow 
   own reader (``broker_reader``): QoS 0 and 1 PUBLISHes are checked and routed as they are
   decoded, everything else goes to amqtt's handler methods. A QoS 1 message gets its PUBACK
   only when the routed app returned normally; for QoS 2 the PUBREC is held back the same way
-  (then PUBREL/PUBCOMP as usual). A failed message stays unacknowledged, so the
-  device resends it on its next session.
+  (then PUBREL/PUBCOMP as usual). A failed message stays unacknowledged while the
+  dispatcher runs it again; after its last attempt it is dead-lettered or the device's
+  connection is closed (``close_connection``) so that the device resends it.
 * ``_Broker`` (amqtt's ``Broker``): every accepted PUBLISH is routed to the gateway and fanned
   out to MQTT subscribers at once (``accept``, ``fan_out``); authentication and ACL come from
-  the gateway config; every reader waits on one gate that closes while a route's bound is
-  reached (backpressure towards the devices).
+  ``access``; every reader waits on one gate that closes while a route's backlog is full
+  (backpressure towards the devices; a route full of QoS 0 messages overflows after its
+  ``drop_after`` and drops them instead, so a device's PINGREQ behind them is still answered).
 
 What the reader enforces that amqtt 0.12 does not:
 
@@ -41,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
-import hmac
 import logging
 import math
 from collections import deque
@@ -59,14 +60,14 @@ from amqtt.mqtt.pubcomp import PubcompPacket
 from amqtt.mqtt.publish import PublishPacket
 from amqtt.mqtt.pubrec import PubrecPacket
 
-from gateway.apps import import_string
 from gateway.errors import StartupError
 from gateway.schema import parse_listen
 
+from .access import USER, Access
 from .broker_reader import BadPacket, InvalidPublish, PacketTooLarge, chunk_source, read_packets
 from .dispatch import Dispatcher, message_event
 from .events import Outgoing
-from .topics import TopicMatcher
+from .exhausted import Exhausted
 from .websocket import EXTERNAL_LISTENER, MqttOverWebSocket
 
 if TYPE_CHECKING:
@@ -88,10 +89,11 @@ class _Handler(BrokerProtocolHandler):
         mode = broker.mode
         tasks: deque[asyncio.Task[None]] = deque()
         publish = partial(broker.publish_from, session, self)
+        refuse = partial(broker.refuse_oversized, session, self)
         self._reader_ready.set()
         try:
             limit = mode.max_packet
-            await read_packets(self, chunk_source(self.reader, limit), publish, mode.gate, session.keep_alive or None, limit, tasks)
+            await read_packets(self, chunk_source(self.reader, limit), publish, refuse, mode.gate, session.keep_alive or None, limit, tasks)
         except TimeoutError:
             mode.log.info("mqtt.keepalive_expired", client_id=session.client_id, timeout_s=session.keep_alive,
                           why="no packet from the client within 1.5 x its keep-alive; connection closed")
@@ -102,7 +104,7 @@ class _Handler(BrokerProtocolHandler):
         except PacketTooLarge as exc:
             mode.dispatcher.count("oversized")
             mode.log.warning("mqtt.packet_too_large", client_id=session.client_id, max_payload=mode.config.max_payload,
-                             why=f"{exc}; closing the connection without reading it")
+                             why=f"{exc}; closing the connection without reading it (only a PUBLISH is read past and dropped)")
         except BadPacket as exc:
             mode.log.warning("mqtt.protocol_error", client_id=session.client_id, why=f"{exc}; closing the connection")
         except asyncio.CancelledError:
@@ -145,24 +147,38 @@ class _Handler(BrokerProtocolHandler):
             return
         if not await self._wait_handled(app_message):
             return
-        packet_id = app_message.packet_id
+        await self.complete_qos2(app_message.packet_id, app_message)
+
+    async def complete_qos2(self, packet_id: int, app_message: Any = None) -> None:
+        """The rest of an inbound QoS 2 flow once the message counts as received: PUBREC,
+        wait for PUBREL, PUBCOMP."""
         pubrec = PubrecPacket.build(packet_id)
         await self._send_packet(pubrec)
-        app_message.pubrec_packet = pubrec
+        if app_message is not None:
+            app_message.pubrec_packet = pubrec
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         old = self._pubrel_waiters.get(packet_id)
         if old is not None and not old.done():
             old.cancel()
         self._pubrel_waiters[packet_id] = waiter
         try:
-            app_message.pubrel_packet = await waiter
+            pubrel = await waiter
         except asyncio.CancelledError:
             return
         finally:
             self._pubrel_waiters.pop(packet_id, None)
         pubcomp = PubcompPacket.build(packet_id)
         await self._send_packet(pubcomp)
-        app_message.pubcomp_packet = pubcomp
+        if app_message is not None:
+            app_message.pubrel_packet = pubrel
+            app_message.pubcomp_packet = pubcomp
+
+    def close_connection(self) -> None:
+        """End this device's connection (its unacknowledged messages come again on the next)."""
+        if not self._reader_stopped.is_set() and self.writer is not None:
+            task = asyncio.get_running_loop().create_task(self.writer.close())
+            _acks.add(task)
+            task.add_done_callback(_acks.discard)
 
 
 class _Broker(Broker):
@@ -181,7 +197,11 @@ class _Broker(Broker):
         # packet is not one: a client that sends nothing, or garbage, would hold it
         try:
             async with asyncio.timeout(self.mode.config.connect_timeout):
-                return await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+                handler, session = await super()._initialize_client_session(reader, writer, remote_address, remote_port)
+            # amqtt hands back a persistent session's old object, with the address of its last
+            # connection: logins are checked and throttled by the address of this one
+            session.remote_address, session.remote_port = remote_address, remote_port
+            return handler, session
         except (TimeoutError, AMQTTError, NoDataError) as exc:
             why = "no complete CONNECT in time" if isinstance(exc, TimeoutError) else "the first packet is not a valid CONNECT"
             self.mode.log.info("mqtt.connection_refused", client=f"{remote_address}:{remote_port}", why=f"{why}; closed")
@@ -192,20 +212,46 @@ class _Broker(Broker):
             raise AMQTTError(why) from None
 
     async def _authenticate(self, session: Any, listener: Any) -> bool:
-        return await self.mode.authenticate(session)
+        return await self.mode.access.authenticate(session)
 
     async def _topic_filtering(self, session: Any, topic: str, action: Action) -> bool:
-        return self.mode.allowed(session, topic, action)
+        return await self.mode.access.permitted(session, topic, action)
 
     def publish_from(self, session: Any, handler: Any, topic: str, payload: bytes, qos: int, packet_id: int | None,
                      retain: bool, dup: bool) -> Coroutine[Any, Any, None] | None:
         """A PUBLISH the reader decoded. QoS 0 and 1 are accepted at once (a QoS 1 message is
-        acknowledged when its app returned); QoS 2 goes through amqtt's four-packet flow, with
-        ``_Handler`` holding the PUBREC back, returned for the reader to run."""
+        acknowledged when its app returned), or after ``acl_app`` answered (returned for the
+        reader to await); QoS 2 goes through amqtt's four-packet flow, with ``_Handler``
+        holding the PUBREC back, returned for the reader to run."""
         if qos == 2:
             return handler.handle_publish(PublishPacket.build(topic, payload, packet_id, dup, qos, retain))  # type: ignore[no-any-return]
         done = _ignore if packet_id is None else partial(handler.acknowledge, packet_id)
-        self.accept(session, topic, payload, qos, packet_id, retain, dup, done)
+        allowed = self.mode.access.cached(session, topic, Action.PUBLISH)
+        if allowed is None:
+            return self._accept_when_permitted(session, handler, topic, payload, qos, packet_id, retain, dup, done)
+        self.accept(session, handler, topic, payload, qos, packet_id, retain, dup, done, allowed)
+        return None
+
+    async def _accept_when_permitted(self, session: Any, handler: Any, topic: str, payload: bytes, qos: int, packet_id: int | None,
+                                     retain: bool, dup: bool, done: Callable[[bool], None]) -> None:
+        allowed = await self.mode.access.permitted(session, topic, Action.PUBLISH)
+        self.accept(session, handler, topic, payload, qos, packet_id, retain, dup, done, allowed)
+
+    def refuse_oversized(self, session: Any, handler: Any, topic: str, qos: int, packet_id: int | None,
+                         size: int) -> Coroutine[Any, Any, None] | None:
+        """A PUBLISH longer than any this broker accepts, read past without being kept: it is
+        acknowledged and dropped like a payload just over ``max_payload``, so that the device
+        does not resend it on every reconnect."""
+        mode = self.mode
+        mode.dispatcher.count("oversized")
+        mode.log.warning(
+            "mqtt.payload_too_large", client_id=session.client_id, topic=topic, size=size,
+            max_payload=mode.config.max_payload, why="refused (acknowledged and dropped, not forwarded)",
+        )
+        if qos == 1 and packet_id is not None:
+            handler.acknowledge(packet_id, True)
+        elif qos == 2 and packet_id is not None:
+            return handler.complete_qos2(packet_id)  # type: ignore[no-any-return]
         return None
 
     async def _handle_message_delivery(self, client_session: Any, handler: Any, wait_deliver: asyncio.Future[Any]) -> bool:
@@ -220,17 +266,20 @@ class _Broker(Broker):
                 fut.set_result(ok)
 
         packet = app_message.publish_packet
-        self.accept(client_session, app_message.topic, bytes(app_message.data), app_message.qos, app_message.packet_id,
-                    bool(packet and packet.retain_flag), bool(packet and packet.dup_flag), done)
+        allowed = await self.mode.access.permitted(client_session, app_message.topic, Action.PUBLISH)
+        self.accept(client_session, handler, app_message.topic, bytes(app_message.data), app_message.qos, app_message.packet_id,
+                    bool(packet and packet.retain_flag), bool(packet and packet.dup_flag), done, allowed)
         return True
 
-    def accept(self, session: Any, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool, dup: bool,
-               done: Callable[[bool], None]) -> None:
-        """One PUBLISH from a device: ACL and size checks, then fan-out, retain and routing."""
+    def accept(self, session: Any, handler: Any, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool,
+               dup: bool, done: Callable[[bool], None], allowed: bool) -> None:
+        """One PUBLISH from a device, with the ACL's verdict: size check, then fan-out, retain and routing."""
         mode = self.mode
-        if not mode.allowed(session, topic, Action.PUBLISH):
-            mode.log.info("mqtt.publish_denied", client_id=session.client_id, username=session.username, topic=topic)
-            done(True)  # MQTT 3.1.1 has no negative PUBACK: acknowledged and dropped, as Mosquitto does
+        if not allowed:
+            mode.dispatcher.count("denied")
+            mode.log.info("mqtt.publish_denied", client_id=session.client_id, username=session.username, topic=topic, qos=qos,
+                          why="not allowed by the ACL: dropped" + (" (acknowledged: MQTT 3.1.1 has no negative acknowledgement)" if qos else ""))
+            done(True)  # as Mosquitto does
             return
         if len(payload) > mode.config.max_payload:
             mode.dispatcher.count("oversized")
@@ -243,7 +292,7 @@ class _Broker(Broker):
         self.fan_out(session, topic, payload, qos)
         if retain:
             self.retain(session, topic, payload, qos)
-        mode.route(session, topic, payload, qos, packet_id, retain, dup, done)
+        mode.route(session, handler, topic, payload, qos, packet_id, retain, dup, done)
 
     async def _broadcast_message(self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None) -> None:
         # amqtt calls this for wills (and its plugins' broadcasts); it would queue them for its
@@ -266,7 +315,7 @@ class _Broker(Broker):
             if not self._matches(topic, topic_filter):
                 continue
             for target, granted in subscribers:
-                if not self.mode.allowed(target, topic, Action.RECEIVE):
+                if not self.mode.access.table_allows(target, topic, Action.RECEIVE):
                     continue
                 level = min(qos, granted)
                 if target.transitions.state != "connected":
@@ -307,7 +356,10 @@ class BrokerMode:
         self.log = adapter.context.log
         self.gate = asyncio.Event()
         self.gate.set()
-        self.dispatcher = Dispatcher(self.context, adapter.send_for, self.gate.set)
+        exhausted = Exhausted(self.context, cfg.retry, self.publish,
+                              "left unacknowledged; the device's connection is closed so that it sends the message again")
+        self.dispatcher = Dispatcher(self.context, adapter.send_for, self.gate.set, retry=cfg.retry, give_up=exhausted)
+        exhausted.dispatcher = self.dispatcher
         # the longest PUBLISH that could still be accepted (topic length, the longest topic,
         # packet id, payload); anything longer is refused unread
         self.max_packet = 2 + 65535 + 2 + cfg.max_payload
@@ -315,10 +367,7 @@ class BrokerMode:
         self.inflight: dict[tuple[Any, Any], tuple[tuple[str, bytes], list[Any]]] = {}
         self.broker: _Broker | None = None
         self._addresses: list[str] = []
-        self._auth_app: Any = None
-        if cfg.auth_app:
-            self._auth_app = import_string(cfg.auth_app)
-        self._allow_anonymous = cfg.allow_anonymous if cfg.allow_anonymous is not None else not (cfg.users or cfg.auth_app)
+        self.access = Access(cfg, self.context)
         self._listeners: dict[str, dict[str, Any]] = {}
         for kind, items in (("tcp", cfg.listen), ("tls", cfg.tls_listen), ("ws", cfg.ws_listen)):
             for i, text in enumerate(items):
@@ -400,8 +449,8 @@ class BrokerMode:
         return list(self._addresses)
 
     # -- called by _Broker ------------------------------------------------------------------
-    def route(self, session: Any, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool, dup: bool,
-              done: Callable[[bool], None]) -> None:
+    def route(self, session: Any, handler: Any, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool,
+              dup: bool, done: Callable[[bool], None]) -> None:
         if self.stopping:
             done(False)  # not acknowledged: the device resends it to the next gateway session
             return
@@ -427,49 +476,12 @@ class BrokerMode:
         scope = self.adapter.scope(topic, qos, retain, client_id=session.client_id, username=session.username)
         if session.remote_address is not None:
             scope["client"] = (session.remote_address, session.remote_port)
-        self.dispatcher.submit(scope, message_event(topic, payload, qos, retain, dup), done)
-        if self.dispatcher.backlog:
+        user = session.attributes.get(USER)
+        if user is not None:
+            scope["user"] = user
+        self.dispatcher.submit(scope, message_event(topic, payload, qos, retain, dup), done, handler.close_connection)
+        if self.dispatcher.blocked:
             self.gate.clear()
-
-    async def authenticate(self, session: Any) -> bool:
-        username, password = session.username, session.password
-        users = self.config.users
-        if username is None:
-            ok = self._allow_anonymous
-        elif username in users:
-            ok = password is not None and hmac.compare_digest(str(password).encode(), users[username].password.encode())
-        elif self._auth_app is not None:
-            try:
-                ok = bool(await self._auth_app(session.client_id, username, password))
-            except Exception as exc:  # noqa: BLE001
-                self.log.error("mqtt.auth_app_failed", client_id=session.client_id, username=username, error=f"{type(exc).__name__}: {exc}")
-                ok = False
-        else:
-            ok = False
-        if not ok:
-            self.log.info("mqtt.login_refused", client_id=session.client_id, username=username)
-        return ok
-
-    def allowed(self, session: Any, topic: str, action: Action) -> bool:
-        acl = self.config.acl
-        if acl is None:
-            return True
-        rule = acl.get(session.username) if session.username is not None else None
-        if rule is None:
-            rule = acl.get("*")
-        if rule is None:
-            return False
-        filters = rule.publish if action == Action.PUBLISH else rule.subscribe
-        client_id = session.client_id or ""
-        username = session.username or ""
-        for pattern in filters:
-            allowed = pattern.replace("%u", username).replace("%c", client_id)
-            if action == Action.PUBLISH:
-                if TopicMatcher(allowed).match_topic(topic) is not None:
-                    return True
-            elif filter_covers(allowed, topic):
-                return True
-        return False
 
     async def publish(self, out: Outgoing, wait: bool) -> None:
         broker = self.broker
@@ -481,23 +493,3 @@ class BrokerMode:
         if out.retain:
             broker.retain(None, out.topic, out.payload, out.qos)
 
-
-def filter_covers(allowed: str, requested: str) -> bool:
-    """Whether subscribing to ``requested`` stays inside what the filter ``allowed`` permits."""
-    a_levels = allowed.split("/")
-    r_levels = requested.split("/")
-    if requested.startswith("$") and a_levels[0] in ("+", "#"):
-        return False
-    for i, a in enumerate(a_levels):
-        if a == "#":
-            return True
-        if i >= len(r_levels):
-            return False
-        r = r_levels[i]
-        if r == "#":
-            return False
-        if a == "+":
-            continue
-        if a != r:
-            return False
-    return len(r_levels) == len(a_levels)

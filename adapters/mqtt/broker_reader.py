@@ -66,7 +66,7 @@ class InvalidPublish(BadPacket):
 
 
 class PacketTooLarge(BadPacket):
-    """A packet longer than any the broker could accept; refused before it is read."""
+    """A packet other than PUBLISH longer than any the broker could accept; refused before it is read."""
 
 
 class Publish(Protocol):
@@ -75,7 +75,18 @@ class Publish(Protocol):
     def __call__(
         self, topic: str, payload: bytes, qos: int, packet_id: int | None, retain: bool, dup: bool
     ) -> Coroutine[Any, Any, None] | None:
-        """Handle it at once (``None``), or return the work the reader must run as a task."""
+        """Handle it at once (``None``), or return the work the reader must run: as a task for
+        QoS 2 (its flow waits for the device), awaited before the next packet otherwise (an
+        access check that keeps the connection's order)."""
+
+
+class Refuse(Protocol):
+    """The broker step for a PUBLISH longer than any it accepts, read past without keeping it."""
+
+    def __call__(
+        self, topic: str, qos: int, packet_id: int | None, size: int
+    ) -> Coroutine[Any, Any, None] | None:
+        """Acknowledge and drop it; for QoS 2, return the flow the reader runs as a task."""
 
 
 def chunk_source(reader: ReaderAdapter, max_packet: int) -> Chunks:
@@ -127,7 +138,17 @@ def _header(buf: bytes | bytearray, pos: int, end: int) -> tuple[int, int, int] 
             raise BadPacket("remaining length longer than four bytes")
 
 
+# the longest start of a PUBLISH body that holds its topic and packet id
+_PUBLISH_HEAD = 2 + 65535 + 2
+
+
 def _decode_publish(first: int, buf: bytes, start: int, end: int, publish: Publish) -> Coroutine[Any, Any, None] | None:
+    qos, topic, packet_id, payload_start = _publish_head(first, buf, start, end)
+    return publish(topic, buf[payload_start:end], qos, packet_id, bool(first & 0x01), bool(first & 0x08))
+
+
+def _publish_head(first: int, buf: bytes | bytearray, start: int, end: int) -> tuple[int, str, int | None, int]:
+    """QoS, topic, packet id and the payload's start of the PUBLISH whose body is ``buf[start:end]``."""
     qos = (first >> 1) & 0x03
     if qos == 3:
         raise BadPacket("PUBLISH with QoS 3")
@@ -149,7 +170,37 @@ def _decode_publish(first: int, buf: bytes, start: int, end: int, publish: Publi
     if topic[0] == "$":
         raise InvalidPublish("PUBLISH to a '$' topic (reserved for the broker)", raw)
     packet_id = (buf[topic_end] << 8 | buf[topic_end + 1]) if qos else None
-    return publish(topic, buf[payload_start:end], qos, packet_id, bool(first & 0x01), bool(first & 0x08))
+    return qos, topic, packet_id, payload_start
+
+
+async def _next_chunk(read: Chunks, keepalive: float | None) -> bytes:
+    if keepalive:
+        async with asyncio.timeout(keepalive):
+            return await read()
+    return await read()
+
+
+async def _skip_publish(
+    first: int, data: memoryview, length: int, read: Chunks, keepalive: float | None
+) -> tuple[int, str, int | None, bytes]:
+    """Read past a PUBLISH body of ``length`` bytes that starts with ``data``, keeping only its
+    head (topic and packet id). Returns QoS, topic, packet id and the bytes that followed it."""
+    head = bytearray()
+    seen = 0
+    chunk: bytes | memoryview = data
+    while True:
+        take = min(len(chunk), length - seen)
+        if len(head) < _PUBLISH_HEAD:
+            head += chunk[:min(take, _PUBLISH_HEAD - len(head))]
+        seen += take
+        if seen == length:
+            rest = bytes(chunk[take:])
+            break
+        chunk = await _next_chunk(read, keepalive)
+        if not chunk:
+            raise ConnectionError("the connection closed in the middle of a PUBLISH")
+    qos, topic, packet_id, _ = _publish_head(first, head, 0, len(head))
+    return qos, topic, packet_id, rest
 
 
 async def _other_packet(handler: Any, first: int, body: bytes, tasks: deque[asyncio.Task[None]]) -> None:
@@ -169,6 +220,7 @@ async def read_packets(
     handler: Any,
     read: Chunks,
     publish: Publish,
+    refuse: Refuse,
     gate: asyncio.Event,
     keepalive: float | None,
     max_packet: int,
@@ -177,22 +229,25 @@ async def read_packets(
     """Read and handle packets until the device closes the connection.
 
     Raises ``TimeoutError`` when nothing arrived for ``keepalive`` seconds and ``BadPacket``
-    for a packet that ends the connection, ``PacketTooLarge`` as soon as a fixed header
-    announces more than ``max_packet`` bytes (nothing of it is buffered). Between packets it
-    waits while ``gate`` is closed (a route is at its bound), so a device's burst stops at the
-    socket, not in memory. ``tasks`` collects amqtt's handler tasks for the caller to cancel
-    at the end.
+    for a packet that ends the connection. A PUBLISH longer than ``max_packet`` is read past
+    without being kept (only its topic and packet id) and handed to ``refuse``, so the device
+    gets its acknowledgement and does not resend it for ever; any other packet that long
+    raises ``PacketTooLarge`` as soon as its fixed header arrives. Between packets it waits
+    while ``gate`` is closed (a route's backlog is full), so a device's burst stops at the
+    socket, not in memory (a route that stays full of QoS 0 messages overflows and opens the
+    gate again after its ``drop_after``, see ``dispatch``). ``tasks`` collects amqtt's handler
+    tasks for the caller to cancel at the end.
     """
     pending = bytearray()  # the start of a packet that has not arrived whole
     need = 0  # how long ``pending`` must grow before it is worth parsing again
+    carry: bytes | None = None  # what followed a skipped PUBLISH, parsed before the next read
     while True:
-        if keepalive:
-            async with asyncio.timeout(keepalive):
-                data = await read()
+        if carry is not None:
+            data, carry = carry, None
         else:
-            data = await read()
-        if not data:
-            return
+            data = await _next_chunk(read, keepalive)
+            if not data:
+                return
         if pending:
             pending += data  # a large packet grows in place: no copy of all of it per read
             if len(pending) < need:
@@ -209,18 +264,30 @@ async def read_packets(
                 need = 0
                 break
             first, start, length = head
+            kind = first >> 4
             if length > max_packet:
-                raise PacketTooLarge(f"a packet of {length} bytes, more than the {max_packet} this broker accepts")
+                if kind != PUBLISH:
+                    raise PacketTooLarge(f"a packet of {length} bytes, more than the {max_packet} this broker accepts")
+                qos, topic, packet_id, rest = await _skip_publish(first, memoryview(buf)[start:], length, read, keepalive)
+                work = refuse(topic, qos, packet_id, length - (len(topic.encode()) + 2 + (2 if qos else 0)))
+                if work is not None:
+                    tasks.append(asyncio.get_running_loop().create_task(work))
+                pos = end
+                if rest:
+                    carry = rest
+                break
             stop = start + length
             if stop > end:
                 need = stop - pos
                 break
             pos = stop
-            kind = first >> 4
             if kind == PUBLISH:
                 work = _decode_publish(first, buf, start, stop, publish)
                 if work is not None:
-                    tasks.append(asyncio.get_running_loop().create_task(work))
+                    if first & 0x06 == 0x04:  # QoS 2
+                        tasks.append(asyncio.get_running_loop().create_task(work))
+                    else:
+                        await work
             elif kind in _HANDLERS or kind == CONNECT:
                 await _other_packet(handler, first, buf[start:stop], tasks)
             else:

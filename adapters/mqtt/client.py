@@ -41,6 +41,7 @@ from gateway.errors import StartupError
 from .config import broker_url
 from .dispatch import Dispatcher, message_event
 from .events import Outgoing
+from .exhausted import Exhausted
 
 if TYPE_CHECKING:
     from .adapter import MqttAdapter
@@ -89,6 +90,15 @@ def dict_to_properties(values: dict[str, Any] | None) -> Properties | None:
             value = [tuple(p) for p in value]
         setattr(props, attr, value)
     return props
+
+
+def _lost_why(rc: MQTTErrorCode) -> str:
+    """What a paho read error means, in words (paho reports most of them as "Unspecified error")."""
+    if rc == MQTTErrorCode.MQTT_ERR_CONN_LOST:
+        return "connection lost: the broker closed the TCP connection"
+    if rc == MQTTErrorCode.MQTT_ERR_PROTOCOL:
+        return "connection closed: the broker sent a packet that breaks the MQTT protocol"
+    return f"connection lost: {paho.error_string(rc)}"
 
 
 class _Client(paho.Client):
@@ -181,12 +191,21 @@ class ClientMode:
         self.client_id = cfg.client_id or f"asgi-gateway-{socket.gethostname()}-{os.getpid()}-{next(_ids)}"
         self.persistent = cfg.persistent
         self.v5 = cfg.protocol == "5"
-        self.dispatcher = Dispatcher(self.context, adapter.send_for, self._resume)
+        why = ("left unacknowledged; reconnecting so that the broker sends it again" if self.persistent else
+               "left unacknowledged (clean session: the broker sends it again only if the connection drops before it gives up; "
+               "set client_id for a persistent session)")
+        exhausted = Exhausted(self.context, cfg.retry, self.publish, why)
+        self.dispatcher = Dispatcher(self.context, adapter.send_for, self._resume, retry=cfg.retry, give_up=exhausted)
+        exhausted.dispatcher = self.dispatcher
         self.loop: asyncio.AbstractEventLoop | None = None
         self.client: _Client | None = None
-        self.generation = 0
-        self.inflight: dict[int, int] = {}  # mid -> connection generation, QoS>0 messages being handled
+        self.generation = 0  # connections lost so far
+        # Per-session state, keyed by packet id: valid only while the broker keeps the session.
+        # ``session`` counts the sessions; a CONNACK without session_present starts a new one.
+        self.session = 0
+        self.inflight: dict[int, int] = {}  # mid -> session, QoS>0 messages being handled (or retried)
         self.acked_offline: set[int] = set()  # handled while disconnected: ack when redelivered
+        self._lost_why: str | None = None
         self.paused = False
         self.stopping = False
         self.connected = False
@@ -194,7 +213,6 @@ class ClientMode:
         self._loop_thread = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnect_task: asyncio.Task[None] | None = None
-        self._redeliver_handle: asyncio.TimerHandle | None = None
         self._ready: asyncio.Future[None] | None = None
         self._pub_waiters: dict[int, asyncio.Future[None]] = {}
         self._sub_mid: dict[int, list[str]] = {}
@@ -259,8 +277,6 @@ class ClientMode:
 
     async def stop(self, drain: float) -> None:
         self.stopping = True
-        if self._redeliver_handle is not None:
-            self._redeliver_handle.cancel()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         await self.dispatcher.drain(drain)
@@ -355,6 +371,7 @@ class ClientMode:
                 if not client.has_buffered():
                     return
             elif rc > 0:
+                self._lost_why = _lost_why(rc)
                 client._loop_rc_handle(rc)
                 return
         self._maybe_read_soon()
@@ -403,12 +420,16 @@ class ClientMode:
                 self._ready.set_exception(StartupError(f"mqtt: the broker at {self.broker} refused the connection: {reason}"))
             return
         self.connected = True
+        self._lost_why = None
         self._backoff = self.config.reconnect.min_delay
         self.context.health.set("adapter.mqtt.broker", "ok", str(self.broker))
+        session_present = bool(getattr(flags, "session_present", False))
         self.log.info(
             "mqtt.connected", broker=str(self.broker), client_id=self.client_id,
-            session_present=bool(getattr(flags, "session_present", False)), persistent=self.persistent,
+            session_present=session_present, persistent=self.persistent,
         )
+        if not session_present:
+            self._session_lost()
         if not self._subscriptions:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
@@ -417,6 +438,23 @@ class ClientMode:
         rc, mid = client.subscribe(topics)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._sub_mid[mid] = [f for f, _ in self._subscriptions]
+
+    def _session_lost(self) -> None:
+        """The broker has no session for us (a clean session, a broker restarted without
+        persistence, an expired session, a failover): every packet id we hold belonged to the
+        old one and will mean a different message from now on. Forget them all."""
+        self.session += 1
+        in_app, handled = len(self.inflight), len(self.acked_offline)
+        self.inflight.clear()
+        self.acked_offline.clear()
+        if in_app or handled:
+            self.dispatcher.count("session_lost", in_app + handled)
+            self.log.warning(
+                "mqtt.session_lost", broker=str(self.broker), client_id=self.client_id, in_app=in_app,
+                handled_unacknowledged=handled,
+                why="the broker no longer has the session these messages came in: it will not send them again and "
+                "their acknowledgements are dropped (messages still running finish, but a failure cannot be retried by the broker)",
+            )
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
         filters = self._sub_mid.pop(mid, [])
@@ -435,15 +473,19 @@ class ClientMode:
         was = self.connected
         self.connected = False
         self.generation += 1
-        if not self.persistent:
-            self.inflight.clear()  # a clean session forgets them; their mids will mean other messages
-        # messages still waiting in a full lane stay there and run; their acks go to the resumed
-        # session (persistent) or are skipped (clean session)
+        # messages still waiting in a lane stay there and run; their acks go to the resumed
+        # session, or are dropped if the broker comes back without it (_session_lost)
         if self.stopping:
             return
         self.context.health.set("adapter.mqtt.broker", "degraded", f"disconnected from {self.broker}")
         if was:
-            self.log.warning("mqtt.disconnected", broker=str(self.broker), reason=str(reason))
+            if getattr(flags, "is_disconnect_packet_from_server", False):
+                why = f"the broker sent DISCONNECT: {reason}"
+            elif getattr(reason, "value", None) == 141:
+                why = "no PINGRESP from the broker within the keep-alive"
+            else:
+                why = self._lost_why or "connection lost (the broker closed the TCP connection or the network failed)"
+            self.log.warning("mqtt.disconnected", broker=str(self.broker), reason=why)
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = self._spawn(self._reconnect())
 
@@ -490,23 +532,22 @@ class ClientMode:
         props = properties_to_dict(msg.properties) if self.v5 else {}
         scope = self.adapter.scope(topic, qos, msg.retain, client_id=None, username=None, broker=str(self.broker), properties=props)
         event = message_event(topic, payload, qos, msg.retain, bool(msg.dup), props)
-        generation = self.generation
+        session = self.session
         if qos:
-            self.inflight[mid] = generation
-        self.dispatcher.submit(scope, event, lambda ok: self._done(mid, qos, generation, ok))
-        if self.dispatcher.backlog:
+            self.inflight[mid] = session
+        self.dispatcher.submit(scope, event, lambda ok: self._done(mid, qos, session, ok), self._reconnect_for_redelivery)
+        if self.dispatcher.blocked:
             self._pause()
 
-    def _done(self, mid: int, qos: int, generation: int, ok: bool) -> None:
+    def _done(self, mid: int, qos: int, session: int, ok: bool) -> None:
         if not qos:
             return
-        if self.inflight.get(mid) == generation:
+        if session != self.session:
+            return  # the broker lost that session (counted in _session_lost): this mid may mean another message now
+        if self.inflight.get(mid) == session:
             del self.inflight[mid]
         if not ok:
-            self._schedule_redelivery()
-            return
-        if generation != self.generation and not self.persistent:
-            return  # a clean session forgot the message; this mid may mean another one now
+            return  # left unacknowledged: the broker sends it again on the next connection (persistent session)
         if self.connected:
             self._ack(mid, qos)
         else:
@@ -516,26 +557,15 @@ class ClientMode:
         if qos and self.client is not None:
             self.client.ack(mid, qos)
 
-    def _schedule_redelivery(self) -> None:
-        if not self.persistent:
-            self.log.warning(
-                "mqtt.no_redelivery",
-                why="clean session: a failed message is redelivered only if the connection drops before the broker gives up; "
-                "set client_id for a persistent session",
-            )
+    def _reconnect_for_redelivery(self) -> None:
+        """A message's retries are used up (``retry.exhausted: disconnect``): drop the TCP
+        connection, without DISCONNECT semantics that could end the session, so that the broker
+        sends what is unacknowledged again on the next one."""
+        if not self.persistent or self.stopping or not self.connected or self.client is None:
             return
-        if self._redeliver_handle is None and not self.stopping:
-            assert self.loop is not None
-            self._redeliver_handle = self.loop.call_later(self.config.redeliver_after, self._redeliver)
-
-    def _redeliver(self) -> None:
-        self._redeliver_handle = None
-        if self.stopping or not self.connected or self.client is None:
-            return
-        self.log.info("mqtt.reconnect_for_redelivery", why="messages were left unacknowledged by failed instances")
+        self._lost_why = "reconnecting so that the broker sends the unacknowledged messages again"
         self._backoff = 0.05
         client = self.client
-        # drop the TCP connection without DISCONNECT semantics that could end the session
         client._sock_close()
         client._state = paho._ConnectionState.MQTT_CS_CONNECTION_LOST
         client._do_on_disconnect(packet_from_broker=False, v1_rc=MQTTErrorCode.MQTT_ERR_CONN_LOST)

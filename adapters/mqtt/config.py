@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from gateway.routing import Matcher
 from gateway.schema import RouteConfig, Section, parse_listen
 
-from .topics import TopicError, TopicMatcher
+from .topics import TopicError, TopicMatcher, check_topic_name
 
 DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
@@ -38,6 +38,49 @@ class AclRule(Section):
 
     publish: list[str] = Field(default_factory=list, description="Topic filters the client may publish to.")
     subscribe: list[str] = Field(default_factory=list, description="Topic filters the client may subscribe to.")
+
+
+class RetrySection(Section):
+    """What becomes of a QoS 1/2 message whose application failed (raised, timed out)."""
+
+    attempts: int = Field(
+        5, ge=1, description="Deliveries of one message to its application in total (the first one and the retries) "
+        "before the gateway gives up on it; `1` means no retry."
+    )
+    delay: float = Field(1.0, gt=0, description="Seconds before the first retry; doubles for each further one.")
+    max_delay: float = Field(30.0, gt=0, description="Upper bound of the delay between two retries, in seconds.")
+    exhausted: Literal["disconnect", "dead_letter"] = Field(
+        "disconnect", description="After the last attempt: `disconnect` leaves the message unacknowledged and ends the "
+        "connection it came on, so it is sent again (broker mode: the device's connection; client mode: the gateway "
+        "reconnects to the broker, persistent session only); `dead_letter` hands it to `dead_letter_topic` and/or "
+        "`dead_letter_channel` and acknowledges it."
+    )
+    dead_letter_topic: str | None = Field(
+        None, description="With `exhausted: dead_letter`: the message is published (QoS 1, same payload) to "
+        "`<dead_letter_topic>/<original topic>` (broker mode: to the embedded broker's subscribers; client mode: to the broker)."
+    )
+    dead_letter_channel: str | None = Field(
+        None, description="With `exhausted: dead_letter`: the message is sent on this channel-layer channel as an "
+        "`mqtt.dead_letter` event (topic, payload, qos, route, attempts, error, client_id)."
+    )
+
+    @model_validator(mode="after")
+    def _target(self) -> RetrySection:
+        if self.exhausted == "dead_letter" and not (self.dead_letter_topic or self.dead_letter_channel):
+            raise ValueError("'exhausted: dead_letter' needs 'dead_letter_topic' and/or 'dead_letter_channel'")
+        if self.dead_letter_topic is not None:
+            problem = check_topic_name(self.dead_letter_topic)
+            if problem:
+                raise ValueError(f"dead_letter_topic {self.dead_letter_topic!r}: {problem}")
+        return self
+
+
+class LoginThrottleSection(Section):
+    """Broker mode: refused logins per client address, and what happens after too many."""
+
+    max_failures: int = Field(5, ge=1, description="Failed logins from one client address within `window` seconds "
+                              "after which further CONNECTs from it are refused without checking them.")
+    window: float = Field(60.0, gt=0, description="Seconds a failed login counts against its address.")
 
 
 class MqttConfig(Section):
@@ -71,10 +114,6 @@ class MqttConfig(Section):
         None, description="Client mode: shared subscription group; every route filter `f` is subscribed as "
         "`$share/<group>/f`, so the gateway processes of one group split the messages between them."
     )
-    redeliver_after: float = Field(
-        30.0, gt=0, description="Client mode: when messages failed (left unacknowledged), reconnect after this many "
-        "seconds so the broker redelivers them (persistent session only)."
-    )
     max_inflight: int = Field(100, ge=1, description="Client mode: QoS>0 messages published by the gateway awaiting their acknowledgement.")
     # -- broker mode --------------------------------------------------------------------------
     listen: list[str] = Field(
@@ -100,10 +139,22 @@ class MqttConfig(Section):
         "after that, or on a malformed one, it is closed."
     )
     auth_app: str | None = Field(
-        None, description="Broker mode: `module:callable` `async (client_id, username, password) -> bool` deciding logins "
-        "(e.g. a Django-backed check); used in addition to `users`."
+        None, description="Broker mode: `module:callable` `(client_id, username, password)`, sync (run in a worker thread) "
+        "or async, deciding logins for usernames not in `users` (e.g. a Django-backed check). Any result but "
+        "`False`/`None` accepts the login; a result other than `True` (a user object) becomes `scope['user']` of the "
+        "connection's messages and the `user` of `acl_app`."
+    )
+    acl_app: str | None = Field(
+        None, description="Broker mode: `module:callable` `(user, topic, action) -> bool`, sync or async, asked for "
+        "every topic filter of a SUBSCRIBE (`action='subscribe'`) and every PUBLISH topic (`'publish'`); cached per "
+        "connection, topic and action. `user` is what `auth_app` returned, else the username (or `None`). "
+        "Used in addition to `acl`."
+    )
+    login_throttle: LoginThrottleSection = Field(
+        default_factory=LoginThrottleSection, description="Broker mode: failed logins per client address before that address is refused for a while."
     )
     # -- both ---------------------------------------------------------------------------------
+    retry: RetrySection = Field(default_factory=RetrySection, description="Failed QoS 1/2 messages: retries by the gateway, then what.")
     tls: TlsSection | None = Field(None, description="TLS settings (client mode: towards the broker; broker mode: for `tls_listen`).")
     max_payload: int = Field(
         1_048_576, ge=1, description="Largest inbound payload in bytes; larger messages are refused (counted and logged) and never reach an app."
@@ -165,9 +216,10 @@ class MqttConfig(Section):
 
 CLIENT_ONLY = frozenset({
     "client_id", "username", "password", "clean_session", "protocol", "session_expiry", "reconnect",
-    "shared", "redeliver_after", "max_inflight",
+    "shared", "max_inflight",
 })
-BROKER_ONLY = frozenset({"listen", "tls_listen", "ws_listen", "ws_path", "connect_timeout", "allow_anonymous", "users", "acl", "auth_app"})
+BROKER_ONLY = frozenset({"listen", "tls_listen", "ws_listen", "ws_path", "connect_timeout", "allow_anonymous", "users", "acl", "auth_app",
+                         "acl_app", "login_throttle"})
 
 
 class BrokerAddress:
@@ -210,7 +262,16 @@ class MqttRoute(RouteConfig):
     qos: Literal[0, 1, 2] = Field(1, description="QoS the adapter subscribes with (client mode).")
     concurrency: int = Field(
         16, ge=1, description="Instances of this route running at once; `1` processes its messages strictly in order. "
-        "When the bound is reached the adapter stops reading (backpressure)."
+        "When the bound is reached further messages wait in the route's backlog."
+    )
+    backlog: int = Field(
+        1000, ge=1, description="Messages that may wait for a free slot of this route. When it is full the adapter stops "
+        "reading (client mode: from the broker; broker mode: from the devices) until it is half empty."
+    )
+    drop_after: float = Field(
+        1.0, ge=0, description="Seconds reading may stay stopped because this route's backlog is full of QoS 0 messages; "
+        "after that the route overflows: its QoS 0 messages are dropped (counted as `dropped`, logged once per overflow) "
+        "until its backlog is half empty, so it no longer holds back other routes. QoS 1/2 messages are never dropped."
     )
 
     @field_validator("topic")
