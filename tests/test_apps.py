@@ -51,7 +51,7 @@ def test_channels_consumer_goes_through_as_asgi():
         ("testapps.basic:nothing", "has no attribute 'nothing'"),
         ("testapps.basic:not_callable", "is not callable"),
         ("testapps.basic:sync_three_args", "neither an ASGI 3 application"),
-        ("django", "install the extra"),
+        ("django", "needs Django set up"),
     ],
 )
 def test_load_errors(spec, message):
