@@ -633,3 +633,33 @@ def test_smtp_auth_against_django_users_sets_scope_user(authed, db):
     assert rows(db, "select user from tickets_ticket where subject='sent by a Django user'") == [("bob",)]
     failed = authed.wait_for("smtp.auth_failed")
     assert failed["username"] == "bob" and PASSWORD not in json.dumps(failed) and "not-his-password" not in json.dumps(failed)
+
+
+async def test_mqtt_connect_and_topic_rights_come_from_django_users_and_permissions(authed, db):
+    from .django_helpers import manage
+    from .mqtt_helpers import connack
+
+    assert str(await asyncio.to_thread(connack, authed.mqtt, "bob", "wrong")) != "Success"
+    assert str(await asyncio.to_thread(connack, authed.mqtt)) != "Success"  # allow_anonymous: false
+    failed = authed.wait_for("mqtt.auth_failed", username="bob")
+    assert "wrong" not in json.dumps(failed)
+
+    async def publish_as(user: str, device: str) -> None:
+        peer = await asyncio.to_thread(Peer, authed.mqtt, f"{user}-{device}", username=user, password=PASSWORD)
+        try:
+            await asyncio.to_thread(peer.publish, f"sensors/{device}/temperature", b"20", 1)
+        finally:
+            peer.close()
+
+    await publish_as("bob", "bobs-box")  # a Django user without the permission: acknowledged and dropped
+    authed.wait_for("mqtt.publish_denied")
+    await publish_as("alice", "alices-box")  # a superuser
+    manage(db, "shell", "-c", "from django.contrib.auth.models import User, Permission;"
+           "User.objects.get(username='bob').user_permissions.add(Permission.objects.get(codename='mqtt_publish'))")
+    await publish_as("bob", "bobs-other-box")  # granted in the meantime: a new connection asks again
+    deadline = asyncio.get_running_loop().time() + 20
+    while len(rows(db, "select 1 from sensors_reading where device in ('alices-box', 'bobs-other-box')")) < 2:
+        assert asyncio.get_running_loop().time() < deadline, authed.lines[-20:]
+        await asyncio.sleep(0.1)
+    assert rows(db, "select device, user from sensors_reading where device like '%box' order by device") == [
+        ("alices-box", "alice"), ("bobs-other-box", "bob")]
