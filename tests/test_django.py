@@ -177,6 +177,17 @@ async def test_a_sync_view_publishes_to_a_device_through_the_outbound_channel(pr
         device.close()
 
 
+async def test_a_sync_view_sends_mail_through_the_outbound_channel(project, sink_port):
+    async with httpx.AsyncClient(base_url=f"http://{project.http}") as client:
+        assert (await client.get("/mail/", params={"subject": "weekly report"})).text == "queued"
+    deadline = asyncio.get_running_loop().time() + 20
+    while not any(b"Subject: weekly report" in raw for _, _, raw in sink_port.messages):
+        assert asyncio.get_running_loop().time() < deadline, "the view's mail never reached the relay"
+        await asyncio.sleep(0.1)
+    _, to, raw = next(m for m in sink_port.messages if b"Subject: weekly report" in m[2])
+    assert to == ["team@example.net"] and b"sent from a view" in raw
+
+
 # -- 5. the tutorial project: sessions, scope["user"], ORM writes, the project's own asgi.py ------
 async def test_logged_in_user_chats_and_messages_are_saved(project, db):
     async with httpx.AsyncClient(base_url=f"http://{project.http}") as client:

@@ -29,6 +29,14 @@ def command_device(request, device):
     return HttpResponse("queued")
 
 
+def mail_team(request):
+    """A sync view sending mail through the gateway's outbound e-mail channel."""
+    layer = get_channel_layer()
+    async_to_sync(layer.send)("email.send", {"type": "email.send", "to": ["team@example.net"],
+                                             "subject": request.GET.get("subject", ""), "text": "sent from a view"})
+    return HttpResponse("queued")
+
+
 def whoami(request):
     return JsonResponse({"user": request.user.username if request.user.is_authenticated else None,
                          "messages": Message.objects.count()})

@@ -9,5 +9,6 @@ urlpatterns = [
     path("notify/<str:room_name>/", views.notify, name="notify"),
     path("device/<str:device>/", views.command_device, name="device"),
     path("whoami/", views.whoami, name="whoami"),
+    path("mail/", views.mail_team, name="mail"),
     path("admin/", admin.site.urls),
 ]
