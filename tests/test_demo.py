@@ -14,7 +14,7 @@ from playwright.async_api import async_playwright
 
 from gateway import Gateway
 
-from .gateway_helpers import ROOT
+from .gateway_helpers import ROOT, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -25,8 +25,10 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 async def gateway(monkeypatch):
-    for name in ("GATEWAY_HTTP_LISTEN", "GATEWAY_SMTP_LISTEN", "GATEWAY_MQTT_LISTEN"):
+    for name in ("GATEWAY_SMTP_LISTEN", "GATEWAY_MQTT_LISTEN"):
         monkeypatch.setenv(name, "127.0.0.1:0")
+    # a real port: the SMS adapter's api_url (the phone simulator) is built from it
+    monkeypatch.setenv("GATEWAY_HTTP_LISTEN", f"127.0.0.1:{free_port()}")
     async with Gateway.from_file(ROOT / "config" / "gateway.yaml") as gw:
         yield gw
 
@@ -115,3 +117,26 @@ async def test_mqtt_reading_shows_up_on_the_page(gateway, demo):
             await page.wait_for_selector("#log div.feed:has-text('[mqtt] attic: 30 °C')", timeout=10_000)
         finally:
             await browser.close()
+
+
+async def test_a_text_from_the_phone_simulator_and_its_reply_show_up_on_the_page(gateway, demo):
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await open_page(browser, demo, "lobby")
+            await page.fill("#sms-body", "is anyone there?")
+            await page.click("#sms-form button")
+            await page.wait_for_selector("#log div.feed:has-text('[sms] +447700900123: is anyone there?')", timeout=10_000)
+            # the reply left through the SMS adapter's REST path and came back signed
+            await page.wait_for_selector("#log div.feed:has-text('[sms] to +447700900123: Thanks, 16 characters received.')",
+                                         timeout=10_000)
+            assert "webhook answered 200" in await page.text_content("#sms-state")
+        finally:
+            await browser.close()
+    async with httpx.AsyncClient(base_url=f"http://{demo}") as client:
+        forged = await client.post("/demo/phone/outbound", content=b'{"to": "+1", "body": "x"}',
+                                   headers={"x-timestamp": "1", "x-signature": "00"})
+        assert forged.status_code == 403
+        unsigned = await client.post("/sms/in", content=b'{"id": "1", "from": "+447700900123", "to": "+15005550006", "body": "x"}',
+                                     headers={"content-type": "application/json"})
+        assert unsigned.status_code == 403
