@@ -140,3 +140,15 @@ async def test_a_text_from_the_phone_simulator_and_its_reply_show_up_on_the_page
         unsigned = await client.post("/sms/in", content=b'{"id": "1", "from": "+447700900123", "to": "+15005550006", "body": "x"}',
                                      headers={"content-type": "application/json"})
         assert unsigned.status_code == 403
+
+
+async def test_a_frame_that_is_not_json_gets_an_error_and_the_socket_stays_open(demo):
+    import json
+
+    import websockets
+
+    async with websockets.connect(f"ws://{demo}/ws/chat/lobby/") as ws:
+        await ws.send("not json at all")
+        assert json.loads(await ws.recv())["type"] == "error"
+        await ws.send(json.dumps({"name": "ann", "text": "still here"}))
+        assert json.loads(await ws.recv()) == {"type": "chat", "name": "ann", "text": "still here"}
