@@ -14,9 +14,12 @@ def room(request, room_name):
 
 
 def readings(request):
-    """The latest sensor readings, from the database every gateway process writes to."""
-    rows = Reading.objects.order_by("-created")[:50]
-    return JsonResponse({"readings": [{"device": r.device, "celsius": r.celsius, "at": r.created.isoformat()} for r in rows]})
+    """Sensor readings (the latest 50, and how many in all), optionally of one ``?device=``."""
+    rows = Reading.objects.order_by("-created")
+    if request.GET.get("device"):
+        rows = rows.filter(device=request.GET["device"])
+    return JsonResponse({"count": rows.count(), "readings": [
+        {"device": r.device, "celsius": r.celsius, "at": r.created.isoformat()} for r in rows[:50]]})
 
 
 def tickets(request):
