@@ -168,6 +168,25 @@ def test_a_mail_over_smtp_becomes_a_ticket_and_gets_its_reply(stack: Compose):
     wait_until(lambda: f"Your ticket number is {number}." in stack.logs("mailcatcher"), 60, "the ticket's reply at the relay")
 
 
+@pytest.mark.parametrize(("service", "component"), [("redis", "layer"), ("mosquitto", "adapter.mqtt.broker")])
+def test_readyz_names_a_shared_service_while_it_is_down_and_recovers(stack: Compose, service: str, component: str):
+    admin = [port(stack, "GATEWAY1_ADMIN_PORT"), port(stack, "GATEWAY2_ADMIN_PORT")]
+    stack("stop", service)
+    try:
+        for each in admin:
+            def failing(each: int = each) -> dict | None:
+                answer = httpx.get(f"http://127.0.0.1:{each}/readyz", timeout=10)
+                return answer.json()["failing"] if answer.status_code == 503 else None
+
+            names = wait_until(failing, 60, f"{service} down: /readyz 503 on :{each}", every=0.5)
+            assert component in names, names
+            assert httpx.get(f"http://127.0.0.1:{each}/livez", timeout=10).status_code == 200  # alive: no restart
+    finally:
+        stack("start", service)
+    for each in admin:
+        wait_until(lambda: ready(each), 90, f"{service} back: /readyz 200 on :{each}", every=0.5)
+
+
 def test_stopping_one_gateway_drains_it_and_loses_nothing_while_the_other_serves(stack: Compose):
     """A rolling restart: SIGTERM to gateway-1 while a device publishes and clients use gateway-2.
 
