@@ -77,8 +77,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-# Behind a TLS-terminating proxy (docs/deploy.md): trust its X-Forwarded-Proto for request.is_secure().
-if os.environ.get("DJANGO_BEHIND_TLS_PROXY") == "1":
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+# Behind a TLS-terminating proxy the gateway takes the scheme from its X-Forwarded-Proto (the
+# proxy listed in TRUSTED_PROXIES), so request.is_secure() is right; cookies then go over HTTPS only.
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = os.environ.get("DJANGO_SECURE_COOKIES", "0") == "1"
 LOGGING = {"version": 1, "disable_existing_loggers": False}
