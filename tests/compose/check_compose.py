@@ -27,7 +27,7 @@ import pytest
 import websockets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compose_stack import Compose, Dockerd, build_standins, log  # noqa: E402
+from compose_stack import IMAGES, Compose, Dockerd, build_standins, log  # noqa: E402
 from gateway_helpers import free_port  # noqa: E402
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the gateways' logs
@@ -71,6 +71,9 @@ def stack() -> Iterator[Compose]:
         build_standins(dockerd)
         log("docker-compose build")
         compose("build", "-q")
+        sizes = dockerd.docker("image", "inspect", "--format", "{{.Size}}", "asgi-gateway-demo:latest", IMAGES["python"],
+                               capture=True).stdout.split()
+        log(f"image asgi-gateway-demo: {int(sizes[0]) / 1e6:.0f} MB, of which the base {int(sizes[1]) / 1e6:.0f} MB")
         log("docker-compose up")
         compose("up", "-d")
         for name in ("GATEWAY1_ADMIN_PORT", "GATEWAY2_ADMIN_PORT"):

@@ -34,6 +34,8 @@ IMAGES = {  # stand-in Dockerfile -> the stock name docker-compose.yml and the D
     "mosquitto": "eclipse-mosquitto:2",
     "postgres": "postgres:15-bookworm",
 }
+DOCKER = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
+"""docker.io's own client, the daemon's version (another client may come first on PATH)."""
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 """This machine reaches PyPI through a proxy whose CA is in the host's bundle (pip's ``cert``)."""
 
@@ -118,7 +120,7 @@ class Dockerd:
         return {**os.environ, "DOCKER_HOST": self.host}
 
     def docker(self, *args: str, check: bool = True, capture: bool = False, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        return run(["docker", *args], env=self.env, check=check, capture=capture, input=input)
+        return run([DOCKER, *args], env=self.env, check=check, capture=capture, input=input)
 
     def image_label(self, image: str, label: str) -> str | None:
         found = self.docker("image", "inspect", image, check=False, capture=True)
