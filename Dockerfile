@@ -20,7 +20,7 @@ COPY README.md ./
 COPY gateway ./gateway
 COPY adapters ./adapters
 RUN pip install --no-deps .
-# The demo's static files, collected once at build time (served by the gateway, hashed names).
+# The demo's static files, collected once at build time (the gateway serves STATIC_ROOT).
 COPY demo /app/demo
 RUN cd /app/demo && DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput -v 0
 

@@ -45,9 +45,8 @@ def log(message: str) -> None:
 
 
 def run(args: list[str], *, env: dict[str, str] | None = None, check: bool = True, capture: bool = False,
-        input: bytes | None = None, cwd: Path | None = None, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, env=env, cwd=cwd, input=input.decode() if input else None, text=True,
-                            capture_output=capture, timeout=timeout)
+        cwd: Path | None = None, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, env=env, cwd=cwd, text=True, capture_output=capture, timeout=timeout)
     if check and result.returncode != 0:
         detail = f"\n{result.stdout}\n{result.stderr}" if capture else ""
         raise RuntimeError(f"{' '.join(args)} exited with {result.returncode}{detail}")
@@ -119,8 +118,8 @@ class Dockerd:
     def env(self) -> dict[str, str]:
         return {**os.environ, "DOCKER_HOST": self.host}
 
-    def docker(self, *args: str, check: bool = True, capture: bool = False, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
-        return run([DOCKER, *args], env=self.env, check=check, capture=capture, input=input)
+    def docker(self, *args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:
+        return run([DOCKER, *args], env=self.env, check=check, capture=capture)
 
     def image_label(self, image: str, label: str) -> str | None:
         found = self.docker("image", "inspect", image, check=False, capture=True)
