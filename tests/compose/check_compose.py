@@ -87,6 +87,7 @@ def stack() -> Iterator[Compose]:
         for service in ("gateway-1", "gateway-2"):  # shown by pytest when a test failed
             print(compose("logs", "--no-color", "--tail", "40", service, check=False, capture=True).stdout)
         compose("down", "-v", "--remove-orphans", check=False, timeout=300)
+        dockerd.docker("image", "prune", "-f", check=False, capture=True)  # earlier builds: the cache stays bounded
         dockerd.stop()
         log(f"stack fixture took {time.monotonic() - started:.0f} s")
 
