@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.yaml
 
-.PHONY: run test check docs bench clean
+.PHONY: run test test-compose check docs bench clean
 
 ## run: create the virtualenv and run the gateway on its embedded defaults
 run: $(VENV)/.run-deps
@@ -14,6 +14,12 @@ run: $(VENV)/.run-deps
 test: $(VENV)/.test-deps
 	sh tests/install-peers.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-compose: docker-compose.yml for real (root; installs docker.io, docker-compose, debootstrap;
+## starts its own dockerd; images cached in $$COMPOSE_TEST_CACHE); see docs/deploy.md
+test-compose: $(VENV)/.test-deps
+	sh tests/compose/install.sh
+	$(BIN)/python -m pytest tests/compose/check_compose.py --timeout=1800 -v -s $(PYTEST_ARGS)
 
 ## check: validate the config file without starting anything
 check: $(VENV)/.run-deps

@@ -77,7 +77,19 @@ class LoggingSection(Section):
 
 class MetricsSection(Section):
     path: str | None = Field("/metrics", description="HTTP path of the Prometheus metrics (on the http adapter); null to disable.")
-    health_path: str | None = Field("/healthz", description="HTTP path of the JSON health report; null to disable.")
+    health_path: str | None = Field("/healthz", description="HTTP path of the JSON health report (200 unless a part is down); null to disable.")
+    live_path: str | None = Field("/livez", description="HTTP path of the liveness probe (200 while the process answers); null to disable.")
+    ready_path: str | None = Field(
+        "/readyz", description="HTTP path of the readiness probe: 200 while serving with every part ok, else 503 naming the "
+        "failing parts; null to disable.",
+    )
+
+
+class AdminSection(Section):
+    listen: str = Field(
+        description="`host:port` of an internal listener that serves the metrics and health paths instead of the http "
+        "adapter (which then does not serve them); keep it off the public network.",
+    )
 
 
 class LifespanSection(Section):
@@ -104,6 +116,7 @@ class GatewayConfig(Section):
     shutdown: ShutdownSection = Field(default_factory=ShutdownSection, description="Graceful shutdown.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
     metrics: MetricsSection = Field(default_factory=MetricsSection, description="Metrics and health endpoints.")
+    admin: AdminSection | None = Field(None, description="A separate internal listener for the metrics and health endpoints.")
     lifespan: LifespanSection = Field(default_factory=LifespanSection, description="ASGI lifespan.")
 
 

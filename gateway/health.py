@@ -1,4 +1,12 @@
-"""Health of the gateway's parts, served as JSON at the configured health path."""
+"""Health of the gateway's parts: the JSON report, and the liveness and readiness answers
+that orchestrators and load balancers act on.
+
+``/healthz`` (the report) stays 200 while a part is only degraded, for dashboards. ``/readyz``
+is strict: it answers 200 only while the gateway serves and every part is ``ok`` (each adapter
+listening, the layer reachable, external brokers and mailboxes connected), so a load balancer
+stops sending traffic to a process that would fail it. ``/livez`` says the process still
+answers at all; a restart is the only cure for a failing one.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from typing import Literal
 from .types import Receive, Scope, Send
 
 Status = Literal["ok", "degraded", "down"]
+Phase = Literal["starting", "serving", "stopping"]
 _RANK = {"ok": 0, "degraded": 1, "down": 2}
 
 
@@ -23,6 +32,7 @@ class Health:
 
     def __init__(self) -> None:
         self.components: dict[str, Component] = {}
+        self.phase: Phase = "starting"
 
     def set(self, name: str, status: Status, detail: str = "") -> None:
         self.components[name] = Component(status, detail)
@@ -41,12 +51,35 @@ class Health:
             "components": {k: {"status": v.status, "detail": v.detail} for k, v in sorted(self.components.items())},
         }
 
+    def failing(self) -> dict[str, str]:
+        """What keeps the gateway from being ready, by component: empty when it is ready."""
+        failing = {name: f"{c.status}: {c.detail}" if c.detail else c.status
+                   for name, c in sorted(self.components.items()) if c.status != "ok"}
+        if self.phase != "serving":
+            failing = {"gateway": self.phase, **failing}
+        return failing
+
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI endpoint: 200 when every part is ok or degraded, 503 when one is down."""
-        body = json.dumps(self.as_dict()).encode()
-        status = 503 if self.status == "down" else 200
-        await send({
-            "type": "http.response.start", "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        })
-        await send({"type": "http.response.body", "body": body})
+        await _json(send, 503 if self.status == "down" else 200, self.as_dict())
+
+    async def live(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Liveness: answering at all is the proof."""
+        await _json(send, 200, {"status": "live", "phase": self.phase})
+
+    async def ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Readiness: 200 when serving with every part ok; 503 naming each failing part otherwise."""
+        failing = self.failing()
+        if failing:
+            await _json(send, 503, {"status": "not ready", "failing": failing})
+        else:
+            await _json(send, 200, {"status": "ready"})
+
+
+async def _json(send: Send, status: int, document: dict[str, object]) -> None:
+    body = json.dumps(document).encode()
+    await send({
+        "type": "http.response.start", "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})

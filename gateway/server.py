@@ -19,6 +19,7 @@ import structlog
 from . import config as config_mod
 from . import threads
 from . import fdlimit
+from .admin import AdminListener
 from .errors import StartupError
 from .django.layers import ChannelsBinding
 from .events import core_table
@@ -70,6 +71,8 @@ class Gateway:
         self._stop_requested: asyncio.Event | None = None
         self._force = False
         self.started = False
+        self.admin: AdminListener | None = None
+        """The internal listener of metrics and health (``admin:``), while started."""
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -107,13 +110,12 @@ class Gateway:
         if self._channels is not None:
             self._channels.bind(self.layer)
         fdlimit.ensure(sum(ap.cls.connection_limit(ap.config) for ap in self.plan.adapters))
-        if cfg.metrics.path:
-            self.mounts.add(cfg.metrics.path, self._metrics_endpoint, "metrics")
-        if cfg.metrics.health_path:
-            self.mounts.add(cfg.metrics.health_path, self.health.asgi, "health")
+        self.health.phase = "starting"
         try:
+            await self._serve_operations()
             await self.lifespan.startup()
         except BaseException:
+            await self._stop_admin()
             await self._close_layer()
             raise
         try:
@@ -140,6 +142,7 @@ class Gateway:
             await asyncio.gather(*(a.stop(0) for a in self.adapters.values()), return_exceptions=True)
             self.adapters.clear()
             await self.lifespan.shutdown()
+            await self._stop_admin()
             await self._close_layer()
             if isinstance(exc, OSError):
                 raise StartupError(str(exc)) from exc
@@ -148,6 +151,7 @@ class Gateway:
             for channel in adapter.outbound_channels:
                 self._outbound.append(asyncio.get_running_loop().create_task(self._deliver(adapter, channel)))
         self.started = True
+        self.health.phase = "serving"
         log.info("gateway.started", addresses=self.addresses, layer=str(self.layer))
 
     def _with_env_hint(self, adapter: str, exc: BaseException) -> str:
@@ -157,6 +161,30 @@ class Gateway:
         if not names:
             return str(exc)
         return f"{exc} (adapters.{adapter} is set from the environment: {', '.join(names)})"
+
+    async def _serve_operations(self) -> None:
+        """Metrics and health: on the admin listener when configured (started first, so probes
+        see "starting"), else mounted on the http adapter's port."""
+        cfg = self.plan.config
+        endpoints = [(path, app, owner) for path, app, owner in (
+            (cfg.metrics.path, self._metrics_endpoint, "metrics"), (cfg.metrics.health_path, self.health.asgi, "health"),
+            (cfg.metrics.live_path, self.health.live, "health"), (cfg.metrics.ready_path, self.health.ready, "health"),
+        ) if path]
+        if cfg.admin is not None:
+            self.admin = AdminListener(cfg.admin.listen, {path: app for path, app, _ in endpoints})
+            try:
+                await self.admin.start()
+            except OSError as exc:
+                self.admin = None
+                raise StartupError(f"admin.listen {cfg.admin.listen}: {exc}") from exc
+            return
+        for path, app, owner in endpoints:
+            self.mounts.add(path, app, owner)
+
+    async def _stop_admin(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
 
     def _watch_layer(self, layer: BaseChannelLayer) -> None:
         """Layer faults show on the health endpoint; refused messages in the metrics."""
@@ -192,6 +220,7 @@ class Gateway:
         if not self.started:
             return
         self.started = False
+        self.health.phase = "stopping"
         drain = self.plan.config.shutdown.drain_timeout if drain is None else drain
         if self._force:
             drain = 0
@@ -209,6 +238,7 @@ class Gateway:
             log.warning("gateway.instances_cancelled", count=cancelled)
         self.adapters.clear()
         await self.lifespan.shutdown()
+        await self._stop_admin()
         await self._close_layer()
         log.info("gateway.stopped")
 

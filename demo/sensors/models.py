@@ -1,0 +1,8 @@
+from django.db import models
+
+
+class Reading(models.Model):
+    device = models.CharField(max_length=100)
+    celsius = models.FloatField()
+    user = models.CharField(max_length=150, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
