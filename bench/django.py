@@ -221,8 +221,9 @@ class OriginClient(bench_ws.Client):
         )
 
 
-async def echo(port: int, seconds: float, connections: int = 50) -> float:
-    """Round trips/s: ``connections`` clients, each sending its next message when the echo is back."""
+async def echo(port: int, pid: int, seconds: float, connections: int = 50) -> tuple[float, float | None]:
+    """Round trips/s, and the server's CPU us per round trip: ``connections`` clients, each sending
+    its next message when the echo is back."""
     loop = asyncio.get_running_loop()
     made = await asyncio.gather(*(
         loop.create_connection(lambda: OriginClient(ECHO, loop), "127.0.0.1", port) for _ in range(connections)
@@ -242,12 +243,15 @@ async def echo(port: int, seconds: float, connections: int = 50) -> float:
 
     for c in clients:  # warm-up
         await c.roundtrip(frame)
+    cpu = bench_http.cpu_seconds(pid)
     started = time.perf_counter()
     try:
         await asyncio.gather(*(one(c) for c in clients))
+        elapsed = time.perf_counter() - started
+        cpu = bench_http.cpu_seconds(pid) - cpu
     finally:
         bench_ws.close_all(clients)
-    return count / (time.perf_counter() - started)
+    return count / elapsed, cpu / count * 1e6 if count else None
 
 
 async def _django_alone(requests: int, concurrency: int) -> float:
@@ -313,8 +317,9 @@ def measure(server: Server, port: int, pid: int, args: argparse.Namespace) -> di
     out: dict[str, tuple[float, float | None, float | None]] = {}
     for what in server.measures:
         if what == "echo":
-            runner(echo(port, 1))  # warm-up
-            out[what] = (runner(echo(port, args.seconds)), None, None)
+            runner(echo(port, pid, 1))  # warm-up
+            rate, cpu = runner(echo(port, pid, args.seconds))
+            out[what] = (rate, None, cpu)
         else:
             url = base + (VIEW if what == "view" else STATIC)
             wrk(url, 1, args.connections, pid)  # warm-up
@@ -338,7 +343,7 @@ def report(figures: dict[str, dict[str, list[tuple[float, float | None, float | 
         anchors = {a: max((med[s][0] for s in names if s in med and med[s][0]), default=None)
                    for a, names in ANCHORS[what].items()}
         unit = "rt/s" if what == "echo" else "req/s"
-        out += ["", title, f"  {'server':<20} {unit:>10} {'x uvicorn':>10} {'x daphne':>9} {'p99 ms':>8} {'CPU us/req':>11}"]
+        out += ["", title, f"  {'server':<20} {unit:>10} {'x uvicorn':>10} {'x daphne':>9} {'p99 ms':>8} {'CPU us/' + ('rt' if what == 'echo' else 'req'):>11}"]
         for name, (rate, p99, cpu) in med.items():
             if rate is None and cpu is None:
                 out.append(f"  {name:<20} {'failed':>10}")
@@ -354,7 +359,7 @@ def report(figures: dict[str, dict[str, list[tuple[float, float | None, float | 
                 if base:
                     ratio = gateway / base
                     verdicts.append(f">= {want:g}x {anchor} ({ratio:.2f}x): {'met' if ratio >= want else 'MISSED'}")
-            out.append("  target: " + "; ".join(verdicts))
+            out.append("  target: " + ("; ".join(verdicts) or "no anchor measured in this run"))
     out.append("\nx uvicorn / x daphne: the figure over the anchor doing the same work (static: with WhiteNoise; "
                "echo: the faster of uvicorn's two WebSocket engines); req/s and rt/s: higher is better.\n"
                f"{ALONE}: Django's ASGI handler called in-process, no server: the CPU floor under every view figure.")
@@ -367,6 +372,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all servers; medians are printed (default 3)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections for the view and the static file (default 64)")
     parser.add_argument("--servers", default=",".join(s.name for s in SERVERS), help="comma-separated subset to run")
+    parser.add_argument("--figures", default="view,static,echo", help="comma-separated subset of view,static,echo")
     parser.add_argument("--django-alone", type=int, help=argparse.SUPPRESS)  # the in-process floor, see django_alone()
     args = parser.parse_args()
     if args.django_alone:
@@ -380,7 +386,11 @@ def main() -> None:
     unknown = set(wanted) - {s.name for s in SERVERS}
     if unknown:
         sys.exit(f"unknown servers: {', '.join(sorted(unknown))}; choose from {', '.join(s.name for s in SERVERS)}")
-    servers = [s for s in SERVERS if s.name in wanted]
+    figures_wanted = {f for f in args.figures.split(",") if f}
+    if figures_wanted - set(ANCHORS):
+        sys.exit(f"unknown figures: {', '.join(sorted(figures_wanted - set(ANCHORS)))}; choose from view, static, echo")
+    servers = [Server(s.name, tuple(m for m in s.measures if m in figures_wanted), s.whitenoise)
+               for s in SERVERS if s.name in wanted and figures_wanted & set(s.measures)]
     if "uvicorn-sansio" in wanted and not _uvicorn_has_sansio():
         print("-- uvicorn-sansio skipped: the installed uvicorn has no --ws websockets-sansio (0.35 added it)", file=sys.stderr)
         servers = [s for s in servers if s.name != "uvicorn-sansio"]
