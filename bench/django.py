@@ -131,7 +131,7 @@ def command(server: Server, port: int, workdir: Path) -> list[str]:
 
 
 def project_env(db: Path, static_root: Path, whitenoise: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env = dict(os.environ)
     env.update(BENCH_DB=str(db), BENCH_STATIC_ROOT=str(static_root), BENCH_WHITENOISE="1" if whitenoise else "0",
                DJANGO_SETTINGS_MODULE="benchsite.settings",
                PYTHONPATH=os.pathsep.join(p for p in [str(PROJECT), str(common.ROOT), os.environ.get("PYTHONPATH", "")] if p))
@@ -408,6 +408,8 @@ def main() -> None:
                         check_answers(port, server.measures, static_size)
                         for what, figure in measure(server, port, proc.pid, args).items():
                             figures.setdefault(what, {}).setdefault(server.name, []).append(figure)
+                            print(f"   {what}: {figure[0]:,.0f}/s, p99 {figure[1] or 0:.1f} ms, "
+                                  f"CPU {figure[2] or 0:,.0f} us each", file=sys.stderr, flush=True)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
                     print(f"   {server.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             if any("view" in s.measures for s in servers):
