@@ -244,13 +244,17 @@ async def echo(port: int, pid: int, seconds: float, connections: int = 50) -> tu
     for c in clients:  # warm-up
         await c.roundtrip(frame)
     cpu = bench_http.cpu_seconds(pid)
+    client_cpu = time.process_time()
     started = time.perf_counter()
     try:
         await asyncio.gather(*(one(c) for c in clients))
         elapsed = time.perf_counter() - started
         cpu = bench_http.cpu_seconds(pid) - cpu
+        client_cpu = time.process_time() - client_cpu
     finally:
         bench_ws.close_all(clients)
+    if client_cpu > 0.9 * elapsed:
+        print(f"   echo: the client used {client_cpu / elapsed:.0%} of a core: this figure is the client's limit", file=sys.stderr)
     return count / elapsed, cpu / count * 1e6 if count else None
 
 
@@ -401,15 +405,17 @@ def main() -> None:
         figures: dict[str, dict[str, list[tuple[float, float | None, float | None]]]] = {}
         # Interleaved rounds, medians printed: one noisy moment on a shared machine does not decide a ratio.
         for round_no in range(1, args.repeat + 1):
-            for server in servers:
+            turn = (round_no - 1) % len(servers)  # each round starts with another server: drift spreads evenly
+            for server in servers[turn:] + servers[:turn]:
                 print(f"-- {server.name} (round {round_no} of {args.repeat})", file=sys.stderr, flush=True)
                 try:
                     with running(server, db, static_root, tmp) as (port, proc):
                         check_answers(port, server.measures, static_size)
                         for what, figure in measure(server, port, proc.pid, args).items():
                             figures.setdefault(what, {}).setdefault(server.name, []).append(figure)
-                            print(f"   {what}: {figure[0]:,.0f}/s, p99 {figure[1] or 0:.1f} ms, "
-                                  f"CPU {figure[2] or 0:,.0f} us each", file=sys.stderr, flush=True)
+                            rate, p99, cpu = figure
+                            print(f"   {what}: {rate:,.0f}/s" + (f", p99 {p99:.1f} ms" if p99 is not None else "")
+                                  + (f", server CPU {cpu:,.0f} us each" if cpu is not None else ""), file=sys.stderr, flush=True)
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other servers
                     print(f"   {server.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             if any("view" in s.measures for s in servers):
