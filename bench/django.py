@@ -364,6 +364,16 @@ def report(figures: dict[str, dict[str, list[tuple[float, float | None, float | 
                     ratio = gateway / base
                     verdicts.append(f">= {want:g}x {anchor} ({ratio:.2f}x): {'met' if ratio >= want else 'MISSED'}")
             out.append("  target: " + ("; ".join(verdicts) or "no anchor measured in this run"))
+            # On a shared machine the CPU a server spends per request moves far less than its rate does.
+            gateway_cpu = med["gateway"][2]
+            cheaper = []
+            for anchor, names in ANCHORS[what].items():
+                base_cpu = min((med[s][2] for s in names if s in med and med[s][2]), default=None)
+                if base_cpu and gateway_cpu:
+                    cheaper.append(f"{anchor} {base_cpu / gateway_cpu:.2f}x")
+            if cheaper:
+                out.append("  server CPU per " + ("round trip" if what == "echo" else "request") + ", the anchor's over the "
+                           "gateway's (above 1: the gateway spends less): " + ", ".join(cheaper))
     out.append("\nx uvicorn / x daphne: the figure over the anchor doing the same work (static: with WhiteNoise; "
                "echo: the faster of uvicorn's two WebSocket engines); req/s and rt/s: higher is better.\n"
                f"{ALONE}: Django's ASGI handler called in-process, no server: the CPU floor under every view figure.")
