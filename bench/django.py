@@ -343,7 +343,8 @@ def report(figures: dict[str, dict[str, list[tuple[float, float | None, float | 
         per_server = figures.get(what, {})
         if not per_server:
             continue
-        med = {s: tuple(common.median([r[i] for r in rounds]) for i in range(3)) for s, rounds in per_server.items()}
+        order = [s.name for s in SERVERS] + [ALONE]
+        med = {s: tuple(common.median([r[i] for r in per_server[s]]) for i in range(3)) for s in order if s in per_server}
         anchors = {a: max((med[s][0] for s in names if s in med and med[s][0]), default=None)
                    for a, names in ANCHORS[what].items()}
         unit = "rt/s" if what == "echo" else "req/s"
@@ -406,8 +407,10 @@ def main() -> None:
     servers = [Server(s.name, tuple(m for m in s.measures if m in figures_wanted), s.whitenoise)
                for s in SERVERS if s.name in wanted and figures_wanted & set(s.measures)]
     if "uvicorn-sansio" in wanted and not _uvicorn_has_sansio():
-        print("-- uvicorn-sansio skipped: the installed uvicorn has no --ws websockets-sansio (0.35 added it)", file=sys.stderr)
+        print("-- uvicorn-sansio skipped: the installed uvicorn has no --ws websockets-sansio", file=sys.stderr)
         servers = [s for s in servers if s.name != "uvicorn-sansio"]
+    if not servers:
+        sys.exit("no server measures any of the figures asked for")
     tmp = Path(tempfile.mkdtemp(prefix="bench-django-"))
     try:
         db, static_root = prepare(tmp)
