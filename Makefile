@@ -37,6 +37,7 @@ bench: $(VENV)/.bench-deps
 	$(BIN)/python bench/layer.py
 	$(BIN)/python bench/mqtt.py
 	$(BIN)/python bench/email.py
+	$(BIN)/python bench/django.py
 
 $(VENV)/.python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "asgi-gateway needs Python 3.11 or newer; run: make PYTHON=python3.11 ...")'
