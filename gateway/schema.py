@@ -172,11 +172,11 @@ def parse_listen(text: str) -> ListenAddress:
     return ListenAddress("tcp", host=host or "0.0.0.0", port=number)
 
 
-def _addresses(value: Any) -> list[str]:
+def _addresses(value: Any, *, allow_empty: bool = False) -> list[str]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
         raise ValueError(f"{ADDRESS_HELP}, or a list of them (got {value!r})")
-    if not items:
+    if not items and not allow_empty:
         raise ValueError("give at least one address")
     for item in items:
         parse_listen(item)
@@ -186,6 +186,8 @@ def _addresses(value: Any) -> list[str]:
 Listen = Annotated[list[str], BeforeValidator(_addresses)]
 """Where a listener binds, as every adapter and plugin writes it: one address or a list of them
 (``host:port``, ``[v6]:port``, ``:port``, ``unix:/path``, ``fd://N``); always a list once read."""
+OptionalListen = Annotated[list[str], BeforeValidator(lambda value: _addresses(value, allow_empty=True))]
+"""``Listen`` for extra listeners that may be none (an empty list)."""
 
 
 def model_fields_doc(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:

@@ -29,13 +29,13 @@ from pydantic import Field
 
 from gateway.errors import StartupError
 from gateway.plugins import Adapter
-from gateway.schema import RouteConfig, Section, parse_listen
+from gateway.schema import Listen, RouteConfig, Section, parse_listen
 
 _PRI = re.compile(rb"^<(\d{1,3})>")
 
 
 class SyslogConfig(Section):
-    listen: str = Field("127.0.0.1:5514", description="host:port to listen on.")
+    listen: Listen = Field(default_factory=lambda: ["127.0.0.1:5514"], description="host:port, or a list of them, to listen on.")
     transport: Literal["udp", "tcp"] = Field("udp", description="`udp` (datagrams) or `tcp` (newline-delimited stream).")
     max_line: int = Field(8192, gt=0, description="Longest line accepted, in bytes; longer lines are dropped and counted.")
     max_in_flight: int = Field(64, gt=0, description="UDP: lines handled at once; beyond it datagrams are dropped and counted (UDP has no backpressure).")
@@ -90,8 +90,8 @@ class SyslogAdapter(Adapter):
 
     def __init__(self, config: SyslogConfig, context: Any) -> None:
         super().__init__(config, context)
-        self._server: asyncio.Server | None = None
-        self._transport: asyncio.DatagramTransport | None = None
+        self._servers: list[asyncio.Server] = []
+        self._transports: list[asyncio.DatagramTransport] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._bound: list[str] = []
         self._dropped = context.metrics.counter("gateway_syslog_dropped_total", "Syslog lines dropped.", ("reason",))
@@ -99,32 +99,34 @@ class SyslogAdapter(Adapter):
 
     @classmethod
     def listen_addresses(cls, config: SyslogConfig) -> list[str]:
-        return [f"{config.transport}:{parse_listen(config.listen)}"]
+        return [f"{config.transport}:{parse_listen(a)}" for a in config.listen]
 
     @property
     def addresses(self) -> list[str]:
         return self._bound
 
     async def start(self) -> None:
-        addr = parse_listen(self.config.listen)
         loop = asyncio.get_running_loop()
-        try:
-            if self.config.transport == "udp":
-                self._transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Datagrams(self), local_addr=(addr.host, addr.port))
-                sock = self._transport.get_extra_info("sockname")
-            else:
-                self._server = await asyncio.start_server(self._stream, addr.host, addr.port, limit=self.config.max_line + 2)
-                sock = self._server.sockets[0].getsockname()
-        except OSError as exc:
-            raise StartupError(f"syslog: cannot listen on {addr} ({self.config.transport}): {exc.strerror or exc}") from None
-        self._bound = [f"{sock[0]}:{sock[1]}"]
+        for text in self.config.listen:
+            addr = parse_listen(text)
+            try:
+                if self.config.transport == "udp":
+                    transport, _ = await loop.create_datagram_endpoint(lambda: _Datagrams(self), local_addr=(addr.host, addr.port))
+                    self._transports.append(transport)
+                    sock = transport.get_extra_info("sockname")
+                else:
+                    server = await asyncio.start_server(self._stream, addr.host, addr.port, limit=self.config.max_line + 2)
+                    self._servers.append(server)
+                    sock = server.sockets[0].getsockname()
+            except OSError as exc:
+                raise StartupError(f"syslog: cannot listen on {addr} ({self.config.transport}): {exc.strerror or exc}") from None
+            self._bound.append(f"{sock[0]}:{sock[1]}")
 
     async def stop(self, drain: float) -> None:
-        if self._transport:
-            self._transport.close()
-        if self._server:
-            self._server.close()
+        for transport in self._transports:
+            transport.close()
+        for server in self._servers:
+            server.close()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=drain)
             for task in pending:

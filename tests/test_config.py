@@ -299,3 +299,19 @@ def test_django_style_paths_without_leading_slash_and_include_slashes_match(writ
         match = router.resolve({"type": "http", "path": path, "headers": []})
         assert match is not None and match.route.name == name, path
     assert router.resolve({"type": "http", "path": "/api//orders/", "headers": []}) is None
+
+
+@pytest.mark.parametrize("adapter", [
+    "http: {listen: %s}",
+    "mqtt: {mode: broker, listen: %s}",
+    "email: {smtp: {listen: %s}}",
+    "syslog: {listen: %s}",
+])
+def test_every_adapter_writes_listen_the_same_way(write, adapter):
+    plugins = f"plugins: {{paths: ['{PLUGINS}']}}\n"
+    for ok in ('"127.0.0.1:0"', '["127.0.0.1:0"]', '["127.0.0.1:0", "127.0.0.1:0"]'):
+        load(write("ok.yaml", plugins + "adapters:\n  " + adapter % ok + "\n"))
+    err = error_of(write, plugins + "adapters:\n  " + adapter % "8000" + "\n")
+    assert err.message == "an address is host:port, e.g. 127.0.0.1:8000 ([::1]:8000, unix:/path/to.sock and fd://3 work too), or a list of them (got 8000)"
+    err = error_of(write, plugins + "adapters:\n  " + adapter % '"http://127.0.0.1:18300"' + "\n")
+    assert err.message.startswith("'http://127.0.0.1:18300' is a URL; an address is host:port")

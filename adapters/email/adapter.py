@@ -44,7 +44,7 @@ class EmailAdapter(Adapter):
     def listen_addresses(cls, config: Any) -> list[str]:
         if config.smtp is None:
             return []
-        return [f"tcp:{parse_listen(config.smtp.listen)}"]
+        return [f"tcp:{parse_listen(a)}" for a in config.smtp.listen]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -58,11 +58,12 @@ class EmailAdapter(Adapter):
                 except (OSError, ssl.SSLError) as exc:
                     raise StartupError(f"adapters.email.smtp: cannot load tls_cert/tls_key: {exc}") from exc
             self.smtp = SmtpServer(self, cfg.smtp, tls)
-            address = parse_listen(cfg.smtp.listen)
-            try:
-                await self.smtp.start(address.host, address.port)
-            except OSError as exc:
-                raise StartupError(f"adapters.email.smtp: cannot listen on {cfg.smtp.listen}: {exc}") from exc
+            for text in cfg.smtp.listen:
+                address = parse_listen(text)
+                try:
+                    await self.smtp.start(address.host, address.port)
+                except OSError as exc:
+                    raise StartupError(f"adapters.email.smtp: cannot listen on {text}: {exc}") from exc
             self.context.health.set("email.smtp", "ok", ", ".join(self.smtp.addresses))
         if cfg.imap:
             from .imap import MailboxPoller

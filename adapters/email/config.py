@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.schema import PositiveFloat, Section, parse_listen
+from gateway.schema import Listen, PositiveFloat, Section, parse_listen
 
 
 class SmtpUser(Section):
@@ -26,7 +26,8 @@ class LoginThrottle(Section):
 class SmtpConfig(Section):
     """`adapters.email.smtp`: the inbound SMTP listener."""
 
-    listen: str = Field("127.0.0.1:2525", description="`host:port` to bind (port 0: any free port).")
+    listen: Listen = Field(
+        default_factory=lambda: ["127.0.0.1:2525"], description="`host:port`, or a list of them, to bind (port 0: any free port).")
     hostname: str | None = Field(None, description="Name announced in the greeting and EHLO (default: the host's FQDN).")
     domains: list[str] = Field(
         default_factory=list,
@@ -68,10 +69,10 @@ class SmtpConfig(Section):
 
     @field_validator("listen")
     @classmethod
-    def _listen(cls, value: str) -> str:
-        address = parse_listen(value)
-        if address.kind != "tcp":
-            raise ValueError("the SMTP listener binds TCP only: write host:port")
+    def _listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if parse_listen(item).kind != "tcp":
+                raise ValueError(f"{item!r}: the SMTP listener binds TCP only: write host:port")
         return value
 
     @field_validator("domains")

@@ -350,7 +350,7 @@ class SmtpServer:
         self.handler = SmtpHandler(adapter, config)
         self.tls_context = tls_context
         self.sessions: set[GatewaySMTP] = set()
-        self.server: asyncio.base_events.Server | None = None
+        self.servers: list[asyncio.base_events.Server] = []
         self.hostname = config.hostname
         self.auth = SmtpAuth(config, adapter.log, adapter.context.metrics) if adapter.auth_enabled else None
         self.authenticator = self._make_authenticator()
@@ -418,20 +418,20 @@ class SmtpServer:
             self._saturated = False
 
     async def start(self, host: str, port: int) -> None:
+        """Listen on one more address (the adapter calls this once per ``listen`` entry)."""
         if self.hostname is None:
             import socket
 
             self.hostname = await asyncio.to_thread(socket.getfqdn)
-        self.server = await asyncio.get_running_loop().create_server(self._protocol, host, port)
+        self.servers.append(await asyncio.get_running_loop().create_server(self._protocol, host, port))
 
     @property
     def addresses(self) -> list[str]:
-        if self.server is None:
-            return []
         out = []
-        for sock in self.server.sockets:
-            host, port = sock.getsockname()[:2]
-            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         return out
 
     async def stop(self, drain: float) -> None:
@@ -442,8 +442,8 @@ class SmtpServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain
         self.draining = True
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
         for session in list(self.sessions):
             if not session.in_data:
                 session.close_now(SHUTTING_DOWN)
@@ -451,9 +451,9 @@ class SmtpServer:
             await asyncio.sleep(0.02)
         for session in list(self.sessions):
             session.close_now(SHUTTING_DOWN)
-        if self.server is not None:
+        for server in self.servers:
             try:
-                await asyncio.wait_for(self.server.wait_closed(), max(0.1, min(1.0, deadline - loop.time())))
+                await asyncio.wait_for(server.wait_closed(), max(0.1, min(1.0, deadline - loop.time())))
             except TimeoutError:
                 pass
-            self.server = None
+        self.servers.clear()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from gateway.schema import ListenAddress, Section, parse_listen
+from gateway.schema import Listen, ListenAddress, Section, parse_listen
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -95,8 +95,8 @@ class Limits(Section):
 class HttpConfig(Section):
     """`adapters.http` — HTTP/1.1 (httptools) and WebSocket (aiohttp's frame reader)."""
 
-    listen: str | list[str] = Field(
-        "127.0.0.1:8000",
+    listen: Listen = Field(
+        default_factory=lambda: ["127.0.0.1:8000"],
         description="Address or list of addresses: `host:port`, `[::1]:port`, `:port` (all IPv4), "
         "`unix:/path/to.sock`, `fd://3` (an inherited listening socket).",
     )
@@ -115,16 +115,6 @@ class HttpConfig(Section):
     ws_compression: bool = Field(True, description="Negotiate permessage-deflate when a WebSocket client offers it.")
     access_log: bool = Field(True, description="One structured log line per HTTP request and per WebSocket connection.")
     limits: Limits = Field(default_factory=Limits, description="Limits; see below.")
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str | list[str]) -> str | list[str]:
-        items = [value] if isinstance(value, str) else value
-        if not items:
-            raise ValueError("listen needs at least one address")
-        for item in items:
-            parse_listen(item)
-        return value
 
     @field_validator("root_path")
     @classmethod
@@ -146,5 +136,4 @@ class HttpConfig(Section):
         return value
 
     def addresses(self) -> list[ListenAddress]:
-        items = [self.listen] if isinstance(self.listen, str) else self.listen
-        return [parse_listen(item) for item in items]
+        return [parse_listen(item) for item in self.listen]

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from gateway.routing import Matcher
-from gateway.schema import RouteConfig, Section, parse_listen
+from gateway.schema import Listen, OptionalListen, RouteConfig, Section, parse_listen
 
 from .topics import TopicError, TopicMatcher, check_topic_name
 
@@ -116,12 +116,12 @@ class MqttConfig(Section):
     )
     max_inflight: int = Field(100, ge=1, description="Client mode: QoS>0 messages published by the gateway awaiting their acknowledgement.")
     # -- broker mode --------------------------------------------------------------------------
-    listen: list[str] = Field(
+    listen: Listen = Field(
         default_factory=lambda: ["127.0.0.1:1883"],
         description="Broker mode: TCP addresses the embedded broker listens on (`host:port`, port 0 = any free port).",
     )
-    tls_listen: list[str] = Field(default_factory=list, description="Broker mode: TLS listeners (needs `tls.cert_file`/`key_file`).")
-    ws_listen: list[str] = Field(default_factory=list, description="Broker mode: MQTT-over-WebSocket listeners on ports of their own (`host:port`).")
+    tls_listen: OptionalListen = Field(default_factory=list, description="Broker mode: TLS listeners (needs `tls.cert_file`/`key_file`).")
+    ws_listen: OptionalListen = Field(default_factory=list, description="Broker mode: MQTT-over-WebSocket listeners on ports of their own (`host:port`).")
     ws_path: str | None = Field(
         None, description="Broker mode: also accept MQTT over WebSocket on the HTTP adapter's listeners at this path "
         "(e.g. `/mqtt`), sharing their port, TLS and limits. Needs `adapters.http`."
