@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import structlog
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from . import apps as app_loading
 from .errors import PluginError
@@ -24,7 +24,7 @@ from .layers.base import BaseChannelLayer
 from .origins import OriginCheck, Origins
 from .plugins import Adapter, discover
 from .routing import ProtocolTypeRouter, Route, Router
-from .schema import KeyPath, PositiveFloat, Section, inner_model
+from .schema import KeyPath, PositiveFloat, Section, inner_model, parse_listen
 from .yamlsource import Source, load_file, load_text
 
 log = structlog.get_logger("gateway.config")
@@ -90,6 +90,13 @@ class AdminSection(Section):
         description="`host:port` of an internal listener that serves the metrics and health paths instead of the http "
         "adapter (which then does not serve them); keep it off the public network.",
     )
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _one_address(cls, value: object) -> object:
+        if parse_listen(value).kind != "tcp":  # type: ignore[arg-type]  # parse_listen explains a non-string
+            raise ValueError("the admin listener binds TCP only: write host:port")
+        return value
 
 
 class LifespanSection(Section):
