@@ -163,6 +163,9 @@ def _routes(args: argparse.Namespace) -> int:
 
 def print_routes(plan: Plan, out: TextIO) -> None:
     rows = [("PROTOCOL", "MATCHER", "APP", "NAME", "MIDDLEWARE")]
+    if any(ap.name == "http" for ap in plan.adapters):
+        for protocol, path, owner in plan.mounts():  # matched before the routes
+            rows.append((protocol, f"mount {path}", f"({owner})", "-", "-"))
     for protocol, route in plan.routes():
         rows.append((protocol, route.matcher.describe(), route.target, route.name or "-", ", ".join(route.middleware) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -151,6 +151,18 @@ class Plan:
     def router(self) -> ProtocolTypeRouter:
         return ProtocolTypeRouter(self.routers)
 
+    def mounts(self) -> list[tuple[str, str, str]]:
+        """``(scope types, path, owner)`` of what is mounted on the http listener, in the order a
+        request is matched against them (longest prefix first), all before the routes."""
+        metrics = self.config.metrics
+        found: list[tuple[str, str, str]] = []
+        if self.config.admin is None:
+            core = (metrics.path, "metrics"), (metrics.health_path, "health"), (metrics.live_path, "health"), (metrics.ready_path, "health")
+            found += [("http", path, owner) for path, owner in core if path]
+        for ap in self.adapters:
+            found += [(",".join(types), path, ap.name) for path, types in ap.cls.mount_paths(ap.config)]
+        return sorted(found, key=lambda m: len(m[1]), reverse=True)
+
     def routes(self) -> Iterator[tuple[str, Route]]:
         for protocol, router in self.routers.items():
             for route in router.routes:

@@ -94,6 +94,12 @@ class Adapter(abc.ABC):
         return []
 
     @classmethod
+    def mount_paths(cls, config: Any) -> list[tuple[str, tuple[str, ...]]]:
+        """``(path, scope types)`` this config will mount on the http listener at start (a
+        webhook, a WebSocket endpoint), so ``gateway routes`` can list them without starting."""
+        return []
+
+    @classmethod
     def connection_limit(cls, config: Any) -> int:
         """How many client connections this config lets the adapter hold open at once (0: it
         does not bound them or does not say), for the start-up check of the process's open-file

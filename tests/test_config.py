@@ -315,3 +315,13 @@ def test_every_adapter_writes_listen_the_same_way(write, adapter):
     assert err.message == "an address is host:port, e.g. 127.0.0.1:8000 ([::1]:8000, unix:/path/to.sock and fd://3 work too), or a list of them (got 8000)"
     err = error_of(write, plugins + "adapters:\n  " + adapter % '"http://127.0.0.1:18300"' + "\n")
     assert err.message.startswith("'http://127.0.0.1:18300' is a URL; an address is host:port")
+
+
+def test_cli_routes_lists_the_mounts_first_in_the_order_they_match():
+    res = run_cli("routes", "config/gateway.yaml")
+    assert res.returncode == 0, res.stderr
+    rows = [line.split()[:3] for line in res.stdout.splitlines()[1:]]
+    mounts = [row for row in rows if row[1] == "mount"]
+    assert rows[:len(mounts)] == mounts  # every mount before every route
+    assert [row[2] for row in mounts] == ["/metrics", "/healthz", "/readyz", "/sms/in", "/livez", "/mqtt"]
+    assert ["websocket", "mount", "/mqtt"] in rows and ["http", "mount", "/sms/in"] in rows

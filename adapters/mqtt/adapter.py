@@ -46,6 +46,10 @@ class MqttAdapter(Adapter):
             return []
         return [f"tcp:{parse_listen(a)}" for a in (*config.listen, *config.tls_listen, *config.ws_listen)]
 
+    @classmethod
+    def mount_paths(cls, config: MqttConfig) -> list[tuple[str, tuple[str, ...]]]:
+        return [(config.ws_path, ("websocket",))] if config.mode == "broker" and config.ws_path else []
+
     async def start(self) -> None:
         await self.mode.start()
 

@@ -59,6 +59,10 @@ class SmsAdapter(Adapter):
             ("account", "kind", "outcome"),
         )
 
+    @classmethod
+    def mount_paths(cls, config: Any) -> list[tuple[str, tuple[str, ...]]]:
+        return [(account.webhook, ("http",)) for account in config.accounts]
+
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.store = make_store(self.context.layer)
