@@ -50,6 +50,8 @@ async def test_default_config_serves_the_page_metrics_and_health(demo):
         page = await client.get("/")
         assert page.status_code == 200 and "asgi-gateway demo" in page.text
         assert (await client.head("/")).content == b""
+        icon = await client.get("/favicon.ico")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
         health = await client.get("/healthz")
         assert health.json()["status"] == "ok"
         metrics = await client.get("/metrics")
