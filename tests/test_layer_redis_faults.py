@@ -64,9 +64,9 @@ async def test_restart_mid_traffic(own_redis: RedisServer, prefix: str) -> None:
         await wait_for(lambda: len(received) >= 20)
         with capture_logs() as logs:
             own_redis.stop()
-            await wait_for(lambda: len(failures) >= 3 and a.health[0] == "degraded")
-            assert health and health[-1][0] == "degraded" and f"127.0.0.1:{own_redis.port}" in health[-1][1]
-            assert gateway_health.as_dict()["status"] == "degraded"
+            await wait_for(lambda: len(failures) >= 3 and a.health[0] == "down")
+            assert health and health[-1][0] == "down" and f"127.0.0.1:{own_redis.port}" in health[-1][1]
+            assert gateway_health.as_dict()["status"] == "down"  # not ready: the health endpoint answers 503
             assert "unreachable" in str(failures[0]) and f"127.0.0.1:{own_redis.port}" in str(failures[0])
             seen_before = len(received)
             own_redis.start()  # empty: no persistence
@@ -104,7 +104,7 @@ async def test_unreachable_from_the_start(prefix: str) -> None:
         with pytest.raises(LayerUnavailable):
             await layer.group_add("g", "x")
         assert time.monotonic() - started < 3
-        assert layer.health[0] == "degraded" and health[0][0] == "degraded"
+        assert layer.health[0] == "down" and health[0][0] == "down"
         # a receiver just waits (its loop retries with backoff) instead of failing
         waiting = asyncio.ensure_future(layer.receive("x"))
         await asyncio.sleep(0.3)
