@@ -6,17 +6,23 @@ restart loses everything, which is exactly the fault the layer must survive.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from gateway_helpers import free_port, require
 
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class RedisServer:
@@ -93,3 +99,26 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("DJANGO_SETTINGS_MODULE", None)
     return env
+
+
+def run_script(tmp_path: Path, name: str, source: str, *args: str) -> subprocess.Popen[str]:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source))
+    return subprocess.Popen(
+        [sys.executable, str(path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=str(ROOT), env=subprocess_env(),
+    )
+
+
+async def read_line(proc: subprocess.Popen[str], timeout: float = 15) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout)
+    if not line:
+        raise AssertionError(f"process exited: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
+    return json.loads(line)
+
+
+def finish(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)

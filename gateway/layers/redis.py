@@ -915,7 +915,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._peers[shard] = [box for box in (b.decode() for b in alive) if box not in own]
         if known is not None and epoch != known:
             await self._restore(shard, own, "Redis lost its data")
-            pending = 0
+            pending = await self._call(shard, lambda c: c.hlen(self._restoring_key), retry=True)
         else:
             revived = [box for box in added if box in self._beaten.get(shard, ())]
             if revived:
