@@ -105,17 +105,22 @@ def run_script(tmp_path: Path, name: str, source: str, *args: str) -> subprocess
     path = tmp_path / name
     path.write_text(textwrap.dedent(source))
     return subprocess.Popen(
-        [sys.executable, str(path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, str(path), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=str(ROOT), env=subprocess_env(),
     )
 
 
 async def read_line(proc: subprocess.Popen[str], timeout: float = 15) -> dict[str, Any]:
+    """The script's next JSON line, skipping log lines (structlog prints to stdout by default)."""
     assert proc.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout)
-    if not line:
-        raise AssertionError(f"process exited: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
-    return json.loads(line)
+    while True:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout)
+        if not line:
+            raise AssertionError(f"process exited: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
+        if line.startswith("{"):
+            data = json.loads(line)
+            if "event" not in data:
+                return data
 
 
 def finish(proc: subprocess.Popen[str]) -> None:
