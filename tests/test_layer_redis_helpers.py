@@ -13,6 +13,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -32,15 +33,20 @@ class RedisServer:
         self.port = port or free_port()
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
+        # Its own directory: a replica writes the data it receives to dump.rdb there, and a
+        # redis-server loads dump.rdb from its directory when it starts.
+        self.dir = Path(tempfile.mkdtemp(prefix="redis-test-"))
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        """Start it empty (no persistence: a restart loses everything)."""
+        (self.dir / "dump.rdb").unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--protected-mode", "no", *self.extra],
+             "--protected-mode", "no", "--dir", str(self.dir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10

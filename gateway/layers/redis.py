@@ -1128,10 +1128,10 @@ class _Poller:
             except _FAULTS as exc:
                 layer._shard_down(shard, exc)
                 failed = True
-                try:
-                    await self.client.connection.disconnect()  # type: ignore[union-attr]
-                except Exception:  # noqa: BLE001
-                    pass
+                # A new client, not a reconnect: a Sentinel client's single connection would
+                # reconnect to the old master's address instead of asking the sentinels again.
+                await _close_client(self.client)
+                self.client = make_client(layer.hosts[shard], blocking=True, connect_timeout=layer.connect_timeout)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
