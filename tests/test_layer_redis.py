@@ -365,7 +365,7 @@ async def test_group_send_to_full_members_is_counted_and_logged(make: Any) -> No
 
 async def test_dead_process_inbox_is_bounded(make: Any) -> None:
     """Members of a process that stopped reading stop piling up after inbox_limit group messages."""
-    a = make(inbox_limit=3)
+    a = make(inbox_limit=3, restore_timeout=0.2)  # no process with channels claims this fresh Redis: do not wait long
     dead = "specific.deadbeef!x"  # nobody receives this inbox
     full: list[tuple[str, str | None]] = []
     a.on_full = lambda channel, group: full.append((channel, group))

@@ -473,7 +473,7 @@ class RedisChannelLayer(BaseChannelLayer):
             task.cancel()
         await asyncio.gather(*tasks, *st.tasks, return_exceptions=True)
         for poller in pollers:
-            await _close_client(poller.client)
+            await poller.close()
         for waiters in [*st.general.values(), *st.waiters.values()]:
             for w in waiters:
                 w.cancel()
@@ -730,8 +730,8 @@ class RedisChannelLayer(BaseChannelLayer):
             self._close_with_loop(new)
             if st is not None and not st.loop.is_closed():
                 for poller in st.pollers.values():
-                    poller.stopping = True  # ...and its pop in flight, if any, is answered by this wake-up
-                    new.spawn(_push_quietly(new.client(poller.shard), poller.wake_key))
+                    poller.stopping = True  # ...and its pops in flight, if any, are answered by this wake-up
+                    new.spawn(_push_quietly(new.client(poller.shard), poller.wake_key, poller.depth))
             return new
         return None
 
@@ -986,15 +986,19 @@ class RedisChannelLayer(BaseChannelLayer):
 
 
 class _Poller:
-    """One receive loop: one connection, one ``BLMPOP`` over a set of queue keys at a time.
+    """One receive loop: ``BLMPOP`` over a set of queue keys, on a connection of its own.
 
     ``general`` loops pop one message at a time from the normal channels that have receivers
-    waiting here (so other processes get the rest); ``inbox`` loops drain this process's inboxes
-    in batches. A change of the key set wakes the blocked pop through a wake-up list of its own.
+    waiting here (so other processes get the rest). ``inbox`` loops drain this process's inboxes
+    in batches, and keep a second pop queued behind the one waiting in Redis: Redis runs it the
+    moment the first is answered, so a message leaves Redis as soon as it arrives instead of
+    sitting there (where a Redis crash would lose it) until this busy event loop gets round to
+    asking again. Both pops travel on one connection, so the inbox is read in order. A change
+    of the key set wakes the blocked pops through a wake-up list of the loop's own.
 
     A pop in flight holds messages Redis has already removed, so it is never abandoned: when
-    the loop is cancelled (its event loop is closing), it wakes its own pop, takes what it
-    returns into the layer's buffers, and only then ends.
+    the loop is cancelled (its event loop is closing), it wakes its pops, takes what they
+    return into the layer's buffers, and only then ends.
     """
 
     def __init__(self, layer: RedisChannelLayer, st: _LoopState, shard: int, kind: str) -> None:
@@ -1002,18 +1006,22 @@ class _Poller:
         self.st = st
         self.shard = shard
         self.kind = kind
+        self.depth = 2 if kind == "inbox" else 1
         self.client = make_client(layer.hosts[shard], blocking=True, connect_timeout=layer.connect_timeout)
+        self.connection: Any = None
+        self.reads: deque[asyncio.Future[Any]] = deque()  # answers of the pops in flight, oldest first
+        self.unanswered: deque[asyncio.Future[Any]] = deque()  # the part of ``reads`` not read yet
+        self.reader: asyncio.Task[None] | None = None
         self.wake_key = f"{layer.prefix}:w:{layer.client_id}:{kind}:{secrets.token_hex(4)}"
         self.keys: dict[str, None] = {}  # insertion-ordered set
         self.blocking_on: frozenset[str] = frozenset()
         self.waking = False
         self.stopping = False
         self.blmpop = True
-        self.lpop_count = True
         self.task = st.loop.create_task(self.run(), name=f"redis-layer-{kind}-{shard}")
 
     def want(self, key: str) -> None:
-        """Make sure the loop pops from ``key``: wake the blocked pop when it does not cover it."""
+        """Make sure the loop pops from ``key``: wake the blocked pops when they do not all cover it."""
         if key not in self.keys:
             self.keys[key] = None
         if key not in self.blocking_on:
@@ -1026,7 +1034,7 @@ class _Poller:
 
         async def push() -> None:
             try:
-                await _push_quietly(self.st.client(self.shard), self.wake_key)
+                await _push_quietly(self.st.client(self.shard), self.wake_key, self.depth)
             finally:
                 self.waking = False
 
@@ -1045,51 +1053,103 @@ class _Poller:
             keys = keys[shift:] + keys[:shift]
         return keys
 
-    async def _pop(self, keys: list[str], count: int) -> Any:
-        """``(key, [elements])`` from the first non-empty key (wake-up list first), or None."""
-        if self.blmpop:
-            return await self.client.blmpop(BLOCK_SECONDS, len(keys) + 1, self.wake_key, *keys, direction="LEFT", count=count)
-        popped = await self.client.blpop([self.wake_key, *keys], timeout=BLOCK_SECONDS)
-        if popped is None:
-            return None
-        key, element = popped
-        elements = [element]
-        if count > 1 and self.lpop_count:
+    async def _connect(self) -> Any:
+        if self.connection is None:
+            self.connection = await self.client.connection_pool.get_connection()
+        return self.connection
+
+    async def _send_pops(self, count: int) -> None:
+        """Send pops until ``depth`` are in flight. Their answers are read, in order, by a task of
+        its own, so that cancelling this loop never cuts a read short (that drops the connection)."""
+        conn = await self._connect()
+        depth = self.depth if self.blmpop else 1
+        covered: set[str] | None = None
+        while len(self.reads) < depth:
+            keys = self._current_keys()
+            if self.blmpop:
+                await conn.send_command("BLMPOP", BLOCK_SECONDS, len(keys) + 1, self.wake_key, *keys, "LEFT", "COUNT", count)
+            else:  # Redis before 7.0
+                await conn.send_command("BLPOP", self.wake_key, *keys, BLOCK_SECONDS)
+            answer: asyncio.Future[Any] = self.st.loop.create_future()
+            self.reads.append(answer)
+            self.unanswered.append(answer)
+            covered = set(keys) if covered is None else covered & set(keys)
+        if covered is not None:
+            self.blocking_on = frozenset(covered)
+        if self.reader is None or self.reader.done():
+            self.reader = self.st.loop.create_task(self._read_answers(conn))
+
+    async def _read_answers(self, conn: Any) -> None:
+        while self.unanswered:
             try:
-                more = await self.client.lpop(key, count - 1)
+                reply = await conn.read_response(timeout=BLOCK_SECONDS + self.layer.socket_timeout)
+            except asyncio.CancelledError:  # the event loop is closing and cancels every task
+                for answer in self.unanswered:
+                    answer.cancel()
+                self.unanswered.clear()
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to the loop, which reconnects
+                for answer in self.unanswered:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                self.unanswered.clear()
+                return
+            answer = self.unanswered.popleft()
+            if not answer.done():
+                answer.set_result(reply)
+
+    async def _next(self, count: int) -> Any:
+        """The oldest pop's answer as ``(key, [elements])`` or None; pops in flight are finished if this task is cancelled."""
+        read = self.reads[0]
+        try:
+            await asyncio.wait((read,))
+        except asyncio.CancelledError:
+            await self._finish()
+            raise
+        self.reads.popleft()
+        result = read.result()
+        if result is None or self.blmpop:
+            return result
+        key, element = result  # BLPOP: one element; take the rest of a batch with LPOP (6.2+)
+        elements = [element]
+        if count > 1:
+            await self.connection.send_command("LPOP", key, count - 1)
+            try:
+                more = await self.connection.read_response(timeout=self.layer.socket_timeout)
             except ResponseError:
-                self.lpop_count = False  # before 6.2
-            else:
-                elements += more or []
+                more = None  # before 6.2: one at a time
+            elements += more or []
         return [key, elements]
 
-    async def _pop_whole(self, keys: list[str], count: int) -> Any:
-        """``_pop``, bounded in time, and finished (not abandoned) if this task is cancelled."""
-        pop = asyncio.ensure_future(self._pop(keys, count))
-        try:
-            done, _ = await asyncio.wait((pop,), timeout=BLOCK_SECONDS + self.layer.socket_timeout)
-        except asyncio.CancelledError:
-            await self._finish(pop)
-            raise
-        if not done:
-            pop.cancel()
-            await asyncio.gather(pop, return_exceptions=True)
-            raise RedisTimeoutError(f"no answer to a blocking pop within {BLOCK_SECONDS + self.layer.socket_timeout}s")
-        return pop.result()
-
-    async def _finish(self, pop: asyncio.Future[Any]) -> None:
+    async def _finish(self) -> None:
         self.stopping = True
-        if not pop.done():
+        if any(not read.done() for read in self.reads):
             try:
                 async with asyncio.timeout(self.layer.socket_timeout):
-                    await _push_quietly(self.st.client(self.shard), self.wake_key)
-                    await asyncio.wait((pop,))
+                    await _push_quietly(self.st.client(self.shard), self.wake_key, len(self.reads))
+                    await asyncio.wait(self.reads)
             except TimeoutError:
                 pass
-        if pop.done() and not pop.cancelled() and pop.exception() is None:
-            await self._take(pop.result())
-        else:
-            pop.cancel()
+        while self.reads:
+            read = self.reads.popleft()
+            if read.done() and not read.cancelled() and read.exception() is None:
+                await self._take(read.result())
+            else:
+                read.cancel()
+
+    async def _reconnect(self) -> None:
+        """Drop the connection and the pops on it, and make a new client: a Sentinel client
+        must ask the sentinels for the master again, not reconnect to the old address."""
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+        for read in self.reads:
+            read.cancel()
+        self.reads.clear()
+        self.unanswered.clear()
+        self.connection = None
+        await _close_client(self.client)
+        self.client = make_client(self.layer.hosts[self.shard], blocking=True, connect_timeout=self.layer.connect_timeout)
 
     async def _take(self, result: Any) -> None:
         """Hand what one pop returned to the layer."""
@@ -1108,6 +1168,14 @@ class _Poller:
             if not layer._deliver_general(self.st, channel, element, now):
                 await layer._push_back(self.st, self.shard, key, element)
 
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+        if self.connection is not None:
+            await self.connection.disconnect()
+        await _close_client(self.client)
+
     async def run(self) -> None:
         layer, st, shard = self.layer, self.st, self.shard
         backoff = BACKOFF_FIRST
@@ -1115,36 +1183,39 @@ class _Poller:
         count = INBOX_BATCH if self.kind == "inbox" else 1
         me = asyncio.current_task()
         assert me is not None
-        while not self.stopping and layer._state is st and not me.cancelling():  # a library may turn a cancel into an error
-            keys = self._current_keys()
-            self.blocking_on = frozenset(keys)
-            try:
-                if failed:
-                    await self.client.ping()
-                    failed = False
-                    await _reset_pool(st.client(shard))  # the pooled connections predate the fault
-                    layer._shard_up(shard)
-                result = await self._pop_whole(keys, count)
-            except _FAULTS as exc:
-                layer._shard_down(shard, exc)
-                failed = True
-                # A new client, not a reconnect: a Sentinel client's single connection would
-                # reconnect to the old master's address instead of asking the sentinels again.
-                await _close_client(self.client)
-                self.client = make_client(layer.hosts[shard], blocking=True, connect_timeout=layer.connect_timeout)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            except ResponseError as exc:
-                if self.blmpop and "unknown command" in str(exc).lower():
-                    self.blmpop = False  # Redis before 7.0: BLPOP, then LPOP with a count (6.2+)
-                    log.warning("layer.redis_without_blmpop", host=layer.labels[shard], fallback="BLPOP")
+        try:
+            while not self.stopping and layer._state is st and not me.cancelling():  # a library may turn a cancel into an error
+                try:
+                    if failed:
+                        await self.client.ping()
+                        failed = False
+                        await _reset_pool(st.client(shard))  # the pooled connections predate the fault
+                        layer._shard_up(shard)
+                    await self._send_pops(count)
+                    result = await self._next(count)
+                    if self.reads or not self.stopping:
+                        await self._send_pops(count)  # before handing out: the next pop waits in Redis meanwhile
+                except _FAULTS as exc:
+                    layer._shard_down(shard, exc)
+                    failed = True
+                    await self._reconnect()
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
-                log.error("layer.receive_failed", host=layer.labels[shard], error=str(exc))
-                await asyncio.sleep(BACKOFF_MAX)
-                continue
-            backoff = BACKOFF_FIRST
-            await self._take(result)
+                except ResponseError as exc:
+                    await self._reconnect()
+                    if self.blmpop and "unknown command" in str(exc).lower():
+                        self.blmpop = False  # Redis before 7.0: BLPOP, then LPOP with a count (6.2+)
+                        log.warning("layer.redis_without_blmpop", host=layer.labels[shard], fallback="BLPOP")
+                        continue
+                    log.error("layer.receive_failed", host=layer.labels[shard], error=str(exc))
+                    await asyncio.sleep(BACKOFF_MAX)
+                    continue
+                backoff = BACKOFF_FIRST
+                await self._take(result)
+        finally:
+            if self.reads:
+                await self._finish()  # stopped (taken over, or closing): take what the pops in flight hold
 
 
 def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
@@ -1155,11 +1226,12 @@ def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
             return
 
 
-async def _push_quietly(client: Redis, wake_key: str) -> None:
-    """Push a wake-up element (it answers a blocked pop at once); faults are the receive loop's to notice."""
+async def _push_quietly(client: Redis, wake_key: str, pops: int = 1) -> None:
+    """Answer ``pops`` blocked pops at once with wake-up elements; faults are the receive loop's to notice."""
     try:
         async with client.pipeline(transaction=False) as pipe:
-            pipe.lpush(wake_key, b"1")
+            for _ in range(pops):  # one push per pop: a pop takes every element it finds
+                pipe.lpush(wake_key, b"1")
             pipe.pexpire(wake_key, 60_000)
             await pipe.execute()
     except _FAULTS:
