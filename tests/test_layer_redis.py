@@ -84,6 +84,16 @@ def test_yaml_url_shorthand_and_bad_keys() -> None:
     assert "hots" in str(info.value) and "hosts" in str(info.value)
 
 
+def test_fault_limits_are_positive() -> None:
+    plan = config_mod.loads("layer: {backend: redis, dead_after: 0.5, restore_timeout: 0.1}\n")
+    layer = plan.layer_class(**plan.layer_options)
+    assert (layer.dead_after, layer.restore_timeout) == (0.5, 0.1)
+    for key in ("dead_after", "restore_timeout"):
+        with pytest.raises(ConfigError) as info:
+            config_mod.loads(f"layer: {{backend: redis, {key}: 0}}\n")
+        assert key in str(info.value)
+
+
 def test_channels_redis_config_keys_and_refusals() -> None:
     layer = RedisChannelLayer(hosts=[("127.0.0.1", 6390)], prefix="x", expiry=5, group_expiry=9, capacity=3,
                               channel_capacity={"a*": 1}, serializer_format="msgpack", random_prefix_length=12)

@@ -26,21 +26,28 @@ How it works (see ``redis_scripts`` for keys and the wire format):
   (``ChannelFull`` at capacity, as channels_redis, but per channel where channels_redis counts
   per process), and its process checks room for a group message when the message arrives.
   A group member that is full misses the message, as in Channels, but it is counted
-  (``full_drops``), passed to ``on_full`` and logged at warning (``layer.channel_full``) where
-  it is detected; never dropped silently. An inbox holding ``inbox_limit`` unread elements (a
-  process that stopped reading) makes its members full, so a dead process cannot grow Redis.
+  (``drops["full"]``), passed to ``on_full``/``on_drop`` and logged at warning
+  (``layer.channel_full``, once per incident) where it is detected; never dropped silently.
+  An inbox holding ``inbox_limit`` unread elements (a process that stopped reading) makes its
+  members full, so a dead process cannot grow Redis.
 * **Expiry**: every message carries its deadline; expired messages are dropped where they are
-  found (``expired_drops``, ``layer.message_expired``), and, as in Channels, a channel of this
-  process whose message expired unread leaves the groups this process added it to.
+  found (``drops["expired"]``, ``layer.message_expired``), and, as in Channels, a channel of this
+  process whose message expired unread leaves its groups (group messages queued before that
+  are still delivered: the leave travels through the same ordered inbox).
+* **Event loops**: messages buffered for this process's channels belong to the layer; clients,
+  receive loops and waiting receivers belong to one event loop, and the loop that calls next
+  takes over from one that is closed or idle (sync code runs each call on a new loop).
 
-Faults: commands are not retried (a retried push could deliver twice; delivery is at most
-once). When Redis is unreachable, ``send``/``group_send``/``group_add``/``group_discard`` raise
-``LayerUnavailable`` at once (a ``ConnectionError``) naming the host; receive loops keep
-running, retry with exponential backoff (50 ms doubling to 2 s, with jitter), and receivers
-simply wait. When Redis comes back empty (restart without persistence), every process re-adds
-the group memberships of its own channels, with their original join times (a marker key,
-``<prefix>.epoch``, tells "came back empty" from "connection blipped"). The
-layer's state is reported through ``on_health(status, detail)`` (``"ok"``/``"degraded"``).
+Faults (docs/layers.md, "Faults", says the same for users): a call that meets an unreachable
+Redis raises ``LayerUnavailable`` naming the host; it is made once more on a fresh connection
+only when that cannot deliver twice (idempotent calls; ``send``/``group_send`` when Redis lost
+its data meanwhile). Receive loops retry with backoff and receivers simply wait. A keeper per
+host and event loop heartbeats this process's inboxes (``<prefix>.procs``), removes processes
+silent for ``dead_after``, and notices a Redis that lost its data (``<prefix>.epoch`` gone):
+every process then re-adds its own memberships, and ``group_send`` waits while any process it
+knew alive has not (``<prefix>.restoring``), for ``restore_timeout`` at most. Every dropped
+message is counted by reason (``drops``, ``on_drop``), logged once per incident; the layer's
+state goes to ``on_health(status, detail)`` (``"ok"``, or ``"down"`` while not ready).
 """
 
 from __future__ import annotations
@@ -110,7 +117,8 @@ class RedisLayerOptions(LayerOptions):
     restore_timeout: float = Field(
         5, gt=0,
         description="After Redis lost its data (a restart without persistence), the longest group_send waits for the processes to re-add "
-        "their memberships before it raises LayerUnavailable (counted as dropped, reason restore_window).",
+        "their memberships before it raises LayerUnavailable (counted as dropped, reason restore_window); also how long the list of "
+        "processes still restoring lasts when this process writes it.",
     )
     socket_timeout: float = Field(5, gt=0, description="Seconds to wait for Redis to answer a command before it fails.")
     connect_timeout: float = Field(2, gt=0, description="Seconds to wait for a connection to Redis.")
