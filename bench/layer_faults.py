@@ -97,6 +97,18 @@ routes:
     return port, proc, log_path
 
 
+async def inbox_backlog(url: str, prefix: str) -> dict[str, int]:
+    """Elements waiting in each process's inbox in Redis: what a crash right now would lose."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k for k in await client.keys(f"{prefix}:q:*") if k.endswith(b"!")]
+        return {k.decode().rsplit(":", 1)[-1]: await client.llen(k) for k in keys}
+    finally:
+        await client.aclose()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import websockets
 
@@ -143,8 +155,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.monotonic()
     restart_task = None
+    backlog: dict[str, int] = {}
     for n in range(args.messages):
         if n == kill_at:
+            backlog = await inbox_backlog(url, prefix)
             redis.kill()
             restart_task = asyncio.ensure_future(restart_later())
         try:
@@ -196,13 +210,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "clients": args.clients, "messages": args.messages, "redis down (s)": args.down,
-        "before the kill": phase(range(kill_at)), "after the kill": phase(range(kill_at, args.messages)),
+        "before the kill": phase(range(kill_at)), "inbox elements in Redis at the kill": backlog, "after the kill": phase(range(kill_at, args.messages)),
         "frames received": sum(len(got) for got in received), "duplicates": duplicates, "group_send errors": errors,
         "gateway metrics": metrics, "gateway layer log lines": logs,
     }
 
 
 def main() -> None:
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout is the result
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--messages", type=int, default=2000)
