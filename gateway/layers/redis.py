@@ -53,7 +53,6 @@ state goes to ``on_health(status, detail)`` (``"ok"``, or ``"down"`` while not r
 from __future__ import annotations
 
 import asyncio
-import random
 import secrets
 import time
 from collections import Counter, deque
@@ -64,27 +63,21 @@ import msgpack
 import structlog
 from pydantic import Field
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_scripts as scripts
 from .base import BaseChannelLayer, ChannelFull, FullHook, HealthHook, LayerOptions, LayerUnavailable
 from .incidents import DropHook
-from .redis_hosts import HashRing, decode_hosts, host_label, make_client
+from .redis_hosts import FAULTS, HashRing, close_client, decode_hosts, host_label, make_client, reset_pool
+from .redis_poller import Poller, push_wakeups
 
 log = structlog.get_logger("gateway.layers.redis")
 
-BLOCK_SECONDS = 2.0
-"""Longest a receive loop blocks in one ``BLMPOP`` (bounds how long a dead socket goes unnoticed)."""
-INBOX_BATCH = 512
 UNCOUNT_DELAY = 0.02
-BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 RESTORE_POLL = 0.05
 """How often a group_send held by a restore looks again."""
 KEEP_SOON = 0.25
 """How soon a process visits a host again after a failed visit, or while others restore."""
-_FAULTS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 Buffered = tuple[int, bytes, str | None]
 """A message buffered for a channel of this process: ``(expires_ms, payload, count_inbox)``.
@@ -136,7 +129,7 @@ class _LoopState:
         self.loop = loop
         self.clients: dict[int, Redis] = {}
         self.scripts: dict[tuple[int, str], Any] = {}
-        self.pollers: dict[tuple[int, str], _Poller] = {}
+        self.pollers: dict[tuple[int, str], Poller] = {}
         self.keepers: dict[int, asyncio.Task[None]] = {}
         self.kicks: dict[int, asyncio.Event] = {}
         self.waiters: dict[str, deque[asyncio.Future[None]]] = {}
@@ -486,7 +479,7 @@ class RedisChannelLayer(BaseChannelLayer):
             for w in waiters:
                 w.cancel()
         for client in st.clients.values():
-            await _close_client(client)
+            await close_client(client)
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -546,7 +539,7 @@ class RedisChannelLayer(BaseChannelLayer):
     async def _push_back(self, st: _LoopState, shard: int, key: str, element: bytes) -> None:
         try:
             await st.client(shard).lpush(key, element)
-        except _FAULTS as exc:
+        except FAULTS as exc:
             log.warning("layer.message_lost", key=key, reason=f"could not requeue after a cancelled receive: {exc}")
 
     def _deliver_general(self, st: _LoopState, channel: str, element: bytes, now: int) -> bool:
@@ -737,9 +730,9 @@ class RedisChannelLayer(BaseChannelLayer):
             new = self._state = _LoopState(self, loop)
             self._close_with_loop(new)
             if st is not None and not st.loop.is_closed():
-                for poller in st.pollers.values():
+                for (shard, _), poller in st.pollers.items():
                     poller.stopping = True  # ...and its pops in flight, if any, are answered by this wake-up
-                    new.spawn(_push_quietly(new.client(poller.shard), poller.wake_key, poller.depth))
+                    new.spawn(push_wakeups(new.client(shard), poller.wake_key, poller.depth))
             return new
         return None
 
@@ -793,18 +786,18 @@ class RedisChannelLayer(BaseChannelLayer):
         try:
             try:
                 result = await fn(client)
-            except _FAULTS as first:
-                await _reset_pool(client)
+            except FAULTS as first:
+                await reset_pool(client)
                 if not (retry or await self._lost_data(shard, client)):
                     raise self._unavailable(shard, first, health) from first
                 try:
                     result = await fn(client)
-                except _FAULTS as exc:
-                    await _reset_pool(client)
+                except FAULTS as exc:
+                    await reset_pool(client)
                     raise self._unavailable(shard, exc, health) from exc
         finally:
             if temp is not None:
-                await _close_client(temp)
+                await close_client(temp)
         if shard in self._down and health:
             self._shard_up(shard)
         return result
@@ -815,7 +808,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return False
         try:
             return await client.get(self._epoch_key) != seen
-        except _FAULTS:
+        except FAULTS:
             return False
 
     def _unavailable(self, shard: int, exc: BaseException, health: bool) -> LayerUnavailable:
@@ -977,10 +970,11 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- receive loops ---------------------------------------------------------------------------
 
-    def _poller(self, st: _LoopState, shard: int, kind: str) -> _Poller:
+    def _poller(self, st: _LoopState, shard: int, kind: str) -> Poller:
         poller = st.pollers.get((shard, kind))
         if poller is None:
-            poller = st.pollers[(shard, kind)] = _Poller(self, st, shard, kind)
+            wake_key = f"{self.prefix}:w:{self.client_id}:{kind}:{secrets.token_hex(4)}"
+            poller = st.pollers[(shard, kind)] = Poller(_Target(self, st, shard), kind, wake_key)
         return poller
 
     def _inbox_poller(self, st: _LoopState, inbox: str) -> None:
@@ -993,237 +987,46 @@ class RedisChannelLayer(BaseChannelLayer):
             st.kicks[shard].set()  # heartbeat the new inbox now
 
 
-class _Poller:
-    """One receive loop: ``BLMPOP`` over a set of queue keys, on a connection of its own.
+class _Target:
+    """A receive loop's view of the layer: one host, one event loop (``redis_poller.PollTarget``)."""
 
-    ``general`` loops pop one message at a time from the normal channels that have receivers
-    waiting here (so other processes get the rest). ``inbox`` loops drain this process's inboxes
-    in batches, and keep a second pop queued behind the one waiting in Redis: Redis runs it the
-    moment the first is answered, so a message leaves Redis as soon as it arrives instead of
-    sitting there (where a Redis crash would lose it) until this busy event loop gets round to
-    asking again. Both pops travel on one connection, so the inbox is read in order. A change
-    of the key set wakes the blocked pops through a wake-up list of the loop's own.
-
-    A pop in flight holds messages Redis has already removed, so it is never abandoned: when
-    the loop is cancelled (its event loop is closing), it wakes its pops, takes what they
-    return into the layer's buffers, and only then ends.
-    """
-
-    def __init__(self, layer: RedisChannelLayer, st: _LoopState, shard: int, kind: str) -> None:
+    def __init__(self, layer: RedisChannelLayer, st: _LoopState, shard: int) -> None:
         self.layer = layer
         self.st = st
         self.shard = shard
-        self.kind = kind
-        self.depth = 2 if kind == "inbox" else 1
-        self.client = make_client(layer.hosts[shard], blocking=True, connect_timeout=layer.connect_timeout)
-        self.connection: Any = None
-        self.reads: deque[asyncio.Future[Any]] = deque()  # answers of the pops in flight, oldest first
-        self.unanswered: deque[asyncio.Future[Any]] = deque()  # the part of ``reads`` not read yet
-        self.reader: asyncio.Task[None] | None = None
-        self.wake_key = f"{layer.prefix}:w:{layer.client_id}:{kind}:{secrets.token_hex(4)}"
-        self.keys: dict[str, None] = {}  # insertion-ordered set
-        self.blocking_on: frozenset[str] = frozenset()
-        self.waking = False
-        self.stopping = False
-        self.blmpop = True
-        self.task = st.loop.create_task(self.run(), name=f"redis-layer-{kind}-{shard}")
+        self.host = layer.hosts[shard]
+        self.label = layer.labels[shard]
+        self.queue_prefix = layer._q
+        self.socket_timeout = layer.socket_timeout
+        self.connect_timeout = layer.connect_timeout
+        self.loop = st.loop
 
-    def want(self, key: str) -> None:
-        """Make sure the loop pops from ``key``: wake the blocked pops when they do not all cover it."""
-        if key not in self.keys:
-            self.keys[key] = None
-        if key not in self.blocking_on:
-            self.wake()
+    def current(self) -> bool:
+        return self.layer._state is self.st
 
-    def wake(self) -> None:
-        if self.waking:
-            return
-        self.waking = True
+    def waited_on(self, channel: str) -> bool:
+        return bool(self.st.general.get(channel))
 
-        async def push() -> None:
-            try:
-                await _push_quietly(self.st.client(self.shard), self.wake_key, self.depth)
-            finally:
-                self.waking = False
+    def command_client(self) -> Redis:
+        return self.st.client(self.shard)
 
-        self.st.spawn(push())
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        return self.st.spawn(coro)
 
-    def _current_keys(self) -> list[str]:
-        if self.kind == "inbox":
-            keys = list(self.keys)
-        else:
-            q = len(self.layer._q)
-            keys = [k for k in self.keys if self.st.general.get(k[q:])]
-            for k in [k for k in self.keys if not self.st.general.get(k[q:])]:
-                del self.keys[k]
-        if len(keys) > 1:  # BLMPOP serves the first non-empty key: rotate for fairness
-            shift = random.randrange(len(keys))
-            keys = keys[shift:] + keys[:shift]
-        return keys
+    def inbox(self, inbox: str, elements: list[bytes]) -> None:
+        self.layer._deliver_inbox(self.st, inbox, elements)
 
-    async def _connect(self) -> Any:
-        if self.connection is None:
-            self.connection = await self.client.connection_pool.get_connection()
-        return self.connection
-
-    async def _send_pops(self, count: int) -> None:
-        """Send pops until ``depth`` are in flight. Their answers are read, in order, by a task of
-        its own, so that cancelling this loop never cuts a read short (that drops the connection)."""
-        conn = await self._connect()
-        depth = self.depth if self.blmpop else 1
-        covered: set[str] | None = None
-        while len(self.reads) < depth:
-            keys = self._current_keys()
-            if self.blmpop:
-                await conn.send_command("BLMPOP", BLOCK_SECONDS, len(keys) + 1, self.wake_key, *keys, "LEFT", "COUNT", count)
-            else:  # Redis before 7.0
-                await conn.send_command("BLPOP", self.wake_key, *keys, BLOCK_SECONDS)
-            answer: asyncio.Future[Any] = self.st.loop.create_future()
-            self.reads.append(answer)
-            self.unanswered.append(answer)
-            covered = set(keys) if covered is None else covered & set(keys)
-        if covered is not None:
-            self.blocking_on = frozenset(covered)
-        if self.reader is None or self.reader.done():
-            self.reader = self.st.loop.create_task(self._read_answers(conn))
-
-    async def _read_answers(self, conn: Any) -> None:
-        while self.unanswered:
-            try:
-                reply = await conn.read_response(timeout=BLOCK_SECONDS + self.layer.socket_timeout)
-            except asyncio.CancelledError:  # the event loop is closing and cancels every task
-                for answer in self.unanswered:
-                    answer.cancel()
-                self.unanswered.clear()
-                raise
-            except Exception as exc:  # noqa: BLE001 - handed to the loop, which reconnects
-                for answer in self.unanswered:
-                    if not answer.done():
-                        answer.set_exception(exc)
-                self.unanswered.clear()
-                return
-            answer = self.unanswered.popleft()
-            if not answer.done():
-                answer.set_result(reply)
-
-    async def _next(self, count: int) -> Any:
-        """The oldest pop's answer as ``(key, [elements])`` or None; pops in flight are finished if this task is cancelled."""
-        read = self.reads[0]
-        try:
-            await asyncio.wait((read,))
-        except asyncio.CancelledError:
-            await self._finish()
-            raise
-        self.reads.popleft()
-        result = read.result()
-        if result is None or self.blmpop:
-            return result
-        key, element = result  # BLPOP: one element; take the rest of a batch with LPOP (6.2+)
-        elements = [element]
-        if count > 1:
-            await self.connection.send_command("LPOP", key, count - 1)
-            try:
-                more = await self.connection.read_response(timeout=self.layer.socket_timeout)
-            except ResponseError:
-                more = None  # before 6.2: one at a time
-            elements += more or []
-        return [key, elements]
-
-    async def _finish(self) -> None:
-        self.stopping = True
-        if any(not read.done() for read in self.reads):
-            try:
-                async with asyncio.timeout(self.layer.socket_timeout):
-                    await _push_quietly(self.st.client(self.shard), self.wake_key, len(self.reads))
-                    await asyncio.wait(self.reads)
-            except TimeoutError:
-                pass
-        while self.reads:
-            read = self.reads.popleft()
-            if read.done() and not read.cancelled() and read.exception() is None:
-                await self._take(read.result())
-            else:
-                read.cancel()
-
-    async def _reconnect(self) -> None:
-        """Drop the connection and the pops on it, and make a new client: a Sentinel client
-        must ask the sentinels for the master again, not reconnect to the old address."""
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
-        for read in self.reads:
-            read.cancel()
-        self.reads.clear()
-        self.unanswered.clear()
-        self.connection = None
-        await _close_client(self.client)
-        self.client = make_client(self.layer.hosts[self.shard], blocking=True, connect_timeout=self.layer.connect_timeout)
-
-    async def _take(self, result: Any) -> None:
-        """Hand what one pop returned to the layer."""
-        if result is None:
-            return
-        layer, key = self.layer, result[0].decode()
-        if key == self.wake_key:
-            return
-        elements = result[1]
-        if self.kind == "inbox":
-            layer._deliver_inbox(self.st, key[len(layer._q) :], elements)
-            return
-        channel = key[len(layer._q) :]
+    async def normal(self, key: str, channel: str, elements: list[bytes]) -> None:
         now = _now_ms()
         for element in elements:
-            if not layer._deliver_general(self.st, channel, element, now):
-                await layer._push_back(self.st, self.shard, key, element)
+            if not self.layer._deliver_general(self.st, channel, element, now):
+                await self.layer._push_back(self.st, self.shard, key, element)
 
-    async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-            await asyncio.gather(self.reader, return_exceptions=True)
-        if self.connection is not None:
-            await self.connection.disconnect()
-        await _close_client(self.client)
+    def down(self, exc: BaseException) -> None:
+        self.layer._shard_down(self.shard, exc)
 
-    async def run(self) -> None:
-        layer, st, shard = self.layer, self.st, self.shard
-        backoff = BACKOFF_FIRST
-        failed = False
-        count = INBOX_BATCH if self.kind == "inbox" else 1
-        me = asyncio.current_task()
-        assert me is not None
-        try:
-            while not self.stopping and layer._state is st and not me.cancelling():  # a library may turn a cancel into an error
-                try:
-                    if failed:
-                        await self.client.ping()
-                        failed = False
-                        await _reset_pool(st.client(shard))  # the pooled connections predate the fault
-                        layer._shard_up(shard)
-                    await self._send_pops(count)
-                    result = await self._next(count)
-                    if self.reads or not self.stopping:
-                        await self._send_pops(count)  # before handing out: the next pop waits in Redis meanwhile
-                except _FAULTS as exc:
-                    layer._shard_down(shard, exc)
-                    failed = True
-                    await self._reconnect()
-                    await asyncio.sleep(backoff * (0.5 + random.random()))
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-                    continue
-                except ResponseError as exc:
-                    await self._reconnect()
-                    if self.blmpop and "unknown command" in str(exc).lower():
-                        self.blmpop = False  # Redis before 7.0: BLPOP, then LPOP with a count (6.2+)
-                        log.warning("layer.redis_without_blmpop", host=layer.labels[shard], fallback="BLPOP")
-                        continue
-                    log.error("layer.receive_failed", host=layer.labels[shard], error=str(exc))
-                    await asyncio.sleep(BACKOFF_MAX)
-                    continue
-                backoff = BACKOFF_FIRST
-                await self._take(result)
-        finally:
-            if self.reads:
-                await self._finish()  # stopped (taken over, or closing): take what the pops in flight hold
+    def up(self) -> None:
+        self.layer._shard_up(self.shard)
 
 
 def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
@@ -1232,26 +1035,6 @@ def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
         if not waiter.done():
             waiter.set_result(None)
             return
-
-
-async def _push_quietly(client: Redis, wake_key: str, pops: int = 1) -> None:
-    """Answer ``pops`` blocked pops at once with wake-up elements; faults are the receive loop's to notice."""
-    try:
-        async with client.pipeline(transaction=False) as pipe:
-            for _ in range(pops):  # one push per pop: a pop takes every element it finds
-                pipe.lpush(wake_key, b"1")
-            pipe.pexpire(wake_key, 60_000)
-            await pipe.execute()
-    except _FAULTS:
-        pass
-
-
-async def _reset_pool(client: Redis) -> None:
-    """Drop every pooled connection: after a fault they are suspect, after a restart all dead."""
-    try:
-        await client.connection_pool.disconnect()
-    except Exception:  # noqa: BLE001 - disconnecting a broken connection must not raise
-        pass
 
 
 def _payload(element: bytes) -> bytes:
@@ -1276,13 +1059,6 @@ def _now_ms() -> int:
 def _check_message(message: Any) -> None:
     if not isinstance(message, dict):
         raise TypeError(f"a channel layer message must be a dict, not {type(message).__name__}")
-
-
-async def _close_client(client: Redis) -> None:
-    try:
-        await client.aclose(close_connection_pool=True)
-    except Exception:  # noqa: BLE001 - closing a broken connection must not raise
-        pass
 
 
 __all__ = ["ChannelFull", "LayerUnavailable", "RedisChannelLayer", "RedisLayerOptions"]
