@@ -59,12 +59,12 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import msgpack
 import structlog
 from pydantic import Field
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from . import redis_codec as codec
 from . import redis_scripts as scripts
 from .base import BaseChannelLayer, ChannelFull, FullHook, HealthHook, LayerOptions, LayerUnavailable
 from .incidents import DropHook
@@ -248,10 +248,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Queue ``message`` on ``channel``; ``ChannelFull`` at capacity, ``LayerUnavailable`` if Redis is unreachable."""
-        _check_message(message)
+        codec.check_message(message)
         self.valid_channel_name(channel)
-        payload = _pack(message)
-        now = _now_ms()
+        payload = codec.pack(message)
+        now = codec.now_ms()
         capacity = self.get_capacity(channel)
         if "!" in channel:
             inbox = self.non_local_name(channel)
@@ -266,12 +266,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 self._wake(channel)
                 return
             shard = self.ring.index(inbox)
-            element = b"%013d" % (now + self._ttl_ms) + b"c" + channel.encode() + b"\n" + payload
+            element = codec.element(now + self._ttl_ms, b"c", channel, payload)
             keys = [self._q + inbox, self._n + inbox, self._epoch_key]
             args = [now, self._ttl_ms, capacity, element, channel]
         else:
             shard = self.ring.index(channel)
-            element = b"%013d" % (now + self._ttl_ms) + b"n\n" + payload
+            element = codec.element(now + self._ttl_ms, b"n", "", payload)
             keys = [self._q + channel, self._n + channel, self._epoch_key]
             args = [now, self._ttl_ms, capacity, element, ""]
         ok, purged, epoch = await self._run(shard, "SEND", keys, args)
@@ -317,7 +317,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Add ``channel`` to ``group`` (again: renews its ``group_expiry``)."""
         self.valid_group_name(group)
         self.valid_channel_name(channel)
-        now = _now_ms()
+        now = codec.now_ms()
         if "!" not in channel:
             key = self._gn + group
 
@@ -334,7 +334,7 @@ class RedisChannelLayer(BaseChannelLayer):
         before = self._local_groups.get((inbox, group), {}).get(channel)
         if mine:  # before Redis: a group_send racing with this add must already find it here
             self._remember(inbox, group, channel, now)
-        element = b"%013d" % (now + self._ttl_ms) + b"a" + group.encode() + b"\n" + f"{channel},{now}".encode()
+        element = codec.element(now + self._ttl_ms, b"a", group, f"{channel},{now}".encode())
         try:
             await self._run(
                 self.ring.index(inbox), "GROUP_ADD",
@@ -362,7 +362,7 @@ class RedisChannelLayer(BaseChannelLayer):
             await self._call(self.ring.index(channel), lambda c: c.zrem(self._gn + group, channel), retry=True)
             return
         inbox = self.non_local_name(channel)
-        element = b"%013d" % (_now_ms() + self._ttl_ms) + b"d" + group.encode() + b"\n" + channel.encode()
+        element = codec.element(codec.now_ms() + self._ttl_ms, b"d", group, channel.encode())
         await self._run(
             self.ring.index(inbox), "GROUP_DISCARD", [self._g + group, self._gp + group, self._q + inbox, self._ig + inbox],
             [channel, inbox, element, self._ttl_ms, group], retry=True,
@@ -376,13 +376,13 @@ class RedisChannelLayer(BaseChannelLayer):
         counted and logged. While the processes re-add their memberships after Redis lost its
         data, this waits (up to ``restore_timeout``), then raises ``LayerUnavailable``.
         """
-        _check_message(message)
+        codec.check_message(message)
         self.valid_group_name(group)
-        payload = _pack(message)
-        now = _now_ms()
-        stamp = b"%013d" % (now + self._ttl_ms)
+        payload = codec.pack(message)
+        now = codec.now_ms()
+        expires = now + self._ttl_ms
         args = [
-            now, self._gexp_ms, self._ttl_ms, stamp + b"g" + group.encode() + b"\n" + payload, stamp + b"n\n" + payload,
+            now, self._gexp_ms, self._ttl_ms, codec.element(expires, b"g", group, payload), codec.element(expires, b"n", "", payload),
             self._q, self.inbox_limit, self.capacity, group, self._ig, self._dead_ms, *self._lua_caps,
         ]
         keys = [self._g + group, self._gp + group, self._gn + group, self._epoch_key, self._restoring_key, self._procs_key]
@@ -447,7 +447,7 @@ class RedisChannelLayer(BaseChannelLayer):
         Other processes drop their buffered messages and membership caches when they read the
         flush mark left in their inbox.
         """
-        args = [f"{self.prefix}:*", self._q, b"%013d" % (_now_ms() + self._ttl_ms) + b"f\n", self._ttl_ms, self._gp]
+        args = [f"{self.prefix}:*", self._q, codec.element(codec.now_ms() + self._ttl_ms, b"f"), self._ttl_ms, self._gp]
         await asyncio.gather(*(self._run(i, "FLUSH", [], args, retry=True) for i in range(self.ring.size)))
         self._local_groups.clear()
         self._buffers.clear()
@@ -487,7 +487,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._inboxes.add(self.non_local_name(channel))
         self._inbox_poller(st, self.non_local_name(channel))
         while True:
-            now = _now_ms()
+            now = codec.now_ms()
             self._maybe_sweep(st, now)
             buffer = self._buffers.get(channel)
             if buffer:
@@ -497,7 +497,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 self._forget_if_idle(st, channel)
                 if counted is not None:
                     self._give_back(st, counted, channel)
-                return _unpack(payload)
+                return codec.unpack(payload)
             waiter: asyncio.Future[None] = st.loop.create_future()
             waiters = st.waiters.setdefault(channel, deque())
             waiters.append(waiter)
@@ -534,7 +534,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 pass
             if not waiters and st.general.get(channel) is waiters:
                 del st.general[channel]
-        return _unpack(_payload(element))
+        return codec.unpack(codec.payload(element))
 
     async def _push_back(self, st: _LoopState, shard: int, key: str, element: bytes) -> None:
         try:
@@ -544,7 +544,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _deliver_general(self, st: _LoopState, channel: str, element: bytes, now: int) -> bool:
         """Hand a popped element to a waiting receiver; False when none waits (caller requeues)."""
-        if int(element[:13]) <= now:
+        if codec.expiry(element) <= now:
             self._expired(channel, 1)
             return True
         for waiter in st.general.get(channel, ()):
@@ -554,13 +554,9 @@ class RedisChannelLayer(BaseChannelLayer):
         return False
 
     def _deliver_inbox(self, st: _LoopState, inbox: str, elements: list[bytes]) -> None:
-        now = _now_ms()
+        now = codec.now_ms()
         for element in elements:
-            expires = int(element[:13])
-            kind = element[13:14]
-            nl = element.index(b"\n", 14)
-            name = element[14:nl].decode()
-            body = element[nl + 1 :]
+            expires, kind, name, body = codec.parse(element)
             if kind == b"g":
                 members = self._local_groups.get((inbox, name))
                 if not members:
@@ -908,7 +904,7 @@ class RedisChannelLayer(BaseChannelLayer):
         own = sorted(box for box in self._inboxes if self.ring.index(box) == shard)
         known = self._epochs.get(shard)
         args = [
-            secrets.token_hex(8), known or b"", _now_ms(), self._dead_ms, self._restore_ms, self._p, len(own), *own,
+            secrets.token_hex(8), known or b"", codec.now_ms(), self._dead_ms, self._restore_ms, self._p, len(own), *own,
             *self._peers.get(shard, ()),
         ]
         reply = await self._run(shard, "KEEP", [self._epoch_key, self._restoring_key, self._procs_key], args, retry=True)
@@ -936,7 +932,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Re-add the memberships of this process's ``boxes`` on ``shard``, with their join times."""
         self._restoring[shard] = f"Redis at {self.labels[shard]}: re-adding group memberships ({reason})"
         self._health_changed()
-        now = _now_ms()
+        now = codec.now_ms()
         count = 0
 
         async def call(client: Redis) -> None:
@@ -1017,7 +1013,7 @@ class _Target:
         self.layer._deliver_inbox(self.st, inbox, elements)
 
     async def normal(self, key: str, channel: str, elements: list[bytes]) -> None:
-        now = _now_ms()
+        now = codec.now_ms()
         for element in elements:
             if not self.layer._deliver_general(self.st, channel, element, now):
                 await self.layer._push_back(self.st, self.shard, key, element)
@@ -1035,30 +1031,6 @@ def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
         if not waiter.done():
             waiter.set_result(None)
             return
-
-
-def _payload(element: bytes) -> bytes:
-    return element[element.index(b"\n", 14) + 1 :]
-
-
-def _pack(message: dict[str, Any]) -> bytes:
-    try:
-        return msgpack.packb(message, use_bin_type=True)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"a Redis channel layer message must be msgpack-serialisable: {exc}") from None
-
-
-def _unpack(payload: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(payload, raw=False)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _check_message(message: Any) -> None:
-    if not isinstance(message, dict):
-        raise TypeError(f"a channel layer message must be a dict, not {type(message).__name__}")
 
 
 __all__ = ["ChannelFull", "LayerUnavailable", "RedisChannelLayer", "RedisLayerOptions"]
