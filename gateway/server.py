@@ -187,11 +187,19 @@ class Gateway:
             self.admin = None
 
     def _watch_layer(self, layer: BaseChannelLayer) -> None:
-        """Layer faults show on the health endpoint; refused messages in the metrics."""
+        """Layer faults show on the health endpoint; refused and dropped messages in the metrics."""
         full = self.metrics.counter(
             "gateway_layer_channel_full_total", "Messages the channel layer refused because a channel was full.", ("group",)
         )
         layer.on_full = lambda channel, group: full.labels(group or "").inc()
+        dropped = self.metrics.counter(
+            "gateway_layer_dropped_total",
+            "Messages the channel layer dropped, by reason: full, expired, restore_window (Redis lost its data and the "
+            "memberships were not restored in time), dead_member (the member's process died).", ("reason",),
+        )
+        for reason in layer.drops:  # every reason on /metrics from the start, at 0
+            dropped.labels(reason)
+        layer.on_drop = lambda reason, count: dropped.labels(reason).inc(count)
         layer.on_health = lambda status, detail: self.health.set("layer", status, detail)  # type: ignore[arg-type]
         self.health.set("layer", *layer.health)  # type: ignore[arg-type]
 

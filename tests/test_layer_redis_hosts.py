@@ -93,7 +93,7 @@ async def test_sharded_groups_and_channels(two_servers: list[RedisServer], prefi
         for server in two_servers:  # only the restart marker and the flush marks in inboxes remain
             client = redis.Redis.from_url(server.url)
             for key in client.keys("*"):
-                if key != f"{prefix}.epoch".encode():
+                if not key.startswith(f"{prefix}.".encode()):  # .epoch, .procs: the hosts' bookkeeping, kept by flush
                     assert key.startswith(f"{prefix}:q:".encode()) and key.endswith(b"!")
                     assert [e[13:] for e in client.lrange(key, 0, -1)] in ([b"f\n"], [])  # [] once drained
             client.close()
@@ -102,7 +102,7 @@ async def test_sharded_groups_and_channels(two_servers: list[RedisServer], prefi
             await layer.close()
 
 
-async def test_one_host_down_degrades_only_its_share(two_servers: list[RedisServer], prefix: str) -> None:
+async def test_one_host_down_fails_only_its_share(two_servers: list[RedisServer], prefix: str) -> None:
     hosts = [s.url for s in two_servers]
     layer = RedisChannelLayer(hosts=hosts, prefix=prefix)
     try:
@@ -117,7 +117,7 @@ async def test_one_host_down_degrades_only_its_share(two_servers: list[RedisServ
                 assert f"127.0.0.1:{two_servers[1].port}" in str(exc)
                 failed += 1
         assert ok and failed
-        assert layer.health[0] == "degraded"
+        assert layer.health[0] == "down" and f"127.0.0.1:{two_servers[1].port}" in layer.health[1]  # not ready
     finally:
         await layer.close()
 
@@ -136,7 +136,8 @@ def secured() -> Iterator[RedisServer]:
 def server_start_no_ping(server: RedisServer) -> None:
     """Start a server the plain PING probe cannot check (auth or TLS): wait for the port instead."""
     server.proc = subprocess.Popen(
-        [require("redis-server"), "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *server.extra],
+        [require("redis-server"), "--port", str(server.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(server.dir), *server.extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_port(server.port, server)
@@ -240,3 +241,127 @@ async def test_sentinel_host(sentinel: tuple[RedisServer, int], prefix: str) -> 
     finally:
         await a.close()
         await b.close()
+
+
+# -- faults on Sentinel and sharded hosts (issue 12) ------------------------------------------------
+
+
+async def wait_until(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def send_through_a_restart(sender: RedisChannelLayer, member: RedisChannelLayer, channels: list[str], restart: Any) -> list[int]:
+    """group_send 40 messages while ``restart()`` happens; every one that returned reached every member."""
+    returned: list[int] = []
+    for n in range(40):
+        if n == 5:
+            restart()
+        try:
+            await sender.group_send("room", {"type": "m", "n": n})
+            returned.append(n)
+        except LayerUnavailable:
+            pass
+        await asyncio.sleep(0.02)
+    for ch in channels:
+        got = [(await asyncio.wait_for(member.receive(ch), 10))["n"] for _ in returned]
+        assert got == returned, ch
+    return returned
+
+
+async def test_sentinel_master_killed_and_restarted(sentinel: tuple[RedisServer, int], prefix: str) -> None:
+    master, port = sentinel
+    host = {"sentinels": [["127.0.0.1", port]], "master_name": "mymaster"}
+    member = RedisChannelLayer(hosts=[host], prefix=prefix)
+    sender = RedisChannelLayer(hosts=[host], prefix=prefix)
+    try:
+        channels = [await member.new_channel() for _ in range(3)]
+        for ch in channels:
+            await member.group_add("room", ch)
+
+        def restart() -> None:
+            master.stop()
+            master.start()
+
+        returned = await send_through_a_restart(sender, member, channels, restart)
+        assert returned[-1] == 39 and returned[:5] == [0, 1, 2, 3, 4]
+        await wait_until(lambda: member.health == ("ok", ""))
+    finally:
+        await member.close()
+        await sender.close()
+
+
+@pytest.fixture
+def sentinel_with_replica(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer, int]]:
+    master = RedisServer().start()
+    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(master.port)).start()
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+        "sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n"
+    )
+    proc = subprocess.Popen([require("redis-server"), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        holder = RedisServer(port)
+        holder.proc = proc
+        wait_port(port, holder)
+        yield master, replica, port
+    finally:
+        proc.kill()
+        proc.wait(5)
+        replica.stop()
+        master.stop()
+
+
+async def test_sentinel_failover_to_the_replica(sentinel_with_replica: tuple[RedisServer, RedisServer, int], prefix: str) -> None:
+    """The master dies for good; Sentinel promotes the replica (it has the memberships); the layer follows."""
+    master, replica, port = sentinel_with_replica
+    host = {"sentinels": [["127.0.0.1", port]], "master_name": "mymaster"}
+    member = RedisChannelLayer(hosts=[host], prefix=prefix)
+    sender = RedisChannelLayer(hosts=[host], prefix=prefix)
+    try:
+        channel = await member.new_channel()
+        await member.group_add("room", channel)
+        await sender.group_send("room", {"type": "m", "n": 0})
+        assert (await asyncio.wait_for(member.receive(channel), 5))["n"] == 0
+        await wait_until(lambda: b"master_link_status:up" in replica.command("INFO", "replication"))
+        master.stop()
+        deadline = time.monotonic() + 30
+        while True:  # until Sentinel has promoted the replica, group_send fails (reported to the caller)
+            try:
+                await sender.group_send("room", {"type": "m", "n": 1})
+                break
+            except LayerUnavailable:
+                assert time.monotonic() < deadline, "no failover"
+                await asyncio.sleep(0.2)
+        assert (await asyncio.wait_for(member.receive(channel), 10))["n"] == 1
+        assert b"role:master" in replica.command("INFO", "replication")
+    finally:
+        await member.close()
+        await sender.close()
+
+
+async def test_one_shard_killed_and_restarted(two_servers: list[RedisServer], prefix: str) -> None:
+    hosts = [s.url for s in two_servers]
+    member = RedisChannelLayer(hosts=hosts, prefix=prefix)
+    sender = RedisChannelLayer(hosts=hosts, prefix=prefix)
+    try:
+        channels = []
+        while {member.ring.index(member.non_local_name(c)) for c in channels} != {0, 1}:  # members on both shards
+            channels.append(await member.new_channel(f"p{len(channels)}"))
+        for ch in channels:
+            await member.group_add("room", ch)
+
+        def restart() -> None:
+            two_servers[1].stop()
+            two_servers[1].start()
+
+        returned = await send_through_a_restart(sender, member, channels, restart)
+        assert returned[-1] == 39 and returned[:5] == [0, 1, 2, 3, 4]
+        await wait_until(lambda: member.health == ("ok", ""))
+    finally:
+        await member.close()
+        await sender.close()

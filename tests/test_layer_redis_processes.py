@@ -7,44 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 pytest.importorskip("redis")
 
 from gateway.layers.redis import RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, prefix, redis_server, subprocess_env  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, finish, prefix, read_line, redis_server, run_script  # noqa: E402,F401
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_script(tmp_path: Path, name: str, source: str, *args: str) -> subprocess.Popen[str]:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source))
-    return subprocess.Popen(
-        [sys.executable, str(path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        cwd=str(ROOT), env=subprocess_env(),
-    )
-
-
-async def read_line(proc: subprocess.Popen[str], timeout: float = 15) -> dict[str, Any]:
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout)
-    if not line:
-        raise AssertionError(f"process exited: {proc.wait()} {proc.stderr.read() if proc.stderr else ''}")
-    return json.loads(line)
-
-
-def finish(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(10)
 
 
 MEMBER = """

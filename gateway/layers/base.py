@@ -9,11 +9,14 @@ from __future__ import annotations
 import abc
 import fnmatch
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
+
+from .incidents import DROP_REASONS, DropHook, Incidents
 
 log = structlog.get_logger("gateway.layers")
 
@@ -43,7 +46,8 @@ class LayerUnavailable(ConnectionError):
 FullHook = Callable[[str, str | None], None]
 """``on_full(channel, group)``: a message was refused because ``channel`` is full."""
 HealthHook = Callable[[str, str], None]
-"""``on_health(status, detail)``: the layer's state changed (``"ok"``/``"degraded"``)."""
+"""``on_health(status, detail)``: the layer's state changed: ``"ok"``, ``"degraded"`` (part of it
+works), or ``"down"`` (not ready: its service is unreachable, or it is restoring state)."""
 
 
 class InvalidChannelName(TypeError):
@@ -71,6 +75,8 @@ class BaseChannelLayer(abc.ABC):
     """Set by the gateway to count refused messages in its metrics."""
     on_health: HealthHook | None
     """Set by the gateway to report the layer's state on the health endpoint."""
+    on_drop: DropHook | None
+    """Set by the gateway to count dropped messages by reason in its metrics."""
     health: tuple[str, str] = ("ok", "")
     """The layer's current ``(status, detail)``."""
 
@@ -85,14 +91,15 @@ class BaseChannelLayer(abc.ABC):
         channel_capacity: Mapping[str, int] | None = None,
         on_full: FullHook | None = None,
         on_health: HealthHook | None = None,
+        on_drop: DropHook | None = None,
         **kwargs: Any,
     ) -> None:
         self.on_full = on_full
         self.on_health = on_health
-        self.full_drops = 0
-        """Messages ``group_send`` could not queue for a member because its channel was full."""
-        self.expired_drops = 0
-        """Messages dropped because nobody received them within ``expiry`` seconds."""
+        self.on_drop = on_drop
+        self.drops: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+        """Messages dropped so far, by reason (``DROP_REASONS``)."""
+        self._incidents = Incidents()
         self.expiry = expiry
         self.group_expiry = group_expiry
         self.capacity = capacity
@@ -101,10 +108,35 @@ class BaseChannelLayer(abc.ABC):
             for pattern, cap in (channel_capacity or {}).items()
         ]
 
-    def _count_full(self, channel: str, group: str | None) -> None:
-        """A message was not queued because ``channel`` is full: counted, logged, reported."""
-        self.full_drops += 1
-        log.warning("layer.channel_full", channel=channel, group=group, capacity=self.get_capacity(channel))
+    @property
+    def full_drops(self) -> int:
+        """Messages ``group_send`` could not queue for a member because its channel was full."""
+        return self.drops["full"]
+
+    @property
+    def expired_drops(self) -> int:
+        """Messages dropped because nobody received them within ``expiry`` seconds."""
+        return self.drops["expired"]
+
+    def _count_drops(self, reason: str, number: int) -> None:
+        """``number`` messages were dropped for ``reason``: counted, and passed to ``on_drop``."""
+        self.drops[reason] += number
+        if self.on_drop is not None:
+            try:
+                self.on_drop(reason, number)
+            except Exception as exc:  # noqa: BLE001 - a broken hook must not break the layer
+                log.error("layer.drop_hook_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _drop(self, reason: str, number: int, event: str, subject: Any, /, **fields: Any) -> None:
+        """``number`` messages were dropped: counted and reported always, logged once per incident."""
+        self._count_drops(reason, number)
+        if self._incidents.opens((event, subject)):
+            log.warning(event, **fields)
+
+    def _count_full(self, channel: str, group: str | None, **fields: Any) -> None:
+        """A message was not queued because ``channel`` is full: counted, reported, logged once per incident."""
+        fields = fields or {"capacity": self.get_capacity(channel)}
+        self._drop("full", 1, "layer.channel_full", channel, channel=channel, group=group, **fields)
         if self.on_full is not None:
             self.on_full(channel, group)
 

@@ -25,12 +25,7 @@ from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from .base import BaseChannelLayer, ChannelFull
-
-log = structlog.get_logger("gateway.layers.memory")
-
 
 
 @dataclass(slots=True, eq=False)
@@ -200,11 +195,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
             state.messages.popleft()
             dropped += 1
         if dropped:
-            self.expired_drops += dropped
             groups = sorted(self._member_of.get(channel, ()))
             for group in groups:
                 self._leave(group, channel)
-            log.warning("layer.message_expired", channel=channel, count=dropped, left_groups=groups)
+            self._drop("expired", dropped, "layer.message_expired", channel, channel=channel, count=dropped, left_groups=groups)
 
     def _leave(self, group: str, channel: str) -> None:
         members = self._groups.get(group)

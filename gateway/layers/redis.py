@@ -26,57 +26,63 @@ How it works (see ``redis_scripts`` for keys and the wire format):
   (``ChannelFull`` at capacity, as channels_redis, but per channel where channels_redis counts
   per process), and its process checks room for a group message when the message arrives.
   A group member that is full misses the message, as in Channels, but it is counted
-  (``full_drops``), passed to ``on_full`` and logged at warning (``layer.channel_full``) where
-  it is detected; never dropped silently. An inbox holding ``inbox_limit`` unread elements (a
-  process that stopped reading) makes its members full, so a dead process cannot grow Redis.
+  (``drops["full"]``), passed to ``on_full``/``on_drop`` and logged at warning
+  (``layer.channel_full``, once per incident) where it is detected; never dropped silently.
+  An inbox holding ``inbox_limit`` unread elements (a process that stopped reading) makes its
+  members full, so a dead process cannot grow Redis.
 * **Expiry**: every message carries its deadline; expired messages are dropped where they are
-  found (``expired_drops``, ``layer.message_expired``), and, as in Channels, a channel of this
-  process whose message expired unread leaves the groups this process added it to.
+  found (``drops["expired"]``, ``layer.message_expired``), and, as in Channels, a channel of this
+  process whose message expired unread leaves its groups (group messages queued before that
+  are still delivered: the leave travels through the same ordered inbox).
+* **Event loops**: messages buffered for this process's channels belong to the layer; clients,
+  receive loops and waiting receivers belong to one event loop, and the loop that calls next
+  takes over from one that is closed or idle (sync code runs each call on a new loop).
 
-Faults: commands are not retried (a retried push could deliver twice; delivery is at most
-once). When Redis is unreachable, ``send``/``group_send``/``group_add``/``group_discard`` raise
-``LayerUnavailable`` at once (a ``ConnectionError``) naming the host; receive loops keep
-running, retry with exponential backoff (50 ms doubling to 2 s, with jitter), and receivers
-simply wait. When Redis comes back empty (restart without persistence), every process re-adds
-the group memberships of its own channels, with their original join times (a marker key,
-``<prefix>.epoch``, tells "came back empty" from "connection blipped"). The
-layer's state is reported through ``on_health(status, detail)`` (``"ok"``/``"degraded"``).
+Faults (docs/layers.md, "Faults", says the same for users): a call that meets an unreachable
+Redis raises ``LayerUnavailable`` naming the host; it is made once more on a fresh connection
+only when that cannot deliver twice (idempotent calls; ``send``/``group_send`` when Redis lost
+its data meanwhile). Receive loops retry with backoff and receivers simply wait. A keeper per
+host and event loop heartbeats this process's inboxes (``<prefix>.procs``), removes processes
+silent for ``dead_after``, and notices a Redis that lost its data (``<prefix>.epoch`` gone):
+every process then re-adds its own memberships, and ``group_send`` waits while any process it
+knew alive has not (``<prefix>.restoring``), for ``restore_timeout`` at most. Every dropped
+message is counted by reason (``drops``, ``on_drop``), logged once per incident; the layer's
+state goes to ``on_health(status, detail)`` (``"ok"``, or ``"down"`` while not ready).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import re
 import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import structlog
 from pydantic import Field
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import redis_codec as codec
 from . import redis_scripts as scripts
 from .base import BaseChannelLayer, ChannelFull, FullHook, HealthHook, LayerOptions, LayerUnavailable
-from .redis_hosts import HashRing, decode_hosts, host_label, make_client
+from .incidents import DropHook
+from .redis_hosts import FAULTS, HashRing, close_client, decode_hosts, host_label, make_client, reset_pool
+from .redis_poller import Poller, push_wakeups
 
 log = structlog.get_logger("gateway.layers.redis")
 
-BLOCK_SECONDS = 2.0
-"""Longest a receive loop blocks in one ``BLMPOP`` (bounds how long a dead socket goes unnoticed)."""
-INBOX_BATCH = 512
 UNCOUNT_DELAY = 0.02
-BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
-_OTHER_PROCESS = re.compile(r".*\.[0-9a-f]{12}!")
-"""The inbox of a channel another RedisChannelLayer made (``<prefix>.<12 hex>!``)."""
-_FAULTS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+RESTORE_POLL = 0.05
+"""How often a group_send held by a restore looks again."""
+KEEP_SOON = 0.25
+"""How soon a process visits a host again after a failed visit, or while others restore."""
+
+Buffered = tuple[int, bytes, str | None]
+"""A message buffered for a channel of this process: ``(expires_ms, payload, count_inbox)``.
+
+``count_inbox`` is set for messages that ``send`` counted in Redis: receiving one gives the count back."""
 
 
 class RedisLayerOptions(LayerOptions):
@@ -93,33 +99,40 @@ class RedisLayerOptions(LayerOptions):
     inbox_limit: int = Field(
         1000, ge=1,
         description="Unread elements (group messages and membership notices) a process's inbox holds before group_send counts its members as full "
-        "(bounds memory for a process that died without leaving its groups).",
+        "(bounds memory for a process that stopped reading).",
+    )
+    dead_after: float = Field(
+        30, gt=0,
+        description="Seconds without a heartbeat after which a process counts as dead: a live process then removes its group memberships "
+        "and its inbox (the messages queued there are counted as dropped, reason dead_member). Processes heartbeat every dead_after/6 "
+        "while their event loop runs.",
+    )
+    restore_timeout: float = Field(
+        5, gt=0,
+        description="After Redis lost its data (a restart without persistence), the longest group_send waits for the processes to re-add "
+        "their memberships before it raises LayerUnavailable (counted as dropped, reason restore_window); also how long the list of "
+        "processes still restoring lasts when this process writes it.",
     )
     socket_timeout: float = Field(5, gt=0, description="Seconds to wait for Redis to answer a command before it fails.")
     connect_timeout: float = Field(2, gt=0, description="Seconds to wait for a connection to Redis.")
 
 
-@dataclass(slots=True, eq=False)
-class _Local:
-    """A channel of this process: ``(expires_ms, payload, count_inbox)`` in arrival order, and waiting receivers.
-
-    ``count_inbox`` is set for messages that ``send`` counted in Redis: receiving one gives the count back.
-    """
-
-    messages: deque[tuple[int, bytes, str | None]] = field(default_factory=deque)
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-
-
 class _LoopState:
-    """Everything bound to one event loop: clients, receive loops, local buffers, waiters."""
+    """What is bound to one event loop: clients, receive loops, keepers, waiting receivers.
+
+    Messages buffered for this process's channels belong to the layer, not to a loop: sync code
+    calls the layer from a new loop each time, and a message must outlive the loop that got it.
+    """
 
     def __init__(self, layer: RedisChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
         self.layer = layer
         self.loop = loop
         self.clients: dict[int, Redis] = {}
         self.scripts: dict[tuple[int, str], Any] = {}
-        self.pollers: dict[tuple[int, str], _Poller] = {}
-        self.local: dict[str, _Local] = {}
+        self.pollers: dict[tuple[int, str], Poller] = {}
+        self.keepers: dict[int, asyncio.Task[None]] = {}
+        self.kicks: dict[int, asyncio.Event] = {}
+        self.waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self.general: dict[str, deque[asyncio.Future[bytes]]] = {}
         self.uncount: dict[int, dict[str, Counter[str]]] = {}
         self.uncount_task: asyncio.Task[None] | None = None
@@ -163,10 +176,13 @@ class RedisChannelLayer(BaseChannelLayer):
         channel_capacity: Mapping[str, int] | None = None,
         url: str | None = None,
         inbox_limit: int = 1000,
+        dead_after: float = 30,
+        restore_timeout: float = 5,
         socket_timeout: float = 5,
         connect_timeout: float = 2,
         on_full: FullHook | None = None,
         on_health: HealthHook | None = None,
+        on_drop: DropHook | None = None,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("symmetric_encryption_keys"):
@@ -178,7 +194,7 @@ class RedisChannelLayer(BaseChannelLayer):
             raise TypeError(f"unknown RedisChannelLayer option(s): {', '.join(unknown)}")
         super().__init__(
             expiry=expiry, group_expiry=group_expiry, capacity=capacity, channel_capacity=channel_capacity,
-            on_full=on_full, on_health=on_health,
+            on_full=on_full, on_health=on_health, on_drop=on_drop,
         )
         if not isinstance(prefix, str) or not prefix:
             raise ValueError("prefix must be a non-empty str")
@@ -189,26 +205,41 @@ class RedisChannelLayer(BaseChannelLayer):
         self.ring = HashRing(self.labels)
         self.prefix = prefix
         self.inbox_limit = inbox_limit
+        self.dead_after = dead_after
+        self.restore_timeout = restore_timeout
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self.client_id = secrets.token_hex(6)
+        self._own = f".{self.client_id}!"
         self._ttl_ms = max(int(expiry * 1000), 1)
         self._gexp_ms = max(int(group_expiry * 1000), 1)
+        self._dead_ms = max(int(dead_after * 1000), 1)
+        self._restore_ms = max(int(restore_timeout * 1000), 1)
+        self._beat = dead_after / 6
+        self._p = f"{prefix}:"
         self._q = f"{prefix}:q:"
         self._n = f"{prefix}:n:"
         self._g = f"{prefix}:g:"
         self._gp = f"{prefix}:gp:"
         self._gn = f"{prefix}:gn:"
+        self._ig = f"{prefix}:ig:"
         self._epoch_key = f"{prefix}.epoch"
+        self._restoring_key = f"{prefix}.restoring"
+        self._procs_key = f"{prefix}.procs"
         self._lua_caps: list[Any] = []
         for pattern, cap in (channel_capacity or {}).items():
             self._lua_caps += [scripts.glob_to_lua(pattern), cap]
         self._inboxes: set[str] = set()
         self._local_groups: dict[tuple[str, str], dict[str, int]] = {}  # (own inbox, group) -> {channel: joined_ms}
+        self._buffers: dict[str, deque[Buffered]] = {}
+        self._leaving: set[str] = set()
         self._down: dict[int, str] = {}
-        self._epochs: dict[int, bytes] = {}
+        self._restoring: dict[int, str] = {}
+        self._epochs: dict[int, bytes] = {}  # per host: the epoch this process's memberships were last written under
+        self._seen: dict[int, bytes] = {}  # per host: the epoch any reply last carried
+        self._peers: dict[int, list[str]] = {}  # per host: other processes' inboxes seen alive
+        self._beaten: dict[int, set[str]] = {}  # per host: own inboxes heartbeated under the current epoch
         self._state: _LoopState | None = None
-        self._closed = False
 
     def __str__(self) -> str:
         return f"{type(self).__name__}(hosts={self.labels}, prefix={self.prefix!r})"
@@ -217,32 +248,35 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Queue ``message`` on ``channel``; ``ChannelFull`` at capacity, ``LayerUnavailable`` if Redis is unreachable."""
-        _check_message(message)
+        codec.check_message(message)
         self.valid_channel_name(channel)
-        payload = _pack(message)
-        now = _now_ms()
+        payload = codec.pack(message)
+        now = codec.now_ms()
         capacity = self.get_capacity(channel)
         if "!" in channel:
             inbox = self.non_local_name(channel)
             st = self._state_here()
             if inbox in self._inboxes and st is not None:
                 self._maybe_sweep(st, now)
-                local = self._local(st, channel)
-                self._purge_local(st, channel, local, now)
-                if len(local.messages) >= capacity:
+                buffer = self._buffer(channel)
+                self._purge_local(st, channel, buffer, now)
+                if len(buffer) >= capacity:
                     raise ChannelFull(channel)
-                local.messages.append((now + self._ttl_ms, payload, None))
-                _wake_one(local)
+                buffer.append((now + self._ttl_ms, payload, None))
+                self._wake(channel)
                 return
             shard = self.ring.index(inbox)
-            element = b"%013d" % (now + self._ttl_ms) + b"c" + channel.encode() + b"\n" + payload
-            keys = [self._q + inbox, self._n + inbox]
+            element = codec.element(now + self._ttl_ms, b"c", channel, payload)
+            keys = [self._q + inbox, self._n + inbox, self._epoch_key]
             args = [now, self._ttl_ms, capacity, element, channel]
         else:
             shard = self.ring.index(channel)
-            element = b"%013d" % (now + self._ttl_ms) + b"n\n" + payload
-            keys, args = [self._q + channel], [now, self._ttl_ms, capacity, element, ""]
-        ok, purged = await self._run(shard, "SEND", keys, args)
+            element = codec.element(now + self._ttl_ms, b"n", "", payload)
+            keys = [self._q + channel, self._n + channel, self._epoch_key]
+            args = [now, self._ttl_ms, capacity, element, ""]
+        ok, purged, epoch = await self._run(shard, "SEND", keys, args)
+        if epoch:
+            self._seen[shard] = epoch
         if purged:
             self._expired(channel, purged)
         if not ok:
@@ -252,9 +286,15 @@ class RedisChannelLayer(BaseChannelLayer):
         """Wait for, remove and return the oldest unexpired message on ``channel``.
 
         Several receivers of a normal channel, in this process or others, are each given a
-        different message. A process-specific channel is received in the process that made it.
+        different message. A process-specific channel is received only by the layer whose
+        ``new_channel`` made it; any other name with a ``!`` is refused at once.
         """
         self.valid_channel_name(channel)
+        if "!" in channel and not self.non_local_name(channel).endswith(self._own):
+            raise ValueError(
+                f"{channel!r} was not made by this layer's new_channel() (another process, another layer instance, "
+                "or by hand); a process-specific channel is received only where new_channel() created it"
+            )
         st = self._receive_state()
         if "!" in channel:
             return await self._receive_local(st, channel)
@@ -277,7 +317,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """Add ``channel`` to ``group`` (again: renews its ``group_expiry``)."""
         self.valid_group_name(group)
         self.valid_channel_name(channel)
-        now = _now_ms()
+        now = codec.now_ms()
         if "!" not in channel:
             key = self._gn + group
 
@@ -287,18 +327,19 @@ class RedisChannelLayer(BaseChannelLayer):
                     pipe.pexpire(key, self._gexp_ms)
                     await pipe.execute()
 
-            await self._call(self.ring.index(channel), call)
+            await self._call(self.ring.index(channel), call, retry=True)
             return
         inbox = self.non_local_name(channel)
         mine = inbox in self._inboxes
         before = self._local_groups.get((inbox, group), {}).get(channel)
         if mine:  # before Redis: a group_send racing with this add must already find it here
             self._remember(inbox, group, channel, now)
-        element = b"%013d" % (now + self._ttl_ms) + b"a" + group.encode() + b"\n" + f"{channel},{now}".encode()
+        element = codec.element(now + self._ttl_ms, b"a", group, f"{channel},{now}".encode())
         try:
             await self._run(
-                self.ring.index(inbox), "GROUP_ADD", [self._g + group, self._gp + group, self._q + inbox],
-                [channel, now, self._gexp_ms, self._ttl_ms, inbox, element],
+                self.ring.index(inbox), "GROUP_ADD",
+                [self._g + group, self._gp + group, self._q + inbox, self._ig + inbox, self._procs_key],
+                [channel, now, self._gexp_ms, self._ttl_ms, inbox, element, group], retry=True,
             )
         except BaseException:
             if mine:
@@ -309,18 +350,22 @@ class RedisChannelLayer(BaseChannelLayer):
             raise
 
     async def group_discard(self, group: str, channel: str) -> None:
-        """Remove ``channel`` from ``group``; a no-op when it is not a member."""
+        """Remove ``channel`` from ``group``; a no-op when it is not a member.
+
+        The owning process forgets the membership when the notice reaches it through its inbox,
+        after every group message queued before the discard: those are still delivered, as in
+        channels_redis.
+        """
         self.valid_group_name(group)
         self.valid_channel_name(channel)
         if "!" not in channel:
-            await self._call(self.ring.index(channel), lambda c: c.zrem(self._gn + group, channel))
+            await self._call(self.ring.index(channel), lambda c: c.zrem(self._gn + group, channel), retry=True)
             return
         inbox = self.non_local_name(channel)
-        self._forget(inbox, group, channel)
-        element = b"%013d" % (_now_ms() + self._ttl_ms) + b"d" + group.encode() + b"\n" + channel.encode()
+        element = codec.element(codec.now_ms() + self._ttl_ms, b"d", group, channel.encode())
         await self._run(
-            self.ring.index(inbox), "GROUP_DISCARD", [self._g + group, self._gp + group, self._q + inbox],
-            [channel, inbox, element, self._ttl_ms],
+            self.ring.index(inbox), "GROUP_DISCARD", [self._g + group, self._gp + group, self._q + inbox, self._ig + inbox],
+            [channel, inbox, element, self._ttl_ms, group], retry=True,
         )
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
@@ -328,25 +373,71 @@ class RedisChannelLayer(BaseChannelLayer):
 
         The script pushes one element per member process (expanded there) and one per
         normal-channel member. A member whose channel is full is skipped (Channels' rule),
-        counted and logged.
+        counted and logged. While the processes re-add their memberships after Redis lost its
+        data, this waits (up to ``restore_timeout``), then raises ``LayerUnavailable``.
         """
-        _check_message(message)
+        codec.check_message(message)
         self.valid_group_name(group)
-        payload = _pack(message)
-        now = _now_ms()
-        stamp = b"%013d" % (now + self._ttl_ms)
+        payload = codec.pack(message)
+        now = codec.now_ms()
+        expires = now + self._ttl_ms
         args = [
-            now, self._gexp_ms, self._ttl_ms, stamp + b"g" + group.encode() + b"\n" + payload, stamp + b"n\n" + payload,
-            self._q, self.inbox_limit, self.capacity, *self._lua_caps,
+            now, self._gexp_ms, self._ttl_ms, codec.element(expires, b"g", group, payload), codec.element(expires, b"n", "", payload),
+            self._q, self.inbox_limit, self.capacity, group, self._ig, self._dead_ms, *self._lua_caps,
         ]
-        keys = [self._g + group, self._gp + group, self._gn + group]
+        keys = [self._g + group, self._gp + group, self._gn + group, self._epoch_key, self._restoring_key, self._procs_key]
         if self.ring.size == 1:
-            results = [await self._run(0, "GROUP_SEND", keys, args)]
+            await self._group_send_shard(0, group, keys, args)
         else:
-            results = await asyncio.gather(*(self._run(i, "GROUP_SEND", keys, args) for i in range(self.ring.size)))
-        for full in results:
-            for channel in full:
-                self._count_full(channel.decode(), group)
+            await asyncio.gather(*(self._group_send_shard(i, group, keys, args) for i in range(self.ring.size)))
+
+    async def _group_send_shard(self, shard: int, group: str, keys: list[str], args: list[Any]) -> None:
+        deadline: float | None = None
+        while True:
+            reply = await self._run(shard, "GROUP_SEND", keys, args)
+            status = reply[0]
+            if status == b"ok":
+                self._seen[shard] = reply[1]
+                for i in range(2, len(reply), 2):
+                    self._missed(reply[i].decode(), reply[i + 1], group)
+                return
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.restore_timeout
+            if status == b"noepoch" and await self._keep_now(shard):
+                continue  # this process met the host anew: it claims it (and restores, if it must)
+            if now >= deadline:
+                if status == b"noepoch":
+                    await self._claim_fresh_host(shard)
+                    continue
+                self._drop(
+                    "restore_window", 1, "layer.restore_window", shard, host=self.labels[shard], group=group,
+                    reason="group memberships were still being restored after Redis lost its data",
+                )
+                raise LayerUnavailable(
+                    f"channel layer: Redis at {self.labels[shard]} lost its data and the group memberships were not all restored "
+                    f"within {self.restore_timeout}s; group_send to {group!r} was not queued there"
+                )
+            await asyncio.sleep(RESTORE_POLL)
+
+    def _missed(self, name: str, why: bytes, group: str) -> None:
+        if why == b"c":
+            self._count_full(name, group)
+        elif why == b"i":
+            self._count_full(name, group, inbox_limit=self.inbox_limit, reason="inbox full: its process is not reading")
+        else:
+            self._drop(
+                "dead_member", 1, "layer.dead_member", name, inbox=name, group=group,
+                reason=f"its process has not heartbeated for {self.dead_after}s",
+            )
+
+    async def _claim_fresh_host(self, shard: int) -> None:
+        """No process with channels claimed a host that has no epoch: take it for a new, empty Redis."""
+        await self._call(shard, lambda c: c.set(self._epoch_key, secrets.token_hex(8), nx=True), retry=True)
+        log.warning(
+            "layer.epoch_created", host=self.labels[shard],
+            reason=f"no process with channels met this Redis within restore_timeout ({self.restore_timeout}s); taken for a new one",
+        )
 
     # -- Flush extension and lifecycle -----------------------------------------------------------
 
@@ -356,14 +447,12 @@ class RedisChannelLayer(BaseChannelLayer):
         Other processes drop their buffered messages and membership caches when they read the
         flush mark left in their inbox.
         """
-        args = [f"{self.prefix}:*", self._q, b"%013d" % (_now_ms() + self._ttl_ms) + b"f\n", self._ttl_ms, self._gp]
-        await asyncio.gather(*(self._run(i, "FLUSH", [], args) for i in range(self.ring.size)))
+        args = [f"{self.prefix}:*", self._q, codec.element(codec.now_ms() + self._ttl_ms, b"f"), self._ttl_ms, self._gp]
+        await asyncio.gather(*(self._run(i, "FLUSH", [], args, retry=True) for i in range(self.ring.size)))
         self._local_groups.clear()
+        self._buffers.clear()
         st = self._state
         if st is not None:
-            for channel, local in list(st.local.items()):
-                local.messages.clear()
-                self._forget_if_idle(st, channel, local)
             st.uncount.clear()
 
     async def close(self) -> None:
@@ -380,58 +469,48 @@ class RedisChannelLayer(BaseChannelLayer):
 
     async def _close_state(self, st: _LoopState) -> None:
         pollers = list(st.pollers.values())
-        for poller in pollers:
-            poller.stopping = True
-        for poller in pollers:
-            poller.task.cancel()
-        for task in list(st.tasks):
+        tasks = [*(p.task for p in pollers), *st.keepers.values()]
+        for task in [*tasks, *st.tasks]:
             task.cancel()
-        await asyncio.gather(*(p.task for p in pollers), *st.tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, *st.tasks, return_exceptions=True)
         for poller in pollers:
-            await _close_client(poller.client)
-        for waiters in st.general.values():
+            await poller.close()
+        for waiters in [*st.general.values(), *st.waiters.values()]:
             for w in waiters:
                 w.cancel()
-        for local in st.local.values():
-            for w in local.waiters:
-                w.cancel()
         for client in st.clients.values():
-            await _close_client(client)
+            await close_client(client)
 
     # -- receiving -------------------------------------------------------------------------------
 
     async def _receive_local(self, st: _LoopState, channel: str) -> dict[str, Any]:
-        inbox = self.non_local_name(channel)
-        if inbox not in self._inboxes and _OTHER_PROCESS.fullmatch(inbox):
-            raise ValueError(
-                f"{channel!r} was made by another process (or layer instance); a process-specific channel "
-                "is received only where new_channel() created it"
-            )
-        self._inboxes.add(inbox)
-        self._inbox_poller(st, inbox)
+        self._inboxes.add(self.non_local_name(channel))
+        self._inbox_poller(st, self.non_local_name(channel))
         while True:
-            now = _now_ms()
+            now = codec.now_ms()
             self._maybe_sweep(st, now)
-            local = self._local(st, channel)
-            self._purge_local(st, channel, local, now)
-            if local.messages:
-                _, payload, counted = local.messages.popleft()
-                self._forget_if_idle(st, channel, local)
+            buffer = self._buffers.get(channel)
+            if buffer:
+                self._purge_local(st, channel, buffer, now)
+            if buffer:
+                _, payload, counted = buffer.popleft()
+                self._forget_if_idle(st, channel)
                 if counted is not None:
                     self._give_back(st, counted, channel)
-                return _unpack(payload)
+                return codec.unpack(payload)
             waiter: asyncio.Future[None] = st.loop.create_future()
-            local.waiters.append(waiter)
+            waiters = st.waiters.setdefault(channel, deque())
+            waiters.append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
                 try:
-                    local.waiters.remove(waiter)
+                    waiters.remove(waiter)
                 except ValueError:
                     pass
-                if waiter.done() and not waiter.cancelled() and local.messages:
-                    _wake_one(local)
-                self._forget_if_idle(st, channel, local)
+                if waiter.done() and not waiter.cancelled() and self._buffers.get(channel):
+                    self._wake(channel)  # it was woken for a message: pass the turn on
+                self._forget_if_idle(st, channel)
                 raise
 
     async def _receive_general(self, st: _LoopState, channel: str) -> dict[str, Any]:
@@ -455,17 +534,17 @@ class RedisChannelLayer(BaseChannelLayer):
                 pass
             if not waiters and st.general.get(channel) is waiters:
                 del st.general[channel]
-        return _unpack(_payload(element))
+        return codec.unpack(codec.payload(element))
 
     async def _push_back(self, st: _LoopState, shard: int, key: str, element: bytes) -> None:
         try:
             await st.client(shard).lpush(key, element)
-        except _FAULTS as exc:
+        except FAULTS as exc:
             log.warning("layer.message_lost", key=key, reason=f"could not requeue after a cancelled receive: {exc}")
 
     def _deliver_general(self, st: _LoopState, channel: str, element: bytes, now: int) -> bool:
         """Hand a popped element to a waiting receiver; False when none waits (caller requeues)."""
-        if int(element[:13]) <= now:
+        if codec.expiry(element) <= now:
             self._expired(channel, 1)
             return True
         for waiter in st.general.get(channel, ()):
@@ -475,17 +554,13 @@ class RedisChannelLayer(BaseChannelLayer):
         return False
 
     def _deliver_inbox(self, st: _LoopState, inbox: str, elements: list[bytes]) -> None:
-        now = _now_ms()
+        now = codec.now_ms()
         for element in elements:
-            expires = int(element[:13])
-            kind = element[13:14]
-            nl = element.index(b"\n", 14)
-            name = element[14:nl].decode()
-            body = element[nl + 1 :]
+            expires, kind, name, body = codec.parse(element)
             if kind == b"g":
                 members = self._local_groups.get((inbox, name))
                 if not members:
-                    continue
+                    continue  # no channel of this process is in the group (any more): nobody to deliver to
                 if expires <= now:
                     self._expired(f"group:{name}", len(members))
                     continue
@@ -493,23 +568,22 @@ class RedisChannelLayer(BaseChannelLayer):
                     if now - joined >= self._gexp_ms:
                         self._forget(inbox, name, channel)
                         continue
-                    local = self._local(st, channel)
-                    self._purge_local(st, channel, local, now)
-                    if len(local.messages) >= self.get_capacity(channel):
+                    buffer = self._buffer(channel)
+                    self._purge_local(st, channel, buffer, now)
+                    if len(buffer) >= self.get_capacity(channel):
                         self._count_full(channel, name)
-                        self._forget_if_idle(st, channel, local)
+                        self._forget_if_idle(st, channel)
                         continue
-                    local.messages.append((expires, body, None))
-                    _wake_one(local)
+                    buffer.append((expires, body, None))
+                    self._wake(channel)
             elif kind == b"c":
                 if expires <= now:
                     self._give_back(st, inbox, name)
                     self._expired(name, 1)
-                    self._leave_groups(name)
+                    self._leave_groups(st, name)
                     continue
-                local = self._local(st, name)
-                local.messages.append((expires, body, inbox))
-                _wake_one(local)
+                self._buffer(name).append((expires, body, inbox))
+                self._wake(name)
             elif kind == b"a":
                 channel, _, joined = body.decode().rpartition(",")
                 self._remember(inbox, name, channel, int(joined))
@@ -518,10 +592,9 @@ class RedisChannelLayer(BaseChannelLayer):
             elif kind == b"f":
                 for key in [k for k in self._local_groups if k[0] == inbox]:
                     del self._local_groups[key]
-                for channel, local in list(st.local.items()):
-                    if channel.startswith(inbox):
-                        local.messages.clear()
-                        self._forget_if_idle(st, channel, local)
+                for channel in [c for c in self._buffers if c.startswith(inbox)]:
+                    self._buffers[channel].clear()
+                    self._forget_if_idle(st, channel)
 
     # -- membership cache (the groups of this process's channels) ------------------------------
 
@@ -535,37 +608,79 @@ class RedisChannelLayer(BaseChannelLayer):
             if not members:
                 del self._local_groups[(inbox, group)]
 
+    def _leave_groups(self, st: _LoopState, channel: str) -> None:
+        """As in Channels: a channel whose message expired unread leaves its groups."""
+        inbox = self.non_local_name(channel)
+        groups = sorted(g for (box, g), members in self._local_groups.items() if box == inbox and channel in members)
+        if not groups or channel in self._leaving:
+            return
+        self._leaving.add(channel)
+        log.warning("layer.channel_left_groups", channel=channel, groups=groups, reason="message expired unread")
+
+        async def leave() -> None:
+            try:
+                for group in groups:
+                    await self.group_discard(group, channel)
+            except LayerUnavailable:
+                pass  # still a member: its next expired message tries again
+            finally:
+                self._leaving.discard(channel)
+
+        st.spawn(leave())
+
     # -- local buffers -----------------------------------------------------------------------------
 
-    def _local(self, st: _LoopState, channel: str) -> _Local:
-        local = st.local.get(channel)
-        if local is None:
-            local = st.local[channel] = _Local()
-        return local
+    def _buffer(self, channel: str) -> deque[Buffered]:
+        buffer = self._buffers.get(channel)
+        if buffer is None:
+            buffer = self._buffers[channel] = deque()
+        return buffer
 
-    def _purge_local(self, st: _LoopState, channel: str, local: _Local, now: int) -> None:
+    def _wake(self, channel: str) -> None:
+        """Wake one receiver waiting on ``channel`` in the loop that receives now (any thread)."""
+        st = self._state
+        if st is None or not st.waiters.get(channel):
+            return
+        try:
+            here = asyncio.get_running_loop() is st.loop
+        except RuntimeError:
+            here = False
+        if here:
+            _wake_one(st.waiters[channel])
+            return
+        try:
+            st.loop.call_soon_threadsafe(self._wake, channel)
+        except RuntimeError:
+            pass  # that loop is closed: its receivers are gone
+
+    def _purge_local(self, st: _LoopState, channel: str, buffer: deque[Buffered], now: int) -> None:
         dropped = 0
-        while local.messages and local.messages[0][0] <= now:
-            _, _, counted = local.messages.popleft()
+        while buffer and buffer[0][0] <= now:
+            _, _, counted = buffer.popleft()
             if counted is not None:
                 self._give_back(st, counted, channel)
             dropped += 1
         if dropped:
             self._expired(channel, dropped)
-            self._leave_groups(channel)
+            self._leave_groups(st, channel)
 
-    def _forget_if_idle(self, st: _LoopState, channel: str, local: _Local) -> None:
-        if not local.messages and not local.waiters and st.local.get(channel) is local:
-            del st.local[channel]
+    def _forget_if_idle(self, st: _LoopState, channel: str) -> None:
+        waiters = st.waiters.get(channel)
+        if waiters is not None and not waiters:
+            del st.waiters[channel]
+            waiters = None
+        buffer = self._buffers.get(channel)
+        if buffer is not None and not buffer and waiters is None:
+            del self._buffers[channel]
 
     def _maybe_sweep(self, st: _LoopState, now: int) -> None:
         """Expire every local buffer at most once per expiry period (channels nobody reads again)."""
         if now < st.next_sweep:
             return
         st.next_sweep = now + self._ttl_ms
-        for channel, local in list(st.local.items()):
-            self._purge_local(st, channel, local, now)
-            self._forget_if_idle(st, channel, local)
+        for channel, buffer in list(self._buffers.items()):
+            self._purge_local(st, channel, buffer, now)
+            self._forget_if_idle(st, channel)
 
     def _give_back(self, st: _LoopState, inbox: str, channel: str) -> None:
         """A counted message left the inbox's channel: lower its count in Redis (batched)."""
@@ -590,45 +705,31 @@ class RedisChannelLayer(BaseChannelLayer):
                 except (LayerUnavailable, ResponseError):
                     pass  # counts live no longer than the messages (they expire with them)
 
-    def _leave_groups(self, channel: str) -> None:
-        """As in Channels: a channel whose message expired unread leaves its groups."""
-        inbox = self.non_local_name(channel)
-        groups = sorted(g for (box, g), members in self._local_groups.items() if box == inbox and channel in members)
-        st = self._state_here()
-        if not groups or st is None:
-            return
-        log.warning("layer.channel_left_groups", channel=channel, groups=groups, reason="message expired unread")
-
-        async def leave() -> None:
-            for group in groups:
-                try:
-                    await self.group_discard(group, channel)
-                except LayerUnavailable:
-                    self._forget(self.non_local_name(channel), group, channel)
-
-        st.spawn(leave())
-
     # -- accounting ------------------------------------------------------------------------------
 
     def _expired(self, channel: str, count: int) -> None:
-        self.expired_drops += count
-        log.warning("layer.message_expired", channel=channel, count=count)
+        self._drop("expired", count, "layer.message_expired", channel, channel=channel, count=count)
 
-    # -- connections, scripts, health --------------------------------------------------------------
-
-    def _queue_name(self, channel: str) -> str:
-        return self.non_local_name(channel) if "!" in channel else channel
+    # -- event loops -------------------------------------------------------------------------------
 
     def _state_here(self) -> _LoopState | None:
-        """The state of the running loop, or None when this call runs on another live loop."""
+        """The state of the running loop, or None when this call runs on another live loop.
+
+        A loop that is closed or not running any more (the last ``async_to_sync`` call's, an idle
+        ``asyncio.Runner``'s) hands over to the running one; its receive loops stop popping.
+        """
         loop = asyncio.get_running_loop()
         st = self._state
         if st is not None and st.loop is loop:
             return st
         if st is None or st.loop.is_closed() or not st.loop.is_running():
-            self._state = st = _LoopState(self, loop)
-            self._close_with_loop(st)
-            return st
+            new = self._state = _LoopState(self, loop)
+            self._close_with_loop(new)
+            if st is not None and not st.loop.is_closed():
+                for (shard, _), poller in st.pollers.items():
+                    poller.stopping = True  # ...and its pops in flight, if any, are answered by this wake-up
+                    new.spawn(push_wakeups(new.client(shard), poller.wake_key, poller.depth))
+            return new
         return None
 
     def _close_with_loop(self, st: _LoopState) -> None:
@@ -663,52 +764,84 @@ class RedisChannelLayer(BaseChannelLayer):
             raise RuntimeError("two event loops are receiving on one RedisChannelLayer at once; receive on one loop only")
         return st
 
-    async def _call(self, shard: int, fn: Callable[[Redis], Any], health: bool = True) -> Any:
-        """Run ``fn(client)`` against ``shard``; connection faults become ``LayerUnavailable``."""
+    # -- connections, scripts, health --------------------------------------------------------------
+
+    async def _call(self, shard: int, fn: Callable[[Redis], Any], *, retry: bool = False, health: bool = True) -> Any:
+        """Run ``fn(client)`` against ``shard``; connection faults become ``LayerUnavailable``.
+
+        A fault drops every pooled connection to the host (after a restart they are all dead) and
+        the call is made once more on a fresh one when that cannot deliver twice: ``retry`` (the
+        call is idempotent), or Redis lost its data meanwhile (whatever the first attempt did is
+        gone with it).
+        """
         st = self._state_here()
         temp = None
         if st is None:  # a call from another loop (async_to_sync from a Django view): own client
             temp = make_client(self.hosts[shard], socket_timeout=self.socket_timeout, connect_timeout=self.connect_timeout)
-            client = temp
-        else:
-            client = st.client(shard)
+        client = temp or st.client(shard)  # type: ignore[union-attr]
         try:
-            result = await fn(client)
-        except _FAULTS as exc:
-            if health:
-                self._shard_down(shard, exc)
-            raise LayerUnavailable(f"channel layer: Redis at {self.labels[shard]} is unreachable ({type(exc).__name__}: {exc})") from exc
+            try:
+                result = await fn(client)
+            except FAULTS as first:
+                await reset_pool(client)
+                if not (retry or await self._lost_data(shard, client)):
+                    raise self._unavailable(shard, first, health) from first
+                try:
+                    result = await fn(client)
+                except FAULTS as exc:
+                    await reset_pool(client)
+                    raise self._unavailable(shard, exc, health) from exc
         finally:
             if temp is not None:
-                await _close_client(temp)
+                await close_client(temp)
         if shard in self._down and health:
             self._shard_up(shard)
         return result
 
-    async def _run(self, shard: int, name: str, keys: list[Any], args: list[Any], health: bool = True) -> Any:
+    async def _lost_data(self, shard: int, client: Redis) -> bool:
+        seen = self._seen.get(shard)
+        if seen is None:
+            return False
+        try:
+            return await client.get(self._epoch_key) != seen
+        except FAULTS:
+            return False
+
+    def _unavailable(self, shard: int, exc: BaseException, health: bool) -> LayerUnavailable:
+        if health:
+            self._shard_down(shard, exc)
+        return LayerUnavailable(f"channel layer: Redis at {self.labels[shard]} is unreachable ({type(exc).__name__}: {exc})")
+
+    async def _run(self, shard: int, name: str, keys: list[Any], args: list[Any], *, retry: bool = False, health: bool = True) -> Any:
         source = getattr(scripts, name)
         st = self._state_here()
         if st is None:
-            return await self._call(shard, lambda c: c.eval(source, len(keys), *keys, *args), health)
+            return await self._call(shard, lambda c: c.eval(source, len(keys), *keys, *args), retry=retry, health=health)
         script = st.script(shard, name)
-        return await self._call(shard, lambda c: script(keys=keys, args=args), health)
+        return await self._call(shard, lambda c: script(keys=keys, args=args), retry=retry, health=health)
 
     def _shard_down(self, shard: int, exc: BaseException) -> None:
         if shard in self._down:
             return
-        detail = f"Redis at {self.labels[shard]} unreachable: {type(exc).__name__}: {exc}"
-        self._down[shard] = detail
+        self._down[shard] = f"Redis at {self.labels[shard]} unreachable: {type(exc).__name__}: {exc}"
         log.warning("layer.redis_unreachable", host=self.labels[shard], error=f"{type(exc).__name__}: {exc}")
-        self._set_health("degraded", "; ".join(self._down.values()))
+        self._health_changed()
 
     def _shard_up(self, shard: int) -> None:
         if self._down.pop(shard, None) is None:
             return
         log.info("layer.redis_reconnected", host=self.labels[shard])
-        if self._down:
-            self._set_health("degraded", "; ".join(self._down.values()))
-        else:
-            self._set_health("ok", "")
+        st = self._state
+        if st is not None and shard in st.keepers:  # not ready until it knows whether Redis lost its data
+            self._restoring.setdefault(shard, f"Redis at {self.labels[shard]}: checking whether it lost its data")
+            self._kick(st, shard)
+        self._health_changed()
+
+    def _health_changed(self) -> None:
+        problems = [*self._down.values(), *self._restoring.values()]
+        status = ("down", "; ".join(problems)) if problems else ("ok", "")
+        if status != self.health:
+            self._set_health(*status)
 
     def _set_health(self, status: str, detail: str) -> None:
         self.health = (status, detail)
@@ -718,208 +851,186 @@ class RedisChannelLayer(BaseChannelLayer):
             except Exception as exc:  # noqa: BLE001 - a broken hook must not break the layer
                 log.error("layer.health_hook_failed", error=f"{type(exc).__name__}: {exc}")
 
-    async def _check_epoch(self, st: _LoopState, shard: int, client: Redis) -> None:
-        """Notice that a host lost its data (restart without persistence) and re-add memberships."""
-        token = secrets.token_hex(8).encode()
-        await client.set(self._epoch_key, token, nx=True)
-        current = await client.get(self._epoch_key)
-        known = self._epochs.get(shard)
-        self._epochs[shard] = current
-        if known is None or known == current:
+    # -- keepers: epoch, heartbeat, dead processes, restore -----------------------------------
+
+    def _kick(self, st: _LoopState, shard: int) -> None:
+        kick = st.kicks.get(shard)
+        if kick is None:
             return
-        now = _now_ms()
+        try:
+            here = asyncio.get_running_loop() is st.loop
+        except RuntimeError:
+            here = False
+        if here:
+            kick.set()
+        else:
+            try:
+                st.loop.call_soon_threadsafe(kick.set)
+            except RuntimeError:
+                pass
+
+    async def _keeper(self, st: _LoopState, shard: int) -> None:
+        """Visit the host every dead_after/6: heartbeat, remove dead processes, notice lost data."""
+        kick = st.kicks[shard]
+        me = asyncio.current_task()
+        assert me is not None
+        while self._state is st:
+            try:
+                soon = await self._keep(st, shard)
+            except LayerUnavailable:
+                soon = True
+            except ResponseError as exc:
+                log.error("layer.keep_failed", host=self.labels[shard], error=str(exc))
+                soon = False
+            if me.cancelling():  # a library may turn a cancel into an error: stop all the same
+                return
+            try:
+                async with asyncio.timeout(KEEP_SOON if soon else self._beat):
+                    await kick.wait()
+            except TimeoutError:
+                pass
+            kick.clear()
+
+    async def _keep_now(self, shard: int) -> bool:
+        """Visit ``shard`` now if this process keeps it (has channels there); False when it does not."""
+        st = self._state_here()
+        if st is None or shard not in st.keepers:
+            return False
+        await self._keep(st, shard)
+        return True
+
+    async def _keep(self, st: _LoopState, shard: int) -> bool:
+        """One visit; True when the next one should come soon (others are still restoring)."""
+        own = sorted(box for box in self._inboxes if self.ring.index(box) == shard)
+        known = self._epochs.get(shard)
+        args = [
+            secrets.token_hex(8), known or b"", codec.now_ms(), self._dead_ms, self._restore_ms, self._p, len(own), *own,
+            *self._peers.get(shard, ()),
+        ]
+        reply = await self._run(shard, "KEEP", [self._epoch_key, self._restoring_key, self._procs_key], args, retry=True)
+        epoch, added, alive, pending = reply[0], [b.decode() for b in reply[1]], reply[2], reply[3]
+        self._peers[shard] = [box for box in (b.decode() for b in alive) if box not in own]
+        if known is not None and epoch != known:
+            await self._restore(shard, own, "Redis lost its data")
+            pending = await self._call(shard, lambda c: c.hlen(self._restoring_key), retry=True)
+        else:
+            revived = [box for box in added if box in self._beaten.get(shard, ())]
+            if revived:
+                await self._restore(shard, revived, f"this process was taken for dead (no heartbeat for {self.dead_after}s)")
+        self._epochs[shard] = self._seen[shard] = epoch
+        self._beaten[shard] = set(own)
+        for i in range(4, len(reply), 3):
+            self._reaped(shard, reply[i].decode(), reply[i + 1], reply[i + 2])
+        if pending:
+            self._restoring[shard] = f"Redis at {self.labels[shard]} lost its data: {pending} process(es) still re-adding memberships"
+        else:
+            self._restoring.pop(shard, None)
+        self._health_changed()
+        return bool(pending)
+
+    async def _restore(self, shard: int, boxes: list[str], reason: str) -> None:
+        """Re-add the memberships of this process's ``boxes`` on ``shard``, with their join times."""
+        self._restoring[shard] = f"Redis at {self.labels[shard]}: re-adding group memberships ({reason})"
+        self._health_changed()
+        now = codec.now_ms()
         count = 0
-        for (inbox, group), members in list(self._local_groups.items()):
-            if self.ring.index(inbox) != shard:
-                continue
-            args: list[Any] = [inbox, self._gexp_ms]
-            for channel, joined in members.items():
-                if now - joined < self._gexp_ms:
-                    args += [channel, joined]
-            if len(args) > 2:
-                await client.eval(scripts.READD, 2, self._g + group, self._gp + group, *args)
-                count += (len(args) - 2) // 2
-        log.warning("layer.memberships_restored", host=self.labels[shard], memberships=count, reason="Redis lost its data")
+
+        async def call(client: Redis) -> None:
+            nonlocal count
+            count = 0
+            async with client.pipeline(transaction=False) as pipe:
+                for (inbox, group), members in list(self._local_groups.items()):
+                    if inbox not in boxes:
+                        continue
+                    args: list[Any] = [inbox, self._gexp_ms, group]
+                    for channel, joined in members.items():
+                        if now - joined < self._gexp_ms:
+                            args += [channel, joined]
+                    if len(args) > 3:
+                        pipe.eval(scripts.READD, 3, self._g + group, self._gp + group, self._ig + inbox, *args)
+                        count += (len(args) - 3) // 2
+                if boxes:
+                    pipe.hdel(self._restoring_key, *boxes)
+                await pipe.execute()
+
+        await self._call(shard, call, retry=True)
+        log.warning("layer.memberships_restored", host=self.labels[shard], memberships=count, reason=reason)
+
+    def _reaped(self, shard: int, inbox: str, memberships: int, dropped: int) -> None:
+        log.warning(
+            "layer.dead_process_removed", host=self.labels[shard], inbox=inbox, memberships=memberships, dropped=dropped,
+            reason=f"no heartbeat for {self.dead_after}s",
+        )
+        if dropped:
+            self._count_drops("dead_member", dropped)
 
     # -- receive loops ---------------------------------------------------------------------------
 
-    def _poller(self, st: _LoopState, shard: int, kind: str) -> _Poller:
+    def _poller(self, st: _LoopState, shard: int, kind: str) -> Poller:
         poller = st.pollers.get((shard, kind))
         if poller is None:
-            poller = st.pollers[(shard, kind)] = _Poller(self, st, shard, kind)
+            wake_key = f"{self.prefix}:w:{self.client_id}:{kind}:{secrets.token_hex(4)}"
+            poller = st.pollers[(shard, kind)] = Poller(_Target(self, st, shard), kind, wake_key)
         return poller
 
     def _inbox_poller(self, st: _LoopState, inbox: str) -> None:
-        self._poller(st, self.ring.index(inbox), "inbox").want(self._q + inbox)
+        shard = self.ring.index(inbox)
+        self._poller(st, shard, "inbox").want(self._q + inbox)
+        if shard not in st.keepers:
+            st.kicks[shard] = asyncio.Event()
+            st.keepers[shard] = st.loop.create_task(self._keeper(st, shard), name=f"redis-layer-keeper-{shard}")
+        elif inbox not in self._beaten.get(shard, ()):
+            st.kicks[shard].set()  # heartbeat the new inbox now
 
 
-class _Poller:
-    """One receive loop: one connection, one ``BLMPOP`` over a set of queue keys at a time.
+class _Target:
+    """A receive loop's view of the layer: one host, one event loop (``redis_poller.PollTarget``)."""
 
-    ``general`` loops pop one message at a time from the normal channels that have receivers
-    waiting here (so other processes get the rest); ``inbox`` loops drain this process's inboxes
-    in batches. A change of the key set wakes the blocked pop through a wake-up list.
-    """
-
-    def __init__(self, layer: RedisChannelLayer, st: _LoopState, shard: int, kind: str) -> None:
+    def __init__(self, layer: RedisChannelLayer, st: _LoopState, shard: int) -> None:
         self.layer = layer
         self.st = st
         self.shard = shard
-        self.kind = kind
-        self.client = make_client(layer.hosts[shard], blocking=True, connect_timeout=layer.connect_timeout)
-        self.wake_key = f"{layer.prefix}:w:{layer.client_id}:{kind}"
-        self.keys: dict[str, None] = {}  # insertion-ordered set
-        self.blocking_on: frozenset[str] = frozenset()
-        self.waking = False
-        self.stopping = False
-        self.blmpop = True
-        self.lpop_count = True
-        self.task = st.loop.create_task(self.run(), name=f"redis-layer-{kind}-{shard}")
+        self.host = layer.hosts[shard]
+        self.label = layer.labels[shard]
+        self.queue_prefix = layer._q
+        self.socket_timeout = layer.socket_timeout
+        self.connect_timeout = layer.connect_timeout
+        self.loop = st.loop
 
-    def want(self, key: str) -> None:
-        """Make sure the loop pops from ``key``: wake the blocked pop when it does not cover it."""
-        if key not in self.keys:
-            self.keys[key] = None
-        if key not in self.blocking_on:
-            self.wake()
+    def current(self) -> bool:
+        return self.layer._state is self.st
 
-    def wake(self) -> None:
-        if self.waking:
-            return
-        self.waking = True
+    def waited_on(self, channel: str) -> bool:
+        return bool(self.st.general.get(channel))
 
-        async def push() -> None:
-            try:
-                async with self.st.client(self.shard).pipeline(transaction=False) as pipe:
-                    pipe.lpush(self.wake_key, b"1")
-                    pipe.pexpire(self.wake_key, 60_000)
-                    await pipe.execute()
-            except _FAULTS:
-                pass  # the loop is reconnecting and recomputes its keys anyway
-            finally:
-                self.waking = False
+    def command_client(self) -> Redis:
+        return self.st.client(self.shard)
 
-        self.st.spawn(push())
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        return self.st.spawn(coro)
 
-    def _current_keys(self) -> list[str]:
-        if self.kind == "inbox":
-            keys = list(self.keys)
-        else:
-            q = len(self.layer._q)
-            keys = [k for k in self.keys if self.st.general.get(k[q:])]
-            for k in [k for k in self.keys if not self.st.general.get(k[q:])]:
-                del self.keys[k]
-        if len(keys) > 1:  # BLMPOP serves the first non-empty key: rotate for fairness
-            shift = random.randrange(len(keys))
-            keys = keys[shift:] + keys[:shift]
-        return keys
+    def inbox(self, inbox: str, elements: list[bytes]) -> None:
+        self.layer._deliver_inbox(self.st, inbox, elements)
 
-    async def _pop(self, keys: list[str], count: int) -> Any:
-        """``(key, [elements])`` from the first non-empty key (wake-up list first), or None."""
-        if self.blmpop:
-            return await self.client.blmpop(BLOCK_SECONDS, len(keys) + 1, self.wake_key, *keys, direction="LEFT", count=count)
-        popped = await self.client.blpop([self.wake_key, *keys], timeout=BLOCK_SECONDS)
-        if popped is None:
-            return None
-        key, element = popped
-        elements = [element]
-        if count > 1 and self.lpop_count:
-            try:
-                more = await self.client.lpop(key, count - 1)
-            except ResponseError:
-                self.lpop_count = False  # before 6.2
-            else:
-                elements += more or []
-        return [key, elements]
+    async def normal(self, key: str, channel: str, elements: list[bytes]) -> None:
+        now = codec.now_ms()
+        for element in elements:
+            if not self.layer._deliver_general(self.st, channel, element, now):
+                await self.layer._push_back(self.st, self.shard, key, element)
 
-    async def run(self) -> None:
-        layer, st, shard = self.layer, self.st, self.shard
-        backoff = BACKOFF_FIRST
-        need_check = True
-        count = INBOX_BATCH if self.kind == "inbox" else 1
-        while not self.stopping:
-            keys = self._current_keys()
-            self.blocking_on = frozenset(keys)
-            try:
-                if need_check:
-                    await asyncio.wait_for(layer._check_epoch(st, shard, self.client), layer.socket_timeout + layer.connect_timeout)
-                    need_check = False
-                    layer._shard_up(shard)
-                result = await asyncio.wait_for(self._pop(keys, count), BLOCK_SECONDS + layer.socket_timeout)
-            except asyncio.CancelledError:
-                raise
-            except _FAULTS as exc:
-                layer._shard_down(shard, exc)
-                need_check = True
-                try:
-                    await self.client.connection.disconnect()  # type: ignore[union-attr]
-                except Exception:  # noqa: BLE001
-                    pass
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, BACKOFF_MAX)
-                continue
-            except ResponseError as exc:
-                if self.blmpop and "unknown command" in str(exc).lower():
-                    self.blmpop = False  # Redis before 7.0: BLPOP, then LPOP with a count (6.2+)
-                    log.warning("layer.redis_without_blmpop", host=layer.labels[shard], fallback="BLPOP")
-                    continue
-                log.error("layer.receive_failed", host=layer.labels[shard], error=str(exc))
-                await asyncio.sleep(BACKOFF_MAX)
-                continue
-            backoff = BACKOFF_FIRST
-            if result is None:
-                continue
-            key = result[0].decode()
-            if key == self.wake_key:
-                continue
-            elements = result[1]
-            if self.kind == "inbox":
-                layer._deliver_inbox(st, key[len(layer._q) :], elements)
-                continue
-            channel = key[len(layer._q) :]
-            now = _now_ms()
-            for element in elements:
-                if not layer._deliver_general(st, channel, element, now):
-                    await layer._push_back(st, shard, key, element)
+    def down(self, exc: BaseException) -> None:
+        self.layer._shard_down(self.shard, exc)
+
+    def up(self) -> None:
+        self.layer._shard_up(self.shard)
 
 
-def _wake_one(local: _Local) -> None:
-    while local.waiters:
-        waiter = local.waiters.popleft()
+def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
+    while waiters:
+        waiter = waiters.popleft()
         if not waiter.done():
             waiter.set_result(None)
             return
-
-
-def _payload(element: bytes) -> bytes:
-    return element[element.index(b"\n", 14) + 1 :]
-
-
-def _pack(message: dict[str, Any]) -> bytes:
-    try:
-        return msgpack.packb(message, use_bin_type=True)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"a Redis channel layer message must be msgpack-serialisable: {exc}") from None
-
-
-def _unpack(payload: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(payload, raw=False)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _check_message(message: Any) -> None:
-    if not isinstance(message, dict):
-        raise TypeError(f"a channel layer message must be a dict, not {type(message).__name__}")
-
-
-async def _close_client(client: Redis) -> None:
-    try:
-        await client.aclose(close_connection_pool=True)
-    except Exception:  # noqa: BLE001 - closing a broken connection must not raise
-        pass
 
 
 __all__ = ["ChannelFull", "LayerUnavailable", "RedisChannelLayer", "RedisLayerOptions"]

@@ -22,12 +22,18 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
+import asyncio
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 POINTS_PER_HOST = 160
 DEFAULT_HOST = "redis://127.0.0.1:6379/0"
+FAULTS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+"""What a call to an unreachable, dead or stalled Redis raises."""
 
 
 def decode_hosts(hosts: Any) -> list[dict[str, Any]]:
@@ -101,6 +107,21 @@ def make_client(host: dict[str, Any], *, blocking: bool = False, socket_timeout:
             client.single_connection_client = True
         return client
     return Redis(**kwargs)
+
+
+async def reset_pool(client: Redis) -> None:
+    """Drop every pooled connection: after a fault they are suspect, after a restart all dead."""
+    try:
+        await client.connection_pool.disconnect()
+    except Exception:  # noqa: BLE001 - disconnecting a broken connection must not raise
+        pass
+
+
+async def close_client(client: Redis) -> None:
+    try:
+        await client.aclose(close_connection_pool=True)
+    except Exception:  # noqa: BLE001 - closing a broken connection must not raise
+        pass
 
 
 class HashRing:
