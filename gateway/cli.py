@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
@@ -54,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="restart when a .py or .yaml file changes under the working directory, the config's folder or python_path (development)")
     run.add_argument("--workers", type=int, default=1, metavar="N",
                      help="run N gateway processes sharing the listeners (reuse_port) and the layer (needs a shared layer, e.g. redis)")
+    run.add_argument("--pid-file", metavar="PATH", help="write the process id here, for `gateway reload`")
     run.set_defaults(func=_run)
+
+    reload = sub.add_parser("reload", help="make a running gateway re-read its config (SIGHUP to the pid in --pid-file)")
+    reload.add_argument("--pid-file", required=True, metavar="PATH", help="the file `gateway run --pid-file` wrote")
+    reload.set_defaults(func=_reload)
 
     check = sub.add_parser("check", help="validate a config file without starting anything")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
@@ -93,7 +101,35 @@ def _run(args: argparse.Namespace) -> int:
     install_loop(args.loop)
     from .server import Gateway
 
-    asyncio.run(Gateway(plan).serve())
+    with _pid_file(args.pid_file):
+        asyncio.run(Gateway(plan, config_path=None if args.app else args.config).serve())
+    return 0
+
+
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    """``--pid-file``: where ``gateway reload`` finds the process to signal."""
+    if path is None:
+        yield
+        return
+    Path(path).write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+
+
+def _reload(args: argparse.Namespace) -> int:
+    try:
+        pid = int(Path(args.pid_file).read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise GatewayError(f"--pid-file {args.pid_file}: no gateway pid there ({exc}); start it with gateway run --pid-file") from None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise GatewayError(f"no process {pid} (from {args.pid_file}): is the gateway running?") from None
+    print(f"gateway: asked process {pid} to reload its config (it logs gateway.reloaded or gateway.reload_failed)")
     return 0
 
 

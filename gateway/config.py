@@ -146,6 +146,7 @@ class Plan:
     layer_options: dict[str, Any]
     django: bool = False
     """Django is set up: the gateway's layer is also Channels' ``get_channel_layer()``."""
+    loader: app_loading.AppLoader | None = None
 
     @property
     def router(self) -> ProtocolTypeRouter:
@@ -169,17 +170,20 @@ class Plan:
                 yield protocol, route
 
 
-def load(path: str | Path) -> Plan:
-    """Load and validate a config file into a ``Plan``; raises ``ConfigError``."""
+def load(path: str | Path, *, loader: app_loading.AppLoader | None = None) -> Plan:
+    """Load and validate a config file into a ``Plan``; raises ``ConfigError``.
+
+    ``loader``: the running plan's, on reload, so an ``app:`` named before is the same object
+    (its lifespan goes on) and only new ones are imported."""
     path = Path(path)
-    return build(load_file(path), path.parent)
+    return build(load_file(path), path.parent, loader=loader)
 
 
 def loads(text: str, name: str = "<string>", base_dir: Path | None = None) -> Plan:
     return build(load_text(text, name), base_dir or Path.cwd())
 
 
-def build(source: Source, base_dir: Path) -> Plan:
+def build(source: Source, base_dir: Path, *, loader: app_loading.AppLoader | None = None) -> Plan:
     config = _validate(GatewayConfig, source.data, source, ())
     assert isinstance(config, GatewayConfig)
     app_loading.add_to_path([str((base_dir / p).resolve()) for p in config.python_path] + [str(base_dir.resolve())])
@@ -187,10 +191,14 @@ def build(source: Source, base_dir: Path) -> Plan:
     adapters = _discover(config, source, base_dir)
     plans = _adapter_plans(config, source, adapters)
     _check_listeners(plans, source)
-    loader = app_loading.AppLoader(django=django, django_static=config.django.static if config.django else "auto")
+    if loader is None:
+        loader = app_loading.AppLoader(django=django, django_static=config.django.static if config.django else "auto")
     routers = _routers(config, source, plans, adapters, loader, django)
+    for ap in plans:  # every protocol served has a router, empty or not, so a reload can fill it
+        for scope_type in ap.cls.scope_types:
+            routers.setdefault(scope_type, Router([]))
     layer_class, options = _layer(config, source, django)
-    return Plan(config, source, plans, routers, layer_class, options, django=django)
+    return Plan(config, source, plans, routers, layer_class, options, django=django, loader=loader)
 
 
 def _django(config: GatewayConfig, source: Source) -> bool:

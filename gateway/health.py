@@ -37,6 +37,12 @@ class Health:
     def set(self, name: str, status: Status, detail: str = "") -> None:
         self.components[name] = Component(status, detail)
 
+    def forget(self, prefix: str) -> None:
+        """Drop a component and its parts (``adapter.mqtt`` and ``adapter.mqtt.broker``): the
+        adapter was removed or is being replaced on reload."""
+        for name in [n for n in self.components if n == prefix or n.startswith(prefix + ".")]:
+            del self.components[name]
+
     @property
     def status(self) -> Status:
         worst: Status = "ok"

@@ -57,10 +57,15 @@ class Lifespan:
         self._running: list[_AppLifespan] = []
 
     async def startup(self) -> None:
+        await self.extend(self._routes)
+
+    async def extend(self, routes: Iterable[Route]) -> None:
+        """Start the lifespan of every application of ``routes`` not running yet; every route
+        gets its application's state. On reload: the apps kept go on, new ones start."""
         if self.mode == "off":
             return
-        seen: dict[int, _AppLifespan] = {}
-        for route in self._routes:
+        seen: dict[int, _AppLifespan] = {id(e.app): e for e in self._running}
+        for route in routes:
             endpoint = route.endpoint
             assert endpoint is not None
             entry = seen.get(id(endpoint))
@@ -71,6 +76,13 @@ class Lifespan:
                     continue
                 self._running.append(entry)
             route.state = entry.state
+
+    async def retire(self, keep: Iterable[Route]) -> None:
+        """Shut down the lifespan of the applications no route of ``keep`` names any more."""
+        kept = {id(route.endpoint) for route in keep}
+        gone = [e for e in self._running if id(e.app) not in kept]
+        self._running = [e for e in self._running if id(e.app) in kept]
+        await self._shut_down(gone)
 
     async def _start_one(self, entry: _AppLifespan) -> bool:
         entry.task = asyncio.get_running_loop().create_task(entry.run())
@@ -99,6 +111,9 @@ class Lifespan:
 
     async def shutdown(self) -> None:
         running, self._running = self._running, []
+        await self._shut_down(running)
+
+    async def _shut_down(self, running: list[_AppLifespan]) -> None:
         for entry in reversed(running):
             await entry.inbox.put({"type": "lifespan.shutdown"})
             try:

@@ -51,6 +51,11 @@ class Mounts:
         self.items.append(Mount(prefix, app, owner, tuple(scope_types), required))
         self.items.sort(key=lambda m: len(m.prefix), reverse=True)
 
+    def remove_owned_by(self, adapter: str) -> None:
+        """Forget what an adapter mounted (owners are ``name`` or ``name:detail``), before it is
+        started again with new settings on reload."""
+        self.items = [m for m in self.items if m.owner != adapter and not m.owner.startswith(adapter + ":")]
+
     def find(self, path: str, scope_type: str = "http") -> Mount | None:
         for m in self.items:
             if scope_type in m.scope_types and m.matches(path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .health import Health
 from .layers import set_channel_layer
 from .layers.base import BaseChannelLayer
 from .lifespan import Lifespan
+from .reload import Reloader
 from .metrics import Metrics
 from .mounts import Mounts
 from .plugins import Adapter, AdapterContext
@@ -43,8 +44,13 @@ class Gateway:
     ``gw.addresses`` tells what each adapter bound (port 0 resolved).
     """
 
-    def __init__(self, plan: config_mod.Plan) -> None:
+    def __init__(
+        self, plan: config_mod.Plan, *, config_path: str | Path | None = None,
+        adjust: Callable[[config_mod.Plan], config_mod.Plan] | None = None,
+    ) -> None:
         self.plan = plan
+        self.reloader = Reloader(self, config_path, adjust) if config_path is not None else None
+        """Set for a gateway built from a file: SIGHUP (or ``reload()``) re-reads it."""
         cfg = plan.config
         self.metrics = Metrics()
         self.health = Health()
@@ -67,6 +73,9 @@ class Gateway:
             startup_timeout=cfg.lifespan.startup_timeout, shutdown_timeout=cfg.lifespan.shutdown_timeout,
         )
         self._outbound: list[asyncio.Task[None]] = []
+        self._outbound_of: dict[str, list[asyncio.Task[None]]] = {}
+        self._reloads: set[asyncio.Task[bool]] = set()
+        self._reload_pending = False
         self._channels = ChannelsBinding() if plan.django else None
         self._stop_requested: asyncio.Event | None = None
         self._force = False
@@ -77,7 +86,7 @@ class Gateway:
     # -- construction --------------------------------------------------------------------
     @classmethod
     def from_file(cls, path: str | Path) -> Gateway:
-        return cls(config_mod.load(path))
+        return cls(config_mod.load(path), config_path=path)
 
     @classmethod
     def from_text(cls, text: str, base_dir: str | Path | None = None) -> Gateway:
@@ -120,19 +129,7 @@ class Gateway:
             raise
         try:
             for ap in self.plan.adapters:
-                context = AdapterContext(
-                    name=ap.name, router=self.router, runner=self.runner, layer=self.layer,
-                    metrics=self.metrics, mounts=self.mounts, health=self.health,
-                    log=structlog.get_logger(f"gateway.adapters.{ap.name}").bind(adapter=ap.name),
-                )
-                adapter = ap.cls(ap.config, context)
-                self.adapters[ap.name] = adapter
-                try:
-                    await adapter.start()
-                except (OSError, StartupError) as exc:
-                    raise StartupError(self._with_env_hint(ap.name, exc)) from exc
-                self.health.set(f"adapter.{ap.name}", "ok")
-                log.info("adapter.started", adapter=ap.name, addresses=adapter.addresses)
+                await self.start_adapter(ap)
             unserved = self.mounts.unserved()
             if unserved:
                 wanted = ", ".join(f"{m.owner} at {m.prefix!r}" for m in unserved)
@@ -148,11 +145,44 @@ class Gateway:
                 raise StartupError(str(exc)) from exc
             raise
         for adapter in self.adapters.values():
-            for channel in adapter.outbound_channels:
-                self._outbound.append(asyncio.get_running_loop().create_task(self._deliver(adapter, channel)))
+            self.relay_outbound(adapter)
         self.started = True
         self.health.phase = "serving"
         log.info("gateway.started", addresses=self.addresses, layer=str(self.layer))
+
+    async def start_adapter(self, ap: config_mod.AdapterPlan) -> Adapter:
+        context = AdapterContext(
+            name=ap.name, router=self.router, runner=self.runner, layer=self.layer,  # type: ignore[arg-type]
+            metrics=self.metrics, mounts=self.mounts, health=self.health,
+            log=structlog.get_logger(f"gateway.adapters.{ap.name}").bind(adapter=ap.name),
+        )
+        adapter = ap.cls(ap.config, context)
+        self.adapters[ap.name] = adapter
+        try:
+            await adapter.start()
+        except (OSError, StartupError) as exc:
+            raise StartupError(self._with_env_hint(ap.name, exc)) from exc
+        self.health.set(f"adapter.{ap.name}", "ok")
+        log.info("adapter.started", adapter=ap.name, addresses=adapter.addresses)
+        return adapter
+
+    async def stop_adapter(self, name: str, drain: float) -> None:
+        """Stop one adapter (on reload: its settings changed or it was removed) and its relays."""
+        adapter = self.adapters.pop(name)
+        for task in self._outbound_of.pop(name, []):
+            task.cancel()
+            self._outbound.remove(task)
+        await adapter.stop(drain)
+        self.mounts.remove_owned_by(name)
+        self.health.forget(f"adapter.{name}")
+        self.health.forget(name)
+        log.info("adapter.stopped", adapter=name)
+
+    def relay_outbound(self, adapter: Adapter) -> None:
+        for channel in adapter.outbound_channels:
+            task = asyncio.get_running_loop().create_task(self._deliver(adapter, channel))
+            self._outbound.append(task)
+            self._outbound_of.setdefault(adapter.name, []).append(task)
 
     def _with_env_hint(self, adapter: str, exc: BaseException) -> str:
         """A start failure of an adapter whose settings came from the environment names the
@@ -227,6 +257,9 @@ class Gateway:
         """Stop accepting, drain in-flight work up to ``drain`` seconds, then shut down."""
         if not self.started:
             return
+        if self.reloader is not None:
+            async with self.reloader.lock:  # a reload in progress finishes first: nothing half-swapped
+                self.started = False
         self.started = False
         self.health.phase = "stopping"
         drain = self.plan.config.shutdown.drain_timeout if drain is None else drain
@@ -260,10 +293,20 @@ class Gateway:
 
     async def serve(self, *, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
         """Start, run until one of ``signals`` (or ``request_stop()``), then stop gracefully."""
-        await self.start()
         loop = asyncio.get_running_loop()
+        reload_signal = self.reloader is not None and bool(signals)
+        if reload_signal:  # before start: a SIGHUP's default action would end the process
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        try:
+            await self.start()
+        except BaseException:
+            if reload_signal:
+                loop.remove_signal_handler(signal.SIGHUP)
+            raise
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop)
+        if self._reload_pending:
+            self.request_reload()
         try:
             assert self._stop_requested is not None
             await self._stop_requested.wait()
@@ -276,6 +319,26 @@ class Gateway:
         finally:
             for sig in signals:
                 loop.remove_signal_handler(sig)
+            if reload_signal:
+                loop.remove_signal_handler(signal.SIGHUP)
+
+    def request_reload(self) -> None:
+        """Re-read the config file in the background (SIGHUP); reloads queue one after another."""
+        if self.reloader is None:
+            return
+        if not self.started:
+            self._reload_pending = True  # asked while starting: reload once started
+            return
+        self._reload_pending = False
+        task = asyncio.get_running_loop().create_task(self.reloader.reload())
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> bool:
+        """Apply the config file as it is now (see ``gateway.reload``); False if it was refused."""
+        if self.reloader is None:
+            raise RuntimeError("this gateway was not built from a file: there is nothing to reload")
+        return await self.reloader.reload()
 
     def request_stop(self) -> None:
         """First call: graceful stop. Second call: stop at once (skip the drain)."""

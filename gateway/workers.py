@@ -68,7 +68,7 @@ def _worker(config: str, level: str, fmt: str, loop: str, number: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
     install_loop(loop)
     plan = _with_reuse_port(load(config))
-    asyncio.run(Gateway(plan).serve(signals=(signal.SIGTERM,)))
+    asyncio.run(Gateway(plan, config_path=config, adjust=_with_reuse_port).serve(signals=(signal.SIGTERM,)))
 
 
 def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: str) -> int:
@@ -86,8 +86,14 @@ def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: st
                 os.kill(p.pid, signal.SIGTERM)  # a second signal reaches them as a second SIGTERM
         stopping = True
 
+    def reload(signum: int, frame: Any) -> None:
+        for p in procs:
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGHUP)  # every worker re-reads the file itself
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reload)
     for p in procs:
         p.start()
     log.info("workers.started", count=workers, pids=[p.pid for p in procs])
