@@ -17,7 +17,8 @@ The view's table also has ``(Django, no server)``: the CPU per request of Django
 called in-process, with no server and no sockets (``--connections`` callers at once). It is the
 floor under every server's figure: no server can spend less than that per request.
 
-Servers: ``gateway`` (``gateway run``, uvloop), ``uvicorn`` (httptools, ``--ws websockets``,
+Servers: ``gateway`` (``gateway run``, uvloop), ``gateway-wsgi`` (the same with
+``django: {handler: wsgi}``, view only), ``uvicorn`` (httptools, ``--ws websockets``,
 uvloop), ``uvicorn-sansio`` (the same with ``--ws websockets-sansio``, echo only),
 ``uvicorn+whitenoise`` and ``daphne+whitenoise`` (static only), ``daphne``. Every figure is the
 median of ``--repeat`` interleaved rounds and is printed with its ratio to uvicorn and to Daphne
@@ -81,6 +82,7 @@ class Server:
 
 SERVERS = (
     Server("gateway", ("view", "static", "echo")),
+    Server("gateway-wsgi", ("view",)),  # django: {handler: wsgi}
     Server("uvicorn", ("view", "echo")),
     Server("uvicorn-sansio", ("echo",)),
     Server("uvicorn+whitenoise", ("static",), whitenoise=True),
@@ -96,10 +98,10 @@ ANCHORS = {
 TARGETS = {"view": {"uvicorn": 1.0, "daphne": 2.0}, "static": {"uvicorn": 1.0}, "echo": {"uvicorn": 1.0, "daphne": 2.0}}
 
 
-def gateway_config(port: int) -> str:
+def gateway_config(port: int, handler: str = "asgi") -> str:
     return f"""
 python_path: [{str(PROJECT)!r}]
-django: {{settings: benchsite.settings}}
+django: {{settings: benchsite.settings, handler: {handler}}}
 logging: {{level: warning}}
 metrics: {{path: null, health_path: null}}
 adapters:
@@ -117,9 +119,9 @@ routes:
 
 def command(server: Server, port: int, workdir: Path) -> list[str]:
     py = common.PY
-    if server.name == "gateway":
+    if server.name.startswith("gateway"):
         cfg = workdir / "gateway.yaml"
-        cfg.write_text(gateway_config(port))
+        cfg.write_text(gateway_config(port, "wsgi" if server.name == "gateway-wsgi" else "asgi"))
         return [py, "-m", "gateway", "run", "-c", str(cfg), "--loop", "uvloop", "--log-level", "warning"]
     if server.name.startswith("uvicorn"):
         ws = "websockets-sansio" if server.name == "uvicorn-sansio" else "websockets"
@@ -356,6 +358,10 @@ def report(figures: dict[str, dict[str, list[tuple[float, float | None, float | 
             ratios = [f"{rate / a:.2f}" if a and rate else "" for a in (anchors["uvicorn"], anchors["daphne"])]
             out.append(f"  {name:<20} {f'{rate:,.0f}' if rate else '':>10} {ratios[0]:>10} {ratios[1]:>9} "
                        f"{f'{p99:.1f}' if p99 is not None else '':>8} {f'{cpu:,.0f}' if cpu is not None else '':>11}")
+        for variant in ("gateway-wsgi",):
+            rate = med.get(variant, (None,))[0]
+            if rate:
+                out.append(f"  {variant}: " + "; ".join(f"{rate / base:.2f}x {anchor}" for anchor, base in anchors.items() if base))
         gateway = med.get("gateway", (None,))[0]
         if gateway is not None:
             verdicts = []

@@ -60,9 +60,10 @@ def summarise_exception(exc: BaseException) -> str:
 class AppLoader:
     """Loads and caches applications and middleware factories."""
 
-    def __init__(self, *, django: bool = False, django_static: str = "auto") -> None:
+    def __init__(self, *, django: bool = False, django_static: str = "auto", django_handler: str = "asgi") -> None:
         self.django = django
         self.django_static = django_static
+        self.django_handler = django_handler
         self._apps: dict[str, ASGIApp] = {}
         self._middleware: dict[str, Callable[[ASGIApp], ASGIApp]] = {}
 
@@ -89,7 +90,7 @@ class AppLoader:
             )
         from .django.asgi import application
 
-        return application(self.django_static)  # type: ignore[arg-type]
+        return application(self.django_static, self.django_handler)  # type: ignore[arg-type]
 
     def wrap(self, app: ASGIApp, middleware: list[str]) -> ASGIApp:
         """Apply middleware factories; the first listed is outermost, the last innermost."""

@@ -674,3 +674,31 @@ async def test_mqtt_connect_and_topic_rights_come_from_django_users_and_permissi
         await asyncio.sleep(0.1)
     assert rows(db, "select device, user from sensors_reading where device like '%box' order by device") == [
         ("alices-box", "alice"), ("bobs-other-box", "bob")]
+
+
+async def test_handler_wsgi_serves_the_same_project(write, db):
+    config = write("wsgi.yaml", f"""\
+django: {{settings: mysite.settings, handler: wsgi}}
+python_path: ["{PROJECT}"]
+adapters: {{http: {{listen: "127.0.0.1:0"}}}}
+routes:
+  http: [{{app: django}}]
+  websocket:
+    - {{path: "/ws/chat/<room_name>/", app: "chat.consumers:ChatConsumer", middleware: ["channels.auth:AuthMiddlewareStack"]}}
+""")
+    gw = GatewayProcess(config, project_env(db))
+    try:
+        address = gw.started()["http"][0]
+        async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+            await login(client, "alice")  # a POST with a CSRF token, a session, a redirect
+            assert (await client.get("/whoami/")).json()["user"] == "alice"
+            assert (await client.get("/static/admin/css/base.css")).status_code == 200
+            cookie = f"sessionid={client.cookies['sessionid']}"
+        async with websockets.connect(f"ws://{address}/ws/chat/w/", origin=f"http://{address}",
+                                      additional_headers={"Cookie": cookie}) as ws:
+            assert json.loads(await ws.recv()) == {"hello": "alice"}
+            async with httpx.AsyncClient(base_url=f"http://{address}") as client:  # a sync view's group_send
+                assert (await client.get("/notify/w/", params={"text": "via wsgi"})).text == "sent"
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"message": "via wsgi"}
+    finally:
+        assert gw.stop() == 0

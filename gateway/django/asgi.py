@@ -17,14 +17,14 @@ from ..types import ASGIApp
 log = structlog.get_logger("gateway.django")
 
 StaticMode = Literal["auto", "off"]
+Handler = Literal["asgi", "wsgi"]
 
 
-def application(static: StaticMode = "auto") -> ASGIApp:
+def application(static: StaticMode = "auto", handler: Handler = "asgi") -> ASGIApp:
     from django.apps import apps
     from django.conf import settings
-    from django.core.asgi import get_asgi_application
 
-    app: ASGIApp = get_asgi_application()
+    app = _handler(handler)
     if static == "off" or not apps.is_installed("django.contrib.staticfiles") or not _local(settings.STATIC_URL):
         return app
     if settings.DEBUG:
@@ -44,6 +44,23 @@ def application(static: StaticMode = "auto") -> ASGIApp:
         log.warning("django.static_not_served", reason="servestatic is not installed", hint="pip install 'asgi-gateway[django]'")
         return app
     return StaticFiles(app)
+
+
+def _handler(kind: Handler) -> ASGIApp:
+    """Django's ASGI handler, or (``handler: wsgi``) its WSGI handler run in a worker thread.
+
+    A project of sync views pays for the ASGI handler: each sync middleware and view hops into a
+    thread and back, per request. Under the WSGI handler the whole request runs in one thread
+    call, as under gunicorn, at about a third of the CPU per request (bench/django.py). Async
+    views still work there (Django runs them with ``async_to_sync``), but lose their concurrency."""
+    if kind == "wsgi":
+        from asgiref.wsgi import WsgiToAsgi
+        from django.core.wsgi import get_wsgi_application
+
+        return WsgiToAsgi(get_wsgi_application())  # type: ignore[no-any-return]
+    from django.core.asgi import get_asgi_application
+
+    return get_asgi_application()  # type: ignore[no-any-return]
 
 
 def _local(url: str | None) -> bool:
