@@ -49,6 +49,7 @@ async def test_default_config_serves_the_page_metrics_and_health(demo):
     async with httpx.AsyncClient(base_url=f"http://{demo}") as client:
         page = await client.get("/")
         assert page.status_code == 200 and "asgi-gateway demo" in page.text
+        assert "<code>127.0.0.1:0</code>" in page.text and "2525" not in page.text  # the moved ports, as set
         assert (await client.head("/")).content == b""
         icon = await client.get("/favicon.ico")
         assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"

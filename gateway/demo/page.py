@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import os
 from importlib import resources
 
 from gateway.types import Receive, Scope, Send
@@ -9,17 +11,26 @@ from gateway.types import Receive, Scope, Send
 _PAGE = resources.files(__package__).joinpath("static/index.html").read_bytes()
 
 
+def _page() -> bytes:
+    """The page with the addresses the demo config reads from the environment (moved with
+    GATEWAY_SMTP_LISTEN / GATEWAY_MQTT_LISTEN), so it never names a port the gateway is not on."""
+    smtp = os.environ.get("GATEWAY_SMTP_LISTEN") or "127.0.0.1:2525"
+    mqtt = os.environ.get("GATEWAY_MQTT_LISTEN") or "127.0.0.1:1883"
+    return _PAGE.replace(b"@SMTP@", html.escape(smtp).encode()).replace(b"@MQTT@", html.escape(mqtt).encode())
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["method"] not in ("GET", "HEAD"):
         await send({"type": "http.response.start", "status": 405, "headers": [(b"allow", b"GET, HEAD"), (b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
         return
+    page = _page()
     await send({
         "type": "http.response.start",
         "status": 200,
-        "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(_PAGE)).encode())],
+        "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(page)).encode())],
     })
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else _PAGE})
+    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else page})
 
 
 _ICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
