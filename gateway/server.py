@@ -18,7 +18,7 @@ import structlog
 
 from . import config as config_mod
 from . import threads
-from . import fdlimit
+from . import fdlimit, preflight
 from .admin import AdminListener
 from .errors import StartupError
 from .django.layers import ChannelsBinding
@@ -119,6 +119,13 @@ class Gateway:
         if self._channels is not None:
             self._channels.bind(self.layer)
         fdlimit.ensure(sum(ap.cls.connection_limit(ap.config) for ap in self.plan.adapters))
+        try:
+            preflight.tcp_ports_free((ap.name, address, bool(getattr(ap.config, "reuse_port", False)))
+                                     for ap in self.plan.adapters for address in ap.cls.listen_addresses(ap.config))
+        except preflight.PortTaken as exc:
+            log.error("gateway.start_failed", error=str(exc))
+            await self._close_layer()
+            raise StartupError(self._with_env_hint(exc.adapter, exc)) from None
         self.health.phase = "starting"
         try:
             await self._serve_operations()

@@ -134,8 +134,9 @@ def test_port_taken_in_the_default_config_names_the_environment_variable():
                              text=True, timeout=60, env=env, cwd=ROOT)
     assert res.returncode == 1
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("gateway: error: mqtt: cannot listen on 127.0.0.1:") and "in use" in last
+    assert last.startswith("gateway: error: adapters.mqtt: cannot listen on 127.0.0.1:") and "in use" in last
     assert last.endswith("(adapters.mqtt is set from the environment: GATEWAY_MQTT_LISTEN)")
+    assert "adapter.started" not in res.stderr  # nothing served for a moment before the failure
 
 
 def test_invalid_config_exits_non_zero_before_listening(write):

@@ -255,7 +255,7 @@ async def test_listen_address_in_use_is_a_startup_error() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(StartupError, match=r"cannot listen on 127\.0\.0\.1:\d+: address already in use \(another MQTT broker"):
+        with pytest.raises(StartupError, match=r"adapters\.mqtt: cannot listen on 127\.0\.0\.1:\d+: Address already in use \(another program"):
             async with Gateway.from_text(broker_yaml(route("x", "x"), extra=QUICK, listen=f'["127.0.0.1:{port}"]')):
                 pass
 
