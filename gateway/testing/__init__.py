@@ -13,13 +13,24 @@ This is a testing add-on: unlike the core, it imports the built-in adapters
 
 from __future__ import annotations
 
-from .connection import ApplicationCommunicator, HttpCommunicator, WebsocketCommunicator
-from .harness import Harness
-from .messages import (
-    EmailCommunicator, EmailResult, MqttCommunicator, MqttResult, SmsCommunicator, SmsResult, SmsStatusCommunicator,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "ApplicationCommunicator", "EmailCommunicator", "EmailResult", "Harness", "HttpCommunicator", "MqttCommunicator",
-    "MqttResult", "SmsCommunicator", "SmsResult", "SmsStatusCommunicator", "WebsocketCommunicator",
-]
+# Imported on first use (PEP 562): the pytest plugin lives in this package and is loaded by every
+# pytest run in an environment where asgi-gateway is installed, tests of the gateway or not.
+_WHERE = {
+    "ApplicationCommunicator": "connection", "HttpCommunicator": "connection", "WebsocketCommunicator": "connection",
+    "Harness": "harness", "Communicators": "fixtures",
+    "EmailCommunicator": "messages", "EmailResult": "messages", "MqttCommunicator": "messages", "MqttResult": "messages",
+    "SmsCommunicator": "messages", "SmsResult": "messages", "SmsStatusCommunicator": "messages",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gateway.testing' has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
