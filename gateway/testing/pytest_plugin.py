@@ -15,7 +15,7 @@ that has the plugin installed but does not use it is unaffected.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,12 +59,22 @@ def gateway_config_path(request: pytest.FixtureRequest) -> Path:
 
 
 @pytest.fixture
-def communicators(gateway_config_path: Path) -> Communicators:
-    """Communicators that run apps through the YAML's routes, runner and adapters (no sockets)."""
+def communicators(gateway_config_path: Path) -> Iterator[Communicators]:
+    """Communicators that run apps through the YAML's routes, runner and adapters (no sockets).
+    The YAML's channel layer is the current one meanwhile, as in a started gateway, so
+    consumers can join groups and a test can ``group_send`` to them."""
+    from gateway.layers import get_channel_layer, set_channel_layer
+
     from .fixtures import Communicators
     from .harness import Harness
 
-    return Communicators(Harness.from_file(gateway_config_path))
+    harness = Harness.from_file(gateway_config_path)
+    previous = get_channel_layer()
+    set_channel_layer(harness.layer)
+    try:
+        yield Communicators(harness)
+    finally:
+        set_channel_layer(previous)
 
 
 if pytest_asyncio is not None:
