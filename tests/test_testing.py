@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from email.message import EmailMessage
 
 import channels.testing
@@ -242,3 +244,40 @@ def test_free_ports_moves_every_tcp_listener_and_keeps_the_rest():
     assert moved["adapters"]["email"]["smtp"]["listen"] == "127.0.0.1:0"
     assert moved["admin"]["listen"] == "127.0.0.1:0"
     assert moved["routes"] == data["routes"]
+
+
+def test_a_communicator_for_an_adapter_the_yaml_lacks_says_so():
+    harness = Harness.from_text('adapters: {http: {listen: "127.0.0.1:0"}}')
+    with pytest.raises(LookupError, match=r"no 'adapters: \{mqtt: \.\.\.\}' block"):
+        MqttCommunicator(harness, "a/b", b"1")
+
+
+PLUGIN_PROJECT = {
+    "pytest.ini": "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n",
+    "conf/gw.yaml": 'adapters: {http: {listen: "127.0.0.1:8000"}}\nroutes:\n  http:\n    - {path: /, app: "hello:app"}\n',
+    "conf/hello.py": (
+        "async def app(scope, receive, send):\n"
+        "    await receive()\n"
+        "    await send({'type': 'http.response.start', 'status': 200})\n"
+        "    await send({'type': 'http.response.body', 'body': b'hi'})\n"
+    ),
+    "test_marked.py": (
+        "import pytest\n"
+        "@pytest.mark.gateway_config('conf/gw.yaml')\n"
+        "async def test_marked(communicators, gateway):\n"
+        "    assert (await communicators.http('GET', '/').get_response())['body'] == b'hi'\n"
+        "    assert gateway.addresses['http'][0] != '127.0.0.1:8000'\n"
+        "async def test_unconfigured(communicators):\n"
+        "    pass\n"
+    ),
+}
+
+
+def test_the_plugin_reads_the_marker_and_names_the_missing_config(tmp_path):
+    for name, text in PLUGIN_PROJECT.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=60"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "1 passed, 1 error" in done.stdout, done.stdout[-3000:]
+    assert "which gateway YAML? mark the test with @pytest.mark.gateway_config" in done.stdout

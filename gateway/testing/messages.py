@@ -74,13 +74,13 @@ class MqttCommunicator:
         self.topic = topic
         self.payload = payload.encode() if isinstance(payload, str) else bytes(payload)
         self.qos, self.retain, self.client_id, self.username, self.dup = qos, retain, client_id, username, dup
+        self.adapter: MqttAdapter = self.harness.adapter("mqtt", MqttAdapter)
 
     async def deliver(self) -> MqttResult:
         """Run the routed app once. An unmatched message is acknowledged (nothing would ever
         handle it), as the adapter does; the gateway's own retries of a failed QoS 1/2 message
         (``retry:``) are not run here: ``acknowledged`` is the first attempt's."""
-        adapter = self.harness.adapter("mqtt", MqttAdapter)
-        scope = adapter.scope(self.topic, self.qos, self.retain, client_id=self.client_id, username=self.username)
+        scope = self.adapter.scope(self.topic, self.qos, self.retain, client_id=self.client_id, username=self.username)
         published: list[dict[str, Any]] = []
         match = self.harness.resolve(scope)
         if match is None:
@@ -151,9 +151,10 @@ class EmailCommunicator:
         if not self.rcpt_to:
             raise ValueError("no recipient: give rcpt_to, or a message with To/Cc addresses")
         self.client, self.helo, self.smtputf8 = client, helo, smtputf8
+        self.adapter: _RecordingEmailAdapter = self.harness.adapter("email", _RecordingEmailAdapter)
 
     async def deliver(self) -> EmailResult:
-        adapter = self.harness.adapter("email", _RecordingEmailAdapter)
+        adapter = self.adapter
         handler = SmtpHandler(adapter, adapter.config.smtp or SmtpConfig())
         server = GatewaySMTP(handler, data_timeout=60.0, on_close=lambda _: None, draining=lambda: False, auth=None,
                              hostname="gateway.testing", loop=asyncio.get_running_loop())
