@@ -52,7 +52,7 @@ class ApplicationCommunicator:
 
     def _raise_if_failed(self) -> None:
         """Raise the app's exception (or its timeout) once the instance has ended with one."""
-        if self.future.done():
+        if self.future.done() and not self.future.cancelled():  # cancelled: by a timeout here, reported then
             result = self.future.result()
             if result.error is not None and not isinstance(result.error, asyncio.CancelledError):
                 raise result.error

@@ -134,9 +134,11 @@ class Harness:
         return found
 
     def take_result(self) -> Result | None:
-        """The result of the last message scope run (``None``: the message reached no app)."""
+        """How the message scopes run since the last call ended: the first that did not end
+        normally (the one a sender's retry is about), else the last (``None``: no app ran)."""
         results = self.runner.results
-        result = results[-1] if results else None
+        failed = [r for r in results if not r.ok]
+        result = failed[0] if failed else results[-1] if results else None
         results.clear()
         return result
 

@@ -218,12 +218,16 @@ class _Replies:
         return self._provider.answer(replies)
 
 
-def _sms_adapter(config: Any, context: Any) -> SmsAdapter:
-    adapter = SmsAdapter(config, context)
-    adapter.sender = _RecordingSender(adapter)
-    for account in adapter.accounts.values():
-        account.provider = _Replies(account.provider)  # type: ignore[assignment]
-    return adapter
+class _RecordingSmsAdapter(SmsAdapter):
+    """The SMS adapter with a recording sender, and every provider's inline replies kept."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.recorder = _RecordingSender(self)
+        self.sender = self.recorder
+        self.replies: dict[str, _Replies] = {}
+        for label, account in self.accounts.items():
+            account.provider = self.replies[label] = _Replies(account.provider)  # type: ignore[assignment]
 
 
 @dataclass
@@ -241,27 +245,23 @@ class SmsResult(Delivery):
 class _SmsBase:
     def __init__(self, application: Any, account: str | None) -> None:
         self.harness: Harness = harness_for(application)
-        self.adapter: SmsAdapter = self.harness.adapter("sms", _sms_adapter)
+        self.adapter: _RecordingSmsAdapter = self.harness.adapter("sms", _RecordingSmsAdapter)
         accounts = self.adapter.accounts
         if account is not None and account not in accounts:
             raise LookupError(f"no SMS account {account!r} (configured: {', '.join(accounts)})")
         self.account = accounts[account] if account is not None else next(iter(accounts.values()))
 
-    def _result(self, answer: Any, sent_before: int) -> SmsResult:
+    async def _deliver(self, handle: Any, item: Any) -> SmsResult:
+        """Run ``handle`` (the adapter's ``on_message`` or ``on_status``) as the webhook does once
+        it has checked and parsed ``item``, and collect what came of it."""
+        replies = self.adapter.replies[self.account.label]
+        replies.last = []
+        sent_before = len(self.adapter.recorder.sent)
+        self.harness.take_result()
+        answer = await handle(self.account, item, ("127.0.0.1", 50000), "http://testserver" + self.account.config.webhook)
         outcome, error = _delivery(self.harness.take_result())
-        provider = self.account.provider
-        replies = provider.last if answer.status < 300 and isinstance(provider, _Replies) else []
-        sender = self.adapter.sender
-        assert isinstance(sender, _RecordingSender)
         return SmsResult(outcome, error, status=answer.status, body=answer.body, content_type=answer.content_type,
-                         replies=replies, sent=sender.sent[sent_before:])
-
-    def _sent_count(self) -> int:
-        sender = self.adapter.sender
-        assert isinstance(sender, _RecordingSender)
-        if isinstance(self.account.provider, _Replies):
-            self.account.provider.last = []
-        return len(sender.sent)
+                         replies=replies.last if answer.status < 300 else [], sent=self.adapter.recorder.sent[sent_before:])
 
 
 class SmsCommunicator(_SmsBase):
@@ -282,10 +282,7 @@ class SmsCommunicator(_SmsBase):
         )
 
     async def deliver(self) -> SmsResult:
-        before = self._sent_count()
-        self.harness.take_result()
-        answer = await self.adapter.on_message(self.account, self.inbound, ("127.0.0.1", 50000), "http://testserver/sms")
-        return self._result(answer, before)
+        return await self._deliver(self.adapter.on_message, self.inbound)
 
 
 class SmsStatusCommunicator(_SmsBase):
@@ -301,7 +298,4 @@ class SmsStatusCommunicator(_SmsBase):
         )
 
     async def deliver(self) -> SmsResult:
-        before = self._sent_count()
-        self.harness.take_result()
-        answer = await self.adapter.on_status(self.account, self.report, ("127.0.0.1", 50000), "http://testserver/sms")
-        return self._result(answer, before)
+        return await self._deliver(self.adapter.on_status, self.report)
