@@ -198,7 +198,7 @@ async def test_email_from_raw_bytes_with_an_envelope(routed):
     assert result.sent[0]["to"] == ["bounce@b.example"]
     assert result.rcpt_replies["nobody@example.com"].startswith("550 5.1.1")
     one_fails = await EmailCommunicator(routed, raw, mail_from="a@b.example",
-                                        rcpt_to=["ticket+7@example.com", "ticket+0@example.com"]).deliver()
+                                        rcpt_to=["ticket+0@example.com", "ticket+7@example.com"]).deliver()
     assert one_fails.code == 451 and isinstance(one_fails.error, ZeroDivisionError)  # the failed one is reported
     bare_lf = await EmailCommunicator(routed, b"Subject: thanks\n\nbody\n", mail_from="a@b.example",
                                       rcpt_to="ticket+7@example.com").deliver()
