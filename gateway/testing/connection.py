@@ -28,7 +28,7 @@ ASGI = {"version": "3.0", "spec_version": "2.3"}
 class ApplicationCommunicator:
     """Feeds events to one application instance and collects what it sends."""
 
-    def __init__(self, application: Any, scope: Scope, *, adapter: str) -> None:
+    def __init__(self, application: Any, scope: Scope, *, adapter: str = "http") -> None:
         self.harness: Harness = harness_for(application)
         self.scope = scope
         self.adapter = adapter
