@@ -1,4 +1,6 @@
-"""Django-free consumers, driven directly as ASGI apps (queues for receive/send, no server)."""
+"""Django-free consumers, driven directly as ASGI apps (queues for receive/send, no server), or
+through ``gateway.testing``'s ``WebsocketCommunicator`` where the gateway's routing and event
+checks belong in the picture."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from gateway.consumers import (
 )
 from gateway.layers import get_channel_layer, set_channel_layer
 from gateway.layers.memory import InMemoryChannelLayer
+from gateway.routing import Router, path
+from gateway.testing import WebsocketCommunicator
 
 WS_SCOPE = {"type": "websocket", "path": "/ws/chat/lobby/", "url_route": {"kwargs": {"room": "lobby"}}}
 
@@ -271,10 +275,11 @@ async def test_accept_with_subprotocol_headers_and_close_with_code(no_layer: Non
         async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
             await self.close(code=4000, reason="done")
 
-    peer = Peer(Custom.as_asgi())
-    assert await peer.connect() == {"type": "websocket.accept", "subprotocol": "chat.v2", "headers": [(b"x-a", b"1")]}
-    await peer.put({"type": "websocket.receive", "text": "x"})
-    assert await peer.get() == {"type": "websocket.close", "code": 4000, "reason": "done"}
+    communicator = WebsocketCommunicator(Custom.as_asgi(), "/ws/")
+    assert await communicator.connect() == (True, "chat.v2")
+    assert communicator.response_headers == [(b"x-a", b"1")]
+    await communicator.send_to(text_data="x")
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 4000, "reason": "done"}
     with pytest.raises(ValueError, match="one of bytes_data or text_data"):
         await Custom().send()
 
@@ -284,8 +289,7 @@ async def test_deny_connection_closes(no_layer: None) -> None:
         async def connect(self) -> None:
             raise DenyConnection()
 
-    peer = Peer(Denied.as_asgi())
-    assert await peer.connect() == {"type": "websocket.close"}
+    assert await WebsocketCommunicator(Denied.as_asgi(), "/ws/").connect() == (False, 1000)
 
 
 async def test_groups_left_after_exception_and_cancellation(layer: InMemoryChannelLayer) -> None:
@@ -331,18 +335,16 @@ class JsonEcho(AsyncJsonWebsocketConsumer):
 
 
 async def test_json_round_trip(layer: InMemoryChannelLayer) -> None:
-    peer = Peer(JsonEcho.as_asgi())
-    await peer.connect()
-    await peer.put({"type": "websocket.receive", "text": json.dumps({"n": [1, 2], "s": "é"})})
-    sent = await peer.get()
-    assert sent["type"] == "websocket.send"
-    assert json.loads(sent["text"]) == {"echo": {"n": [1, 2], "s": "é"}, "room": "lobby"}
+    # routed by a Python router, as a project's routing.py would: the room comes from the path
+    communicator = WebsocketCommunicator(Router([path("/ws/chat/<room>/", JsonEcho.as_asgi())]), "/ws/chat/lobby/")
+    assert (await communicator.connect())[0]
+    await communicator.send_json_to({"n": [1, 2], "s": "é"})
+    assert await communicator.receive_json_from() == {"echo": {"n": [1, 2], "s": "é"}, "room": "lobby"}
 
     await layer.group_send("json", {"type": "notify", "payload": {"alert": True}, "close": True})
-    assert json.loads((await peer.get())["text"]) == {"alert": True}
-    assert await peer.get() == {"type": "websocket.close"}
-    await peer.put({"type": "websocket.disconnect", "code": 1000})
-    await peer.finished()
+    assert await communicator.receive_json_from() == {"alert": True}
+    assert await communicator.receive_output() == {"type": "websocket.close"}
+    await communicator.disconnect()
     assert members(layer, "json") == set()
 
 

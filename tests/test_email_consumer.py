@@ -6,6 +6,7 @@ import aiosmtplib
 import pytest
 
 import email_helpers as h
+from gateway.testing import EmailCommunicator, Harness
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 
 pytestmark = pytest.mark.timeout(30)
@@ -52,3 +53,18 @@ async def test_consumer_reject_and_crash(subject, code, text):
                                   hostname=host, port=port)
         assert info.value.code == code and text in info.value.message
         assert sink.messages == []
+
+
+async def test_consumer_in_process_with_the_email_communicator():
+    """The same consumer and routes through ``gateway.testing``: the SMTP replies, and the reply
+    mail as the ``email.send`` event the relay would get (no listener, no relay)."""
+    harness = Harness.from_text(config(9))
+    ok = await EmailCommunicator(harness, inbound("Printer"), mail_from="ann@example.org", rcpt_to="support@example.com").deliver()
+    assert ok.code == 250
+    (reply,) = ok.sent
+    assert (reply["to"], reply["cc"], reply["subject"]) == (["ann@example.org"], ["ben@example.org"], "Re: Printer")
+    assert reply["in_reply_to"] == "<q9@example.org>"
+    for subject, code, text in [("buy spam", 554, "5.7.1 Looks like spam"), ("crash", 451, "4.3.0")]:
+        refused = await EmailCommunicator(harness, inbound(subject), mail_from="ann@example.org",
+                                          rcpt_to="support@example.com").deliver()
+        assert refused.code == code and text in refused.reply and refused.sent == []

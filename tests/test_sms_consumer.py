@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import sms_helpers as h
+from gateway.testing import Harness, SmsCommunicator, SmsStatusCommunicator
 from sms_helpers import clean_state  # noqa: F401 - autouse
 
 pytestmark = pytest.mark.timeout(30)
@@ -38,3 +39,24 @@ async def test_consumer_status_hook():
         assert (await h.post_twilio(base, params)).status_code == 200
         _, seen = h.RECEIVED[0]
         assert (seen["status"], seen["message_id"], seen["to"]) == ("delivered", "SMx", h.UK_SENDER)
+
+
+async def test_consumer_in_process_with_the_sms_communicator():
+    """The same consumer and routes through ``gateway.testing``: no listener, no provider server,
+    and the inline reply and the REST send are told apart."""
+    harness = Harness.from_text(h.config(h.twilio_account(), ROUTES))
+    replied = await SmsCommunicator(harness, "hello you", sender=h.UK_SENDER).deliver()
+    assert replied.status == 200 and replied.sent == []
+    assert [(t.to, t.sender, t.body) for t in replied.replies] == [(h.UK_SENDER, h.OUR_NUMBER, "thanks for: hello you")]
+    assert h.RECEIVED[0][1]["kwargs"] == {"verb": "hello"}
+
+    h.CONTROL["to"] = h.US_SENDER
+    forwarded = await SmsCommunicator(harness, "fwd pass it on").deliver()
+    assert (forwarded.replies, [(t.to, t.body) for t in forwarded.sent]) == ([], [(h.US_SENDER, "pass it on")])
+
+    raised = await SmsCommunicator(harness, "raise").deliver()
+    assert raised.status == 500 and str(raised.error) == "the consumer raised"
+
+    report = await SmsStatusCommunicator(harness, "SMx", "delivered", to=h.UK_SENDER).deliver()
+    assert report.status == 200
+    assert (h.RECEIVED[-1][1]["status"], h.RECEIVED[-1][1]["message_id"]) == ("delivered", "SMx")
