@@ -30,7 +30,9 @@ def check_shareable(plan: Plan, workers: int) -> None:
     """Refuse, before anything starts, a config that several processes cannot share."""
     if workers < 2:
         return
-    if plan.config.layer.backend == "memory":
+    from .layers.memory import InMemoryChannelLayer
+
+    if issubclass(plan.layer_class, InMemoryChannelLayer):  # from `layer:` or from Django's CHANNEL_LAYERS
         raise plan.source.error(
             ("layer", "backend"),
             f"--workers {workers} needs a channel layer all processes share: the in-memory layer "

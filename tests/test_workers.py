@@ -168,3 +168,28 @@ async def connect_until_n_processes(url: str, n: int, limit: int):
         if len(by_pid) == n:
             break
     return by_pid, opened
+
+
+@pytest.mark.parametrize(("backend", "shareable"), [
+    ("channels_redis.core.RedisChannelLayer", True),
+    ("channels.layers.InMemoryChannelLayer", False),
+])
+def test_workers_judge_the_layer_django_gives_not_the_layer_key(write, backend, shareable):
+    import json
+
+    from .django_helpers import PROJECT
+
+    cfg = write("gw.yaml", f"django: {{settings: mysite.settings}}\npython_path: ['{PROJECT}']\n"
+                           "adapters:\n  http: {listen: '127.0.0.1:8123'}\n")
+    layers = json.dumps({"default": {"BACKEND": backend, "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}
+                                     if "redis" in backend else {}}})
+    script = ("import sys; from gateway.config import load; from gateway.workers import check_shareable\n"
+              "try:\n    check_shareable(load(sys.argv[1]), 2)\nexcept Exception as exc:\n    print('refused:', exc)\n"
+              "else:\n    print('shareable')\n")
+    done = subprocess.run([sys.executable, "-c", script, str(cfg)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "DJANGO_CHANNEL_LAYERS": layers, "DJANGO_DB": str(cfg.parent / "db.sqlite3")})
+    assert done.returncode == 0, done.stderr
+    if shareable:
+        assert done.stdout.strip() == "shareable"
+    else:
+        assert "needs a channel layer all processes share" in done.stdout
