@@ -63,6 +63,11 @@ class SmsAdapter(Adapter):
     def mount_paths(cls, config: Any) -> list[tuple[str, tuple[str, ...]]]:
         return [(account.webhook, ("http",)) for account in config.accounts]
 
+    @property
+    def addresses(self) -> list[str]:
+        """Its webhooks, on the http adapter's listener (as the mqtt adapter lists ``mount:/mqtt``)."""
+        return [f"mount:{account.config.webhook}" for account in self.accounts.values()]
+
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.store = make_store(self.context.layer)
