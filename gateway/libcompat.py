@@ -32,7 +32,8 @@ class Contract:
         self.supported = supported
         self._version = version or functools.partial(_distribution_version, library)
         self._checks: list[Check] = []
-        self._satisfied = False
+        self._custom: list[Check] = []
+        self.private_names: set[str] = set()  # what no module but the compatibility module may use
 
     @property
     def version(self) -> str:
@@ -40,6 +41,7 @@ class Contract:
 
     def method(self, owner: Any, name: str, params: Sequence[str]) -> None:
         """``owner.name`` must exist and take exactly ``params`` (names, ``self`` included)."""
+        self._note(name)
         def check() -> str | None:
             where = _where(owner, name)
             func = getattr(owner, name, None)
@@ -57,20 +59,31 @@ class Contract:
     def attribute(self, owner: Any, name: str) -> None:
         """``owner.name`` must exist: on the object itself, or, for a class, as an attribute
         that the class's own code assigns to ``self`` (instance state set in ``__init__``)."""
+        self._note(name)
         def check() -> str | None:
             if hasattr(owner, name) or (inspect.isclass(owner) and name in instance_attributes(owner)):
                 return None
             return f"{_where(owner, name)} is missing"
         self._checks.append(check)
 
+    def _note(self, name: str) -> None:
+        if name.startswith("_") and not name.startswith("__"):
+            self.private_names.add(name)
+
     def custom(self, check: Check) -> None:
-        """Any other condition; ``check`` returns what is wrong, or ``None``."""
-        self._checks.append(check)
+        """Any other condition; ``check`` returns what is wrong, or ``None``. Run only when every
+        name is there, since such a check usually builds one of the library's objects."""
+        self._custom.append(check)
 
     def problems(self) -> list[str]:
         """Everything the installed version lacks (empty when it is supported)."""
+        out = self._run(self._checks)
+        return out or self._run(self._custom)
+
+    @staticmethod
+    def _run(checks: Sequence[Check]) -> list[str]:
         out = []
-        for check in self._checks:
+        for check in checks:
             try:
                 problem = check()
             except Exception as exc:  # noqa: BLE001 - a check that cannot even look is a finding too
@@ -83,13 +96,11 @@ class Contract:
         return f"{self.library} {self.version} is not supported: {'; '.join(problems)}; supported: {self.library} {self.supported}"
 
     def require(self) -> None:
-        """Raise ``StartupError`` naming every missing piece, once per process when all is well."""
-        if self._satisfied:
-            return
+        """Raise ``StartupError`` naming every missing piece (a few milliseconds once the
+        sources were read)."""
         problems = self.problems()
         if problems:
             raise StartupError(self.message(problems))
-        self._satisfied = True
 
 
 def _distribution_version(name: str) -> str:

@@ -30,7 +30,7 @@ from gateway.libcompat import Contract
 
 from .stdlib_compat import mail_argument
 
-SUPPORTED = ">=1.4.6,<1.5"
+SUPPORTED = ">=1.4.3,<1.5"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -13,6 +13,7 @@ Two, both for speed on every message, with no public equivalent:
 
 from __future__ import annotations
 
+import email
 import platform
 from email.errors import HeaderParseError
 from email.message import Message
@@ -50,12 +51,8 @@ def replace_raw_headers(msg: Message, headers: Headers) -> None:
     msg._headers = headers
 
 
-def _parser_present() -> str | None:
-    return "email._header_value_parser cannot be imported" if _parser is None else None
-
-
 CONTRACT = Contract("Python", SUPPORTED, version=platform.python_version)
-CONTRACT.custom(_parser_present)
+CONTRACT.attribute(email, "_header_value_parser")
 if _parser is not None:
     CONTRACT.method(_parser, "get_angle_addr", ("value",))
     CONTRACT.method(_parser, "get_addr_spec", ("value",))

@@ -365,6 +365,7 @@ for _name in _HANDLERS.values():
 for _name in ("_reader_ready", "_reader_stopped", "_pubrel_waiters", "reader", "writer", "session"):
     CONTRACT.attribute(BrokerProtocolHandler, _name)
 CONTRACT.attribute(StreamReaderAdapter, "_reader")
-for _name in ("delivered_message_queue", "retained_messages", "transitions", "is_anonymous", "clean_session", "keep_alive"):
+for _name in ("attributes", "client_id", "username", "remote_address", "remote_port", "delivered_message_queue", "retained_messages",
+              "transitions", "is_anonymous", "clean_session", "keep_alive"):
     CONTRACT.attribute(Session, _name)
 CONTRACT.custom(_application_message_fields)

@@ -137,7 +137,7 @@ class ClientMode:
         self._ready: asyncio.Future[None] | None = None
         self._pub_waiters: dict[int, asyncio.Future[None]] = {}
         self._sub_mid: dict[int, list[str]] = {}
-        self._subscriptions = adapter.subscriptions()
+        self._filters = adapter.subscriptions()
         self._backoff = cfg.reconnect.min_delay
 
     # -- start / stop ---------------------------------------------------------------------------
@@ -352,14 +352,14 @@ class ClientMode:
         )
         if not session_present:
             self._session_lost()
-        if not self._subscriptions:
+        if not self._filters:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
-        topics = [(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in self._subscriptions]
+        topics = [(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in self._filters]
         rc, mid = client.subscribe(topics)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._sub_mid[mid] = [f for f, _ in self._subscriptions]
+            self._sub_mid[mid] = [f for f, _ in self._filters]
 
     def _session_lost(self) -> None:
         """The broker has no session for us (a clean session, a broker restarted without

@@ -138,18 +138,15 @@ def raw_topic(message: paho.MQTTMessage) -> bytes:
 
 
 def _in_packet_fields() -> str | None:
-    fields = getattr(paho.Client(CallbackAPIVersion.VERSION2), "_in_packet", None)
-    if not isinstance(fields, dict):
-        return None if fields is None else "Client._in_packet is not a dict"  # None: reported as missing
+    fields = paho.Client(CallbackAPIVersion.VERSION2)._in_packet
     missing = [key for key in ("command", "packet") if key not in fields]
     return f"Client._in_packet has no {', '.join(missing)}" if missing else None
 
 
 def _connection_lost_state() -> str | None:
-    states = getattr(paho, "_ConnectionState", None)
-    if states is None:
-        return None  # reported by the attribute check
-    return None if hasattr(states, "MQTT_CS_CONNECTION_LOST") else "_ConnectionState.MQTT_CS_CONNECTION_LOST is missing"
+    if hasattr(paho._ConnectionState, "MQTT_CS_CONNECTION_LOST"):
+        return None
+    return "_ConnectionState.MQTT_CS_CONNECTION_LOST is missing"
 
 
 CONTRACT = Contract("paho-mqtt", SUPPORTED)
