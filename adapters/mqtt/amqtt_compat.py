@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from functools import partial
 from typing import Any
 
@@ -81,8 +81,8 @@ _writes: set[asyncio.Task[None]] = set()  # PUBACKs being written, connections b
 _connection: contextvars.ContextVar[tuple[CompatBroker, Any] | None] = contextvars.ContextVar("mqtt_broker_connection", default=None)
 
 
-def _spawn(coro: Awaitable[None]) -> None:
-    task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+def _spawn(coro: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
     _writes.add(task)
     task.add_done_callback(_writes.discard)
 
@@ -104,11 +104,6 @@ class CompatHandler(BrokerProtocolHandler):
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
-
-    @property
-    def stopped(self) -> bool:
-        """The connection's reader has ended."""
-        return self._reader_stopped.is_set()
 
     def _gw_pending(self) -> dict[int, asyncio.Future[bool]]:
         pending = self.__dict__.get("_gw_acks")
