@@ -12,6 +12,7 @@ from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import Match
 from gateway.schema import parse_listen
 
+from . import aiosmtpd_compat, stdlib_compat
 from .config import EmailConfig
 from .matching import EmailRoute
 from .smtp_in import SmtpServer, reply_text
@@ -49,7 +50,9 @@ class EmailAdapter(Adapter):
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
+        stdlib_compat.CONTRACT.require()  # the parser of every message, SMTP or IMAP
         if cfg.smtp is not None:
+            aiosmtpd_compat.CONTRACT.require()
             tls = None
             if cfg.smtp.tls_cert:
                 tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

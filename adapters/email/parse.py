@@ -21,6 +21,8 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import TYPE_CHECKING, Any
 
+from .stdlib_compat import raw_headers, replace_raw_headers
+
 if TYPE_CHECKING:
     from .config import MimeLimits
 
@@ -116,7 +118,7 @@ def _plain_addresses(value: str) -> list[tuple[str, str]]:
 def _addresses(msg: EmailMessage, name: str, defects: list[str]) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     lname = name.lower()
-    for hname, raw in msg._headers:  # noqa: SLF001
+    for hname, raw in raw_headers(msg):
         if hname.lower() != lname:
             continue
         if isinstance(raw, str) and _simple(raw):
@@ -150,11 +152,11 @@ def _utf8_headers(msg: EmailMessage) -> None:
     decode them as UTF-8 (invalid bytes become U+FFFD) so names and subjects read right."""
     for part in msg.walk():
         fixed = []
-        for name, value in part._headers:  # noqa: SLF001
+        for name, value in raw_headers(part):
             if isinstance(value, str) and _SURROGATES.search(value):
                 value = value.encode("ascii", "surrogateescape").decode("utf-8", "replace")
             fixed.append((name, value))
-        part._headers = fixed  # noqa: SLF001
+        replace_raw_headers(part, fixed)
 
 
 def _parse(raw: bytes) -> EmailMessage:
@@ -289,7 +291,7 @@ def _parsed(raw: bytes) -> dict[str, Any]:
     _utf8_headers(msg)
     headers: list[list[str]] = []
     first: dict[str, str] = {}
-    for name, value in msg._headers:  # noqa: SLF001 - keep order and duplicates, never raise
+    for name, value in raw_headers(msg):  # keeps order and duplicates, never raises
         text = _decode(msg, name, value, defects)
         headers.append([name, text])
         first.setdefault(name.lower(), text)

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
-import re
 import ssl
 from collections.abc import Awaitable, Callable
-from email._header_value_parser import get_addr_spec, get_angle_addr
-from email.errors import HeaderParseError
 from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from .aiosmtpd_compat import CompatSMTP
 
 from .auth import THROTTLED, Login, SmtpAuth
 from .library_logs import quiet_library
@@ -33,7 +31,6 @@ if TYPE_CHECKING:
 
 ASGI = {"version": "3.0", "spec_version": "1.0"}
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def reply_text(code: int, reason: str | None, default: str) -> str:
@@ -45,7 +42,7 @@ def reply_text(code: int, reason: str | None, default: str) -> str:
     return f"{code} {text}"
 
 
-class GatewaySMTP(SMTP):
+class GatewaySMTP(CompatSMTP):
     """aiosmtpd's protocol with separate command/data timeouts, a ``421`` on timeout and session accounting."""
 
     def __init__(self, handler: SmtpHandler, *, data_timeout: float, on_close: Callable[[GatewaySMTP], None],
@@ -58,15 +55,6 @@ class GatewaySMTP(SMTP):
         self.busy = False  # True while applications run for a message
         self.in_data = False  # from DATA until its reply: the message a shutdown lets finish
 
-    # aiosmtpd calls the authenticator synchronously; ours returns a coroutine (async hooks).
-    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
-        result = await super().auth_PLAIN(_, args)
-        return await result if inspect.isawaitable(result) else result
-
-    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
-        result = await super().auth_LOGIN(_, args)
-        return await result if inspect.isawaitable(result) else result
-
     @functools.wraps(SMTP.smtp_AUTH)
     async def smtp_AUTH(self, arg: str) -> None:
         if await self.refused_while_draining():
@@ -77,29 +65,11 @@ class GatewaySMTP(SMTP):
             return
         await super().smtp_AUTH(arg)
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """The address of a MAIL or RCPT argument, and the rest of the line (``None, None`` when
-        it does not parse). aiosmtpd's own version declares a ``typing.Protocol`` class on every
-        call, a metaclass call per command that cost about 5% of the listener's time."""
-        if not arg:
-            return "", ""
-        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
-        try:
-            token, rest = parse(arg)
-        except HeaderParseError:
-            return None, None
-        address: str = token.addr_spec
-        if _CONTROL.search(address):
-            return None, None  # a NUL or other control character: never a deliverable address
-        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return address, rest
-
     @functools.wraps(SMTP.smtp_DATA)
     async def smtp_DATA(self, arg: str) -> None:
         if await self.refused_while_draining():
             return
-        self._reset_timeout(self._data_timeout)  # the next command sets the command timeout again
+        self.restart_timer(self._data_timeout)  # the next command sets the command timeout again
         self.in_data = True
         try:
             await super().smtp_DATA(arg)
@@ -122,29 +92,28 @@ class GatewaySMTP(SMTP):
             return
         if reply is not None:
             try:
-                self._writer.write(reply.encode() + b"\r\n")
+                self.write_now(reply.encode() + b"\r\n")
             except Exception:  # noqa: BLE001 - the transport is closing anyway
                 pass
         transport.close()
 
-    def _timeout_cb(self) -> None:
+    def on_timeout(self) -> bool:
         if self.busy:
-            return  # the applications are working; the handler re-arms the timer
+            return False  # the applications are working; the handler re-arms the timer
         try:
-            self._writer.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
+            self.write_now(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode())
         except Exception:  # noqa: BLE001 - the transport may be gone already
             pass
-        super()._timeout_cb()
+        return True
 
     def pause_timeout(self) -> None:
         self.busy = True
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
+        self.stop_timer()
 
     def resume_timeout(self) -> None:
         self.busy = False
         if self.transport is not None:
-            self._reset_timeout()
+            self.restart_timer()
 
     def connection_lost(self, error: Exception | None) -> None:
         try:

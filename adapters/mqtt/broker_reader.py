@@ -18,39 +18,17 @@ from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, Protocol
 
-from amqtt.adapters import BufferReader, ReaderAdapter, StreamReaderAdapter
-from amqtt.errors import MQTTError
-from amqtt.mqtt import packet_class
-from amqtt.mqtt.packet import (
-    CONNACK,
-    CONNECT,
-    DISCONNECT,
-    PINGREQ,
-    PINGRESP,
-    PUBACK,
-    PUBCOMP,
-    PUBLISH,
-    PUBREC,
-    PUBREL,
-    SUBACK,
-    SUBSCRIBE,
-    UNSUBACK,
-    UNSUBSCRIBE,
-    MQTTFixedHeader,
-)
+from amqtt.adapters import ReaderAdapter
+
+from .amqtt_compat import HANDLED_TYPES, dispatch_packet, stream_read
 
 READ_SIZE = 65536
 
 Chunks = Callable[[], Awaitable[bytes]]
 
-# amqtt's handler method for each packet type a connection may carry after CONNECT (the ones a
-# broker never expects, such as CONNACK, are handled by amqtt's methods the way amqtt does)
-_HANDLERS = {
-    CONNACK: "handle_connack", SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe",
-    SUBACK: "handle_suback", UNSUBACK: "handle_unsuback", PUBACK: "handle_puback", PUBREC: "handle_pubrec",
-    PUBREL: "handle_pubrel", PUBCOMP: "handle_pubcomp", PINGREQ: "handle_pingreq", PINGRESP: "handle_pingresp",
-    DISCONNECT: "handle_disconnect",
-}
+# packet types (MQTT 3.1.1, 2.2.1)
+CONNECT = 1
+PUBLISH = 3
 
 
 class BadPacket(ValueError):
@@ -96,8 +74,9 @@ def chunk_source(reader: ReaderAdapter, max_packet: int) -> Chunks:
     hands over each binary message (``read_some``); any other adapter (amqtt's own WebSocket
     listener) is read one packet at a time through amqtt's exact-size ``read``.
     """
-    if isinstance(reader, StreamReaderAdapter):
-        return partial(reader._reader.read, READ_SIZE)  # noqa: SLF001 - the asyncio StreamReader it wraps
+    read = stream_read(reader)
+    if read is not None:
+        return partial(read, READ_SIZE)
     read_some = getattr(reader, "read_some", None)
     if read_some is not None:
         return read_some  # type: ignore[no-any-return]
@@ -203,19 +182,6 @@ async def _skip_publish(
     return qos, topic, packet_id, rest
 
 
-async def _other_packet(handler: Any, first: int, body: bytes, tasks: deque[asyncio.Task[None]]) -> None:
-    kind = first >> 4
-    fixed = MQTTFixedHeader(kind, first & 0x0F, len(body))
-    try:
-        packet = await packet_class(fixed).from_stream(BufferReader(body), fixed_header=fixed)
-    except MQTTError:
-        return  # amqtt discards a packet its classes cannot decode and reads on
-    if kind == CONNECT:
-        await handler.handle_connect(packet)  # a second CONNECT: amqtt ends the session
-    else:
-        tasks.append(asyncio.get_running_loop().create_task(getattr(handler, _HANDLERS[kind])(packet)))
-
-
 async def read_packets(
     handler: Any,
     read: Chunks,
@@ -288,8 +254,8 @@ async def read_packets(
                         tasks.append(asyncio.get_running_loop().create_task(work))
                     else:
                         await work
-            elif kind in _HANDLERS or kind == CONNECT:
-                await _other_packet(handler, first, buf[start:stop], tasks)
+            elif kind in HANDLED_TYPES:
+                await dispatch_packet(handler, first, buf[start:stop], tasks)
             else:
                 raise BadPacket(f"reserved packet type {kind}")
             while tasks and tasks[0].done():

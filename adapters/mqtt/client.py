@@ -13,8 +13,10 @@ the broker (then the TCP window) holds the messages. Only the blocking TCP/TLS c
 (re)connects runs in a worker thread.
 
 QoS 2: paho sends PUBREC as soon as a QoS 2 PUBLISH arrives, which would hand the message over
-before the app ran. ``_Client`` defers the PUBREC to ``ack()`` (and answers PUBREL with PUBCOMP),
-so a QoS 2 message the app did not handle is redelivered like a QoS 1 one (at least once).
+before the app ran. ``CompatClient`` defers the PUBREC to ``ack()`` (and answers PUBREL with
+PUBCOMP), so a QoS 2 message the app did not handle is redelivered like a QoS 1 one (at least
+once). That and the buffered reads need paho's private methods: all of them are in
+``paho_compat``, checked when client mode starts.
 """
 
 from __future__ import annotations
@@ -24,13 +26,11 @@ import itertools
 import os
 import socket
 import ssl
-import struct
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
-import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -42,14 +42,13 @@ from .config import broker_url
 from .dispatch import Dispatcher, message_event
 from .events import Outgoing
 from .exhausted import Exhausted
+from .paho_compat import CONTRACT, CompatClient, raw_topic
 
 if TYPE_CHECKING:
     from .adapter import MqttAdapter
 
-_log = structlog.get_logger("gateway.adapters.mqtt")
 _ids = itertools.count(1)
 _READ_BATCH = 64
-_RECV_CHUNK = 65536
 
 # MQTT 5 publish properties: paho attribute name <-> event key
 _PROPS = {
@@ -101,84 +100,6 @@ def _lost_why(rc: MQTTErrorCode) -> str:
     return f"connection lost: {paho.error_string(rc)}"
 
 
-class _Client(paho.Client):
-    """paho's Client with the QoS 2 PUBREC held back until ``ack()`` (see the module docstring),
-    reads buffered, and ``on_message`` called directly.
-
-    paho reads a packet with three ``recv`` calls (the command byte, each byte of the length,
-    the body): three system calls for a 64-byte message. Here ``_sock_recv`` serves those
-    reads from one ``recv`` of up to ``_RECV_CHUNK`` bytes. Bytes left in that buffer do not
-    make the socket readable, so the reader asks ``has_buffered()`` before it waits again.
-    The gateway routes topics itself and never registers per-filter callbacks, so paho's
-    filter walk for every message is skipped."""
-
-    _defer_pubrec = False
-    _deferred_mid = -1
-    _rbuf = b""
-    _rpos = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf, pos = self._rbuf, self._rpos
-        if pos >= len(buf):
-            data = super()._sock_recv(_RECV_CHUNK)
-            if len(data) <= bufsize:
-                return data
-            buf, pos = self._rbuf, self._rpos = data, 0
-        end = self._rpos = min(pos + bufsize, len(buf))
-        return buf[pos:end]
-
-    def _sock_close(self) -> None:
-        self._rbuf, self._rpos = b"", 0
-        super()._sock_close()
-
-    def has_buffered(self) -> bool:
-        """Bytes received but not parsed yet, here or (TLS) decrypted inside the SSL object."""
-        if self._rpos < len(self._rbuf):
-            return True
-        sock = self._sock
-        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-
-    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
-        on_message = self.on_message
-        if on_message is not None:
-            try:
-                on_message(self, self._userdata, message)
-            except Exception:  # a bug of ours must not end the connection's read loop
-                _log.exception("mqtt.on_message_failed", mid=message.mid)
-
-    def _send_pubrec(self, mid: int) -> MQTTErrorCode:
-        if self._defer_pubrec:
-            self._deferred_mid = mid
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super()._send_pubrec(mid)
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        qos = (self._in_packet["command"] & 0x06) >> 1
-        if qos != 2 or not self._manual_ack:
-            return super()._handle_publish()
-        self._defer_pubrec, self._deferred_mid = True, -1
-        try:
-            rc = super()._handle_publish()
-        finally:
-            self._defer_pubrec = False
-        with self._in_message_mutex:
-            message = self._in_messages.pop(self._deferred_mid, None)
-        if message is not None:
-            self._handle_on_message(message)
-        return rc
-
-    def _handle_pubrel(self) -> MQTTErrorCode:
-        if not self._manual_ack:
-            return super()._handle_pubrel()
-        (mid,) = struct.unpack("!H", bytes(self._in_packet["packet"][:2]))
-        return self._send_pubcomp(mid)
-
-    def ack(self, mid: int, qos: int) -> MQTTErrorCode:
-        if self._manual_ack and qos == 2:
-            return super()._send_pubrec(mid)
-        return super().ack(mid, qos)
-
-
 class ClientMode:
     """Connects, subscribes, reads with backpressure, acknowledges, reconnects."""
 
@@ -198,7 +119,7 @@ class ClientMode:
         self.dispatcher = Dispatcher(self.context, adapter.send_for, self._resume, retry=cfg.retry, give_up=exhausted)
         exhausted.dispatcher = self.dispatcher
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.client: _Client | None = None
+        self.client: CompatClient | None = None
         self.generation = 0  # connections lost so far
         # Per-session state, keyed by packet id: valid only while the broker keeps the session.
         # ``session`` counts the sessions; a CONNACK without session_present starts a new one.
@@ -209,18 +130,19 @@ class ClientMode:
         self.paused = False
         self.stopping = False
         self.connected = False
-        self._sock: Any = None
+        self._watched: Any = None  # the socket registered with the event loop
         self._loop_thread = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
         self._pub_waiters: dict[int, asyncio.Future[None]] = {}
         self._sub_mid: dict[int, list[str]] = {}
-        self._subscriptions = adapter.subscriptions()
+        self._filters = adapter.subscriptions()
         self._backoff = cfg.reconnect.min_delay
 
     # -- start / stop ---------------------------------------------------------------------------
     async def start(self) -> None:
+        CONTRACT.require()
         cfg = self.config
         self.loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
@@ -230,7 +152,7 @@ class ClientMode:
         else:
             kwargs["protocol"] = paho.MQTTv311
             kwargs["clean_session"] = not self.persistent
-        client = self.client = _Client(CallbackAPIVersion.VERSION2, **kwargs)
+        client = self.client = CompatClient(CallbackAPIVersion.VERSION2, **kwargs)
         client.suppress_exceptions = True
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -292,7 +214,7 @@ class ClientMode:
                 if client.socket() is not None:
                     await asyncio.sleep(0.01)
         if client is not None and client.socket() is not None:
-            client._sock_close()
+            client.close_socket()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -329,15 +251,15 @@ class ClientMode:
         def register() -> None:
             if sock.fileno() == -1:
                 return
-            self._sock = sock
+            self._watched = sock
             if not self.paused:
                 self.loop.add_reader(sock, self._on_readable)  # type: ignore[union-attr]
         self._in_loop(register)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
         def unregister() -> None:
-            if self._sock is sock:
-                self._sock = None
+            if self._watched is sock:
+                self._watched = None
             try:
                 self.loop.remove_reader(sock)  # type: ignore[union-attr]
                 self.loop.remove_writer(sock)  # type: ignore[union-attr]
@@ -364,22 +286,22 @@ class ClientMode:
         client = self.client
         assert client is not None
         for _ in range(_READ_BATCH):
-            if self.paused or client._sock is None:
+            if self.paused or client.socket() is None:
                 return
-            rc = client._packet_read()
+            rc = client.read_packet()
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
                 if not client.has_buffered():
                     return
             elif rc > 0:
                 self._lost_why = _lost_why(rc)
-                client._loop_rc_handle(rc)
+                client.read_failed(rc)
                 return
         self._maybe_read_soon()
 
     def _maybe_read_soon(self) -> None:
         """Buffered bytes never wake the selector: read them on the next loop turn."""
         client = self.client
-        if client is not None and client._sock is not None and not self.paused and client.has_buffered():
+        if client is not None and client.socket() is not None and not self.paused and client.has_buffered():
             self.loop.call_soon(self._on_readable)  # type: ignore[union-attr]
 
     def _on_writable(self) -> None:
@@ -389,14 +311,14 @@ class ClientMode:
     def _pause(self) -> None:
         if not self.paused:
             self.paused = True
-            if self._sock is not None:
-                self.loop.remove_reader(self._sock)  # type: ignore[union-attr]
+            if self._watched is not None:
+                self.loop.remove_reader(self._watched)  # type: ignore[union-attr]
 
     def _resume(self) -> None:
         if self.paused:
             self.paused = False
-            if self._sock is not None and self._sock.fileno() != -1:
-                self.loop.add_reader(self._sock, self._on_readable)  # type: ignore[union-attr]
+            if self._watched is not None and self._watched.fileno() != -1:
+                self.loop.add_reader(self._watched, self._on_readable)  # type: ignore[union-attr]
                 self._maybe_read_soon()
 
     async def _misc_loop(self) -> None:
@@ -408,7 +330,7 @@ class ClientMode:
                 continue
             # while paused for backpressure, still read when a PINGRESP is due, or paho would
             # declare the connection dead after `keepalive` seconds of a slow consumer
-            if self.paused and client._ping_t > 0:
+            if self.paused and client.ping_outstanding():
                 client.loop_read()
             client.loop_misc()
 
@@ -430,14 +352,14 @@ class ClientMode:
         )
         if not session_present:
             self._session_lost()
-        if not self._subscriptions:
+        if not self._filters:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
-        topics = [(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in self._subscriptions]
+        topics = [(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in self._filters]
         rc, mid = client.subscribe(topics)
         if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._sub_mid[mid] = [f for f, _ in self._subscriptions]
+            self._sub_mid[mid] = [f for f, _ in self._filters]
 
     def _session_lost(self) -> None:
         """The broker has no session for us (a clean session, a broker restarted without
@@ -509,7 +431,7 @@ class ClientMode:
             topic = msg.topic
         except UnicodeDecodeError:
             self.dispatcher.count("invalid")
-            self.log.warning("mqtt.invalid_topic", topic=repr(msg._topic), why="not valid UTF-8; refused")
+            self.log.warning("mqtt.invalid_topic", topic=repr(raw_topic(msg)), why="not valid UTF-8; refused")
             self._ack(mid, qos)
             return
         if qos and mid in self.acked_offline:
@@ -565,10 +487,7 @@ class ClientMode:
             return
         self._lost_why = "reconnecting so that the broker sends the unacknowledged messages again"
         self._backoff = 0.05
-        client = self.client
-        client._sock_close()
-        client._state = paho._ConnectionState.MQTT_CS_CONNECTION_LOST
-        client._do_on_disconnect(packet_from_broker=False, v1_rc=MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        self.client.drop_connection()
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         fut = self._pub_waiters.pop(mid, None)
