@@ -94,6 +94,20 @@ class Adapter(abc.ABC):
         return []
 
     @classmethod
+    def for_workers(cls, config: Any) -> Any:
+        """The config this adapter runs with under ``--workers N``: its listeners shared between the
+        processes with ``SO_REUSEPORT``. Raise ``ValueError`` saying why when it cannot run in
+        several processes. The default: an adapter without TCP listeners is fine as it is; one with
+        them needs a ``reuse_port`` key."""
+        addresses = [a for a in cls.listen_addresses(config) if a.startswith(("tcp:", "udp:"))]
+        if not addresses:
+            return config
+        if "reuse_port" not in type(config).model_fields:
+            raise ValueError(f"it listens on {', '.join(a.split(':', 1)[1] for a in addresses)} and cannot share "
+                             "that between --workers processes (it has no reuse_port); run it in one process")
+        return config.model_copy(update={"reuse_port": True})
+
+    @classmethod
     def mount_paths(cls, config: Any) -> list[tuple[str, tuple[str, ...]]]:
         """``(path, scope types)`` this config will mount on the http listener at start (a
         webhook, a WebSocket endpoint), so ``gateway routes`` can list them without starting."""

@@ -39,23 +39,17 @@ def check_shareable(plan: Plan, workers: int) -> None:
             "would split groups per process; set 'layer: {backend: redis, hosts: [...]}'",
         )
     for ap in plan.adapters:
-        addresses = [a for a in ap.cls.listen_addresses(ap.config) if not a.startswith(("unix:", "fd://"))]
-        if not addresses:
-            continue
-        if "reuse_port" not in type(ap.config).model_fields:
-            raise plan.source.error(
-                ("adapters", ap.name),
-                f"adapter {ap.name!r} listens on {', '.join(addresses)} and cannot share it between "
-                f"--workers processes (it has no reuse_port); run it in one process",
-            )
-        if any(a.endswith(":0") for a in addresses):
+        try:
+            ap.cls.for_workers(ap.config)
+        except ValueError as exc:
+            raise plan.source.error(("adapters", ap.name), f"adapter {ap.name!r} cannot run under --workers {workers}: {exc}") from None
+        if any(a.endswith(":0") for a in ap.cls.listen_addresses(ap.config)):
             raise plan.source.error(("adapters", ap.name), "--workers needs fixed ports: port 0 would give each worker its own")
 
 
 def _with_reuse_port(plan: Plan) -> Plan:
     for ap in plan.adapters:
-        if "reuse_port" in type(ap.config).model_fields:
-            ap.config = ap.config.model_copy(update={"reuse_port": True})
+        ap.config = ap.cls.for_workers(ap.config)
     return plan
 
 

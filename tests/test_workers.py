@@ -43,7 +43,7 @@ adapters:
     proc = run(cfg, "--workers", "2")
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert "adapter 'syslog' listens on tcp:127.0.0.1:5514 and cannot share it" in out
+    assert "adapter 'syslog' cannot run under --workers 2: it listens on 127.0.0.1:5514 and cannot share" in out
 
 
 def read_until(proc: subprocess.Popen[str], needle: str, count: int, timeout: float = 60) -> str:
@@ -193,3 +193,52 @@ def test_workers_judge_the_layer_django_gives_not_the_layer_key(write, backend, 
         assert done.stdout.strip() == "shareable"
     else:
         assert "needs a channel layer all processes share" in done.stdout
+
+
+async def test_two_workers_share_the_smtp_port(write, tmp_path):
+    import smtplib
+
+    redis = RedisServer().start()
+    port = free_port()
+    trace = tmp_path / "pids"
+    cfg = write("gw.yaml", f"""\
+layer: {{backend: redis, hosts: ["{redis.url}"], prefix: smtpworkers}}
+adapters:
+  email: {{smtp: {{listen: "127.0.0.1:{port}", domains: [example.com]}}}}
+routes:
+  email:
+    - {{to: "*@example.com", app: "testapps.pidmail:app"}}
+""")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(cfg), "--log-format", "json", "--workers", "2"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(TESTS), "PID_TRACE": str(trace)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        await asyncio.to_thread(read_until, proc, '"adapter.started"', 2)
+
+        def send_all() -> None:
+            for n in range(40):  # a new connection each: the kernel spreads them over the workers
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+                    assert smtp.sendmail("a@example.org", [f"n{n}@example.com"], f"Subject: {n}\r\n\r\nx\r\n") == {}
+
+        await asyncio.to_thread(send_all)
+        pids = trace.read_text().split()
+        assert len(pids) == 40 and len(set(pids)) == 2, pids
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        redis.stop()
+
+
+def test_workers_refuse_broker_mode_mqtt_and_say_why(write):
+    cfg = write("gw.yaml", "layer: {backend: redis, hosts: ['redis://127.0.0.1:1/0']}\n"
+                           "adapters:\n  mqtt: {mode: broker, listen: '127.0.0.1:18830'}\n")
+    proc = run(cfg, "--workers", "2")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "adapter 'mqtt' cannot run under --workers 2: the embedded broker keeps its sessions" in out
+    assert "mode: client" in out

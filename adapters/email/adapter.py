@@ -42,6 +42,14 @@ class EmailAdapter(Adapter):
         self.auth_enabled = bool(smtp and (smtp.auth_users or smtp.auth_hook))
 
     @classmethod
+    def for_workers(cls, config: Any) -> Any:
+        """SMTP shares its listener through SO_REUSEPORT; IMAP mailboxes already take one poller per
+        mailbox across processes (the Redis lock)."""
+        if config.smtp is None:
+            return config
+        return config.model_copy(update={"smtp": config.smtp.model_copy(update={"reuse_port": True})})
+
+    @classmethod
     def listen_addresses(cls, config: Any) -> list[str]:
         if config.smtp is None:
             return []

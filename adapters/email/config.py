@@ -39,6 +39,7 @@ class SmtpConfig(Section):
         description="Largest message in bytes (announced as `SIZE` in EHLO; larger ones get `552`). 0: no limit.",
     )
     max_recipients: int = Field(100, gt=0, description="Recipients per message; more get `452 4.5.3`.")
+    reuse_port: bool = Field(False, description="Set SO_REUSEPORT so several processes can listen on one port (`--workers` sets it).")
     max_sessions: int = Field(100, gt=0, description="Concurrent SMTP sessions; more are greeted with `421 4.3.2` and closed.")
     command_timeout: PositiveFloat = Field(300.0, description="Seconds a client may be idle between commands before `421 4.4.2` and close.")
     data_timeout: PositiveFloat = Field(600.0, description="Seconds a client may take to send the message after `DATA`.")

@@ -392,7 +392,8 @@ class SmtpServer:
             import socket
 
             self.hostname = await asyncio.to_thread(socket.getfqdn)
-        self.servers.append(await asyncio.get_running_loop().create_server(self._protocol, host, port))
+        self.servers.append(await asyncio.get_running_loop().create_server(
+            self._protocol, host, port, reuse_port=self.config.reuse_port or None))
 
     @property
     def addresses(self) -> list[str]:

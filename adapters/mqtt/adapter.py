@@ -47,6 +47,16 @@ class MqttAdapter(Adapter):
         return [f"tcp:{parse_listen(a)}" for a in (*config.listen, *config.tls_listen, *config.ws_listen)]
 
     @classmethod
+    def for_workers(cls, config: MqttConfig) -> MqttConfig:
+        if config.mode == "broker":
+            raise ValueError(
+                "the embedded broker keeps its sessions, subscriptions and retained messages in one process, so "
+                "devices on different workers would not see each other; run it in one process, or use client mode "
+                "(mode: client) with an external broker and 'shared:' subscriptions to spread messages over workers"
+            )
+        return config
+
+    @classmethod
     def mount_paths(cls, config: MqttConfig) -> list[tuple[str, tuple[str, ...]]]:
         return [(config.ws_path, ("websocket",))] if config.mode == "broker" and config.ws_path else []
 
