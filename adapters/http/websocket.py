@@ -46,10 +46,13 @@ CLOSE_TIMEOUT = 5.0
 
 def _write_frame(transport: Any, first: int, data: bytes) -> None:
     """One server frame (``first`` is FIN | RSV1 | opcode): small ones in a single write."""
-    if len(data) < 65536:
-        transport.write(frame_head(first, len(data)) + data)
+    n = len(data)
+    if n < 126:  # the usual message, without a call for its two-byte header
+        transport.write(bytes((first, n)) + data)
+    elif n < 65536:
+        transport.write(frame_head(first, n) + data)
     else:
-        transport.writelines((frame_head(first, len(data)), data))
+        transport.writelines((frame_head(first, n), data))
 
 
 def _sendable_close_code(code: int) -> bool:
