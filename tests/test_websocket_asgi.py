@@ -621,6 +621,7 @@ async def test_compressed_fragments_and_a_compressed_message_past_the_limit():
     ("permessage-deflate; bogus=1", None),
     ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", None),
     ("x-webkit-deflate-frame", None),
+    ("permessage-deflate; server_max_window_bits=" + "1" * 5000, None),  # past int()'s digit limit
 ])
 async def test_deflate_offers(offer, answer):
     async with serve(ws_app(hello)) as gw:

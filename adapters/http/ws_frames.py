@@ -67,7 +67,7 @@ def negotiate_deflate(offers: str | None) -> tuple[str, int, bool] | None:
         for param in params:
             key, _, value = param.partition("=")
             key, value = key.strip().lower(), value.strip().strip('"')
-            number = int(value) if value.isascii() and value.isdigit() else 0
+            number = int(value) if value.isascii() and value.isdigit() and len(value) <= 2 else 0
             if key in seen:
                 usable = False
             elif key == "server_no_context_takeover" and not value:
