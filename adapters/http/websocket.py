@@ -1,9 +1,9 @@
 """WebSocket connections: the handshake, frames both ways (``ws_frames``), ASGI events both ways.
 
 The frame reader hands each complete message straight to the instance queue (no extra task per
-connection). Sends go straight to the transport; when
-the transport's buffer is above ``ws_send_buffer`` the app's ``send`` waits for it to drain, so a
-client that does not read stalls only its own sender.
+connection). Sends go straight to the transport; when the transport's buffer is above
+``ws_send_buffer`` the app's ``send`` waits for it to drain, so a client that does not read stalls
+only its own sender.
 """
 
 from __future__ import annotations
