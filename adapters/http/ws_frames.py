@@ -137,6 +137,7 @@ class FrameReader:
         "message_opcode",
         "message_size",
         "need",
+        "small",
         "stash",
     )
 
@@ -153,6 +154,8 @@ class FrameReader:
         self.compressed = False
         self.fragments: list[bytes] = []
         self.closed = False
+        # 0x80 (the mask bit) | the largest one-byte length no limit refuses: the fast path's bound
+        self.small = 0x80 | min(125, max_message, 125 if max_frame is None else max_frame)
 
     def feed(self, data: bytes) -> None:
         if self.closed:
@@ -171,6 +174,25 @@ class FrameReader:
                 self._wait(data, pos, 2)
                 return
             first, second = data[pos], data[pos + 1]
+            if (first == 0x81 or first == 0x82) and 0x80 < second <= self.small and not self.message_opcode:
+                # The usual frame, written out: a whole small text or binary message, masked,
+                # uncompressed, within every limit.
+                start = pos + 6
+                stop = start + (second & 0x7F)
+                if stop <= end:
+                    n = stop - start
+                    key = (data[pos + 2:start] * ((n >> 2) + 1))[:n]
+                    payload = (int.from_bytes(data[start:stop], "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+                    pos = stop
+                    if first == 0x82:
+                        self.deliver(BINARY, payload)
+                        continue
+                    try:
+                        text = payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ProtocolError(1007, "text message is not valid UTF-8") from None
+                    self.deliver(TEXT, text)
+                    continue
             size = second & 0x7F
             if not second & 0x80:
                 raise ProtocolError(1002, "unmasked frame from the client")
