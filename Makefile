@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.yaml
 
-.PHONY: run test test-compose check docs bench clean
+.PHONY: run test test-floors test-compose check docs bench clean
 
 ## run: create the virtualenv and run the gateway on its embedded defaults
 run: $(VENV)/.run-deps
@@ -14,6 +14,11 @@ run: $(VENV)/.run-deps
 test: $(VENV)/.test-deps
 	sh tests/install-peers.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-floors: the tests that touch aiohttp, with aiohttp pinned at the floor pyproject.toml declares
+## (a virtualenv of its own, .venv-floors); see tests/floors.sh
+test-floors:
+	PYTHON=$(PYTHON) sh tests/floors.sh $(PYTEST_ARGS)
 
 ## test-compose: docker-compose.yml for real (root; installs docker.io, docker-compose, debootstrap;
 ## starts its own dockerd; images cached in $$COMPOSE_TEST_CACHE); see docs/deploy.md
@@ -62,4 +67,4 @@ $(VENV)/.bench-deps: $(VENV)/.python pyproject.toml
 	touch $@
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-floors build *.egg-info

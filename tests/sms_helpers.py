@@ -290,11 +290,13 @@ class FakeCloud:
         planned, sid = await self._record(request, "twilio")
         if request.headers.get("Authorization") != "Basic " + base64.b64encode(f"{TWILIO_SID}:{TWILIO_TOKEN}".encode()).decode():
             return web.json_response({"code": 20003, "message": "Authenticate"}, status=401)
-        return self._special(planned) or web.json_response({"sid": f"SM{sid}", "status": "queued"}, status=201)
+        special = self._special(planned)  # not `or`: an aiohttp 3.8 Response with no state is falsy
+        return special if special is not None else web.json_response({"sid": f"SM{sid}", "status": "queued"}, status=201)
 
     async def _telnyx(self, request: web.Request) -> web.Response:
         planned, mid = await self._record(request, "telnyx")
-        return self._special(planned) or web.json_response({"data": {"id": mid, "record_type": "message"}})
+        special = self._special(planned)
+        return special if special is not None else web.json_response({"data": {"id": mid, "record_type": "message"}})
 
     async def _vonage(self, request: web.Request) -> web.Response:
         planned, mid = await self._record(request, "vonage")

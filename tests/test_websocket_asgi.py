@@ -523,3 +523,127 @@ async def test_messages_after_the_app_returned_are_dropped_not_queued():
         out = await read_all(reader, timeout=1)  # the close frame; the socket stays open until the client answers
         writer.close()
     assert read_close_code(out) == 1000
+
+
+def deflated(data: bytes, bits: int = 15) -> bytes:
+    """``data`` as one permessage-deflate message payload (the sync-flush tail dropped)."""
+    zobj = __import__("zlib").compressobj(9, 8, -bits)
+    return (zobj.compress(data) + zobj.flush(2))[:-4]  # 2: Z_SYNC_FLUSH
+
+
+def unmasked(opcode: int, payload: bytes) -> bytes:
+    return bytes([0x80 | opcode, len(payload)]) + payload
+
+
+@pytest.mark.parametrize("data", [
+    unmasked(0x1, b"hi"),                                   # a client frame must be masked
+    bytes([0xA1]) + frame(0x1, b"hi")[1:],                  # RSV2 set: no extension defines it
+    bytes([0xC1]) + frame(0x1, b"hi")[1:],                  # RSV1 without permessage-deflate
+    frame(0x3, b"x"),                                       # a reserved data opcode
+    frame(0xB, b"x"),                                       # a reserved control opcode
+    frame(0x9, b"p", fin=False),                            # a fragmented control frame
+    frame(0x9, b"p" * 126),                                 # a control frame over 125 bytes
+    frame(0x0, b"x"),                                       # a continuation without a message
+    frame(0x1, b"a", fin=False) + frame(0x1, b"b"),         # a new message inside a fragmented one
+    frame(0x8, b"\x03"),                                    # a close payload of one byte
+], ids=["unmasked", "rsv2", "rsv1-uncompressed", "opcode-3", "opcode-11", "fragmented-ping",
+        "long-ping", "stray-continuation", "interleaved-message", "one-byte-close"])
+async def test_protocol_violations_close_with_1002(data):
+    got: list[dict[str, Any]] = []
+
+    async def handler(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+
+    async with serve(ws_app(handler)) as gw:
+        reader, writer = await raw_ws(gw)
+        writer.write(data)
+        out = await read_all(reader)
+        writer.close()
+    assert read_close_code(out) == 1002
+    assert got == [{"type": "websocket.disconnect", "code": 1002, "reason": ""}]
+
+
+async def test_close_reason_that_is_not_utf8_is_1007():
+    async with serve(ws_app(hello)) as gw:
+        reader, writer = await raw_ws(gw)
+        writer.write(frame(0x8, struct.pack("!H", 1000) + b"\xff"))
+        out = await read_all(reader)
+        writer.close()
+    assert read_close_code(out) == 1007
+
+
+async def test_fragments_with_control_frames_between_them_and_split_reads():
+    """Pings may come between the fragments of a message; every byte arrives in its own write."""
+    async with serve(ws_app(hello)) as gw:
+        reader, writer = await raw_ws(gw)
+        data = frame(0x1, "hé".encode(), fin=False) + frame(0x9, b"ping!") + frame(0x0, "llo".encode())
+        for k in range(len(data)):
+            writer.write(data[k:k + 1])
+            await writer.drain()
+        pong = await asyncio.wait_for(reader.readexactly(7), 5)
+        assert pong == b"\x8a\x05ping!"
+        echo = await asyncio.wait_for(reader.readexactly(2 + len("héllo".encode())), 5)
+        assert echo == b"\x81\x06" + "héllo".encode()
+        writer.close()
+
+
+def raw_deflate_handshake(offer: bytes) -> bytes:
+    return handshake(extra=b"Sec-WebSocket-Extensions: %s\r\n" % offer)
+
+
+async def test_compressed_fragments_and_a_compressed_message_past_the_limit():
+    async with serve(ws_app(hello), limits={"ws_max_message_size": 1000}) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw_deflate_handshake(b"permessage-deflate; client_max_window_bits"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"sec-websocket-extensions: permessage-deflate\r\n" in head
+        body = deflated(b"y" * 1000)  # exactly the limit, in two frames; RSV1 on the first only
+        writer.write(bytes([0x42]) + frame(0x2, body[:3], fin=False)[1:] + frame(0x0, body[3:]))
+        first = await asyncio.wait_for(reader.readexactly(2), 5)
+        assert first[0] == 0xC2  # FIN | RSV1 | binary: the echo is compressed too
+        echo = await asyncio.wait_for(reader.readexactly(first[1] & 0x7F), 5)
+        zobj = __import__("zlib").decompressobj(-15)
+        assert zobj.decompress(echo + b"\x00\x00\xff\xff") == b"y" * 1000
+        # a few bytes on the wire that inflate past the limit: refused as it inflates
+        writer.write(bytes([0xC2]) + frame(0x2, deflated(b"z" * 100_000))[1:])
+        out = await read_all(reader)
+        writer.close()
+    assert read_close_code(out) == 1009
+
+
+@pytest.mark.parametrize("offer, answer", [
+    ("permessage-deflate; server_no_context_takeover", "permessage-deflate; server_no_context_takeover"),
+    ("permessage-deflate; server_max_window_bits=10", "permessage-deflate; server_max_window_bits=10"),
+    ("permessage-deflate; server_max_window_bits=8, permessage-deflate", "permessage-deflate"),
+    ("permessage-deflate; bogus=1", None),
+    ("permessage-deflate; server_no_context_takeover; server_no_context_takeover", None),
+    ("x-webkit-deflate-frame", None),
+    ("permessage-deflate; server_max_window_bits=" + "1" * 5000, None),  # past int()'s digit limit
+])
+async def test_deflate_offers(offer, answer):
+    async with serve(ws_app(hello)) as gw:
+        host, port = host_port(gw)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw_deflate_handshake(offer.encode()))
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        writer.close()
+    assert head.startswith("HTTP/1.1 101")
+    lines = [line for line in head.split("\r\n") if line.startswith("sec-websocket-extensions:")]
+    assert lines == ([f"sec-websocket-extensions: {answer}"] if answer else [])
+
+
+async def test_deflate_honours_the_window_and_context_the_client_asked_for():
+    """A client that inflates with a 1 KiB window and a fresh context per message: a server
+    that referenced older bytes would make it fail."""
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+    chunk = os.urandom(600).hex()  # 1200 characters: a repeat is further back than 1 KiB
+    async with serve(ws_app(hello)) as gw:
+        for params in ({"server_max_window_bits": 10}, {"server_no_context_takeover": True}):
+            factory = ClientPerMessageDeflateFactory(**params)
+            async with websockets.connect(f"ws://{addr(gw)}/", extensions=[factory], compression=None) as ws:
+                for message in (chunk + chunk, chunk, chunk):
+                    await ws.send(message)
+                    assert await ws.recv() == message

@@ -1,4 +1,4 @@
-"""The ``http`` adapter: HTTP/1.1 (parsed by httptools) and WebSocket (aiohttp's frame reader), served as ASGI ``http`` and
+"""The ``http`` adapter: HTTP/1.1 (parsed by httptools) and WebSocket (frames by the adapter's own codec), served as ASGI ``http`` and
 ``websocket`` scopes to the router. See docs/http.md."""
 
 from .config import HttpConfig, Limits, TLSConfig

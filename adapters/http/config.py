@@ -93,7 +93,7 @@ class Limits(Section):
 
 
 class HttpConfig(Section):
-    """`adapters.http` — HTTP/1.1 (httptools) and WebSocket (aiohttp's frame reader)."""
+    """`adapters.http` — HTTP/1.1 (httptools) and WebSocket (the adapter's own frame codec)."""
 
     listen: Listen = Field(
         default_factory=lambda: ["127.0.0.1:8000"],

@@ -10,8 +10,8 @@ simple response is a single ``transport.write``. Upgrade requests are handed to
 
 The parser is httptools rather than aiohttp's own: both bind the same llhttp, but aiohttp's
 wraps every request in a multidict, a yarl URL and a stream object that the ASGI translation
-then takes apart again, which cost more than the rest of a hello-world request. aiohttp still
-does the WebSocket side (frame reader and writer).
+then takes apart again, which cost more than the rest of a hello-world request. Flow control is
+the adapter's own (``flow_control``), on asyncio's public protocol callbacks.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from aiohttp.base_protocol import BaseProtocol
 
+from .flow_control import FlowControlled
 from .request import BODY_BUFFER, METHODS, Request, method_name
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def _other_form_ok(target: bytes) -> bool:
     return bool(url.schema and url.host)
 
 
-class HttpProtocol(BaseProtocol):
+class HttpProtocol(FlowControlled):
     """One client connection."""
 
     __slots__ = (
@@ -105,6 +105,7 @@ class HttpProtocol(BaseProtocol):
         "head_size",
         "headers",
         "hosts",
+        "parser",
         "parsing",
         "queue",
         "rejected",
@@ -115,14 +116,16 @@ class HttpProtocol(BaseProtocol):
         "tail",
         "task",
         "tls",
+        "upgraded",
         "url",
         "waiter",
         "ws",
     )
 
     def __init__(self, server: ServerState, tls: bool) -> None:
-        super().__init__(server.loop, None)
-        self._parser: Any = httptools.HttpRequestParser(self)
+        super().__init__(server.loop)
+        self.parser: Any = httptools.HttpRequestParser(self)
+        self.upgraded = False  # the parser saw an upgrade: what follows the head is not HTTP
         self.server = server
         self.tls = tls
         self.client: tuple[str, int] | None = None
@@ -180,24 +183,24 @@ class HttpProtocol(BaseProtocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        self._parser = None
+        self.parser = None
 
     def data_received(self, data: bytes) -> None:
         if self.ws is not None:
             self.ws.feed(data)
             return
-        if self.broken or self._parser is None:
+        if self.broken or self.parser is None:
             return
-        if self._upgraded:
+        if self.upgraded:
             self.tail += data
             if len(self.tail) > 65536:
-                self._pause_reading_for_buffer()
+                self.hold_reading()
             return
         self.got_head = False
         try:
-            self._parser.feed_data(data)
+            self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._upgraded = True
+            self.upgraded = True
             self.tail = data[exc.args[0]:]
             last = self.queue[-1] if self.queue else None
             if isinstance(last, Request):
@@ -226,8 +229,8 @@ class HttpProtocol(BaseProtocol):
                 waiter.set_result(None)
         elif self.task is None:
             self.task = self.server.loop.create_task(self.serve())
-        if not self._buffer_paused and len(self.queue) > self.server.limits.max_pipelined:
-            self._pause_reading_for_buffer()
+        if not self.read_held and len(self.queue) > self.server.limits.max_pipelined:
+            self.hold_reading()
 
     def _start_body_clock(self) -> None:
         """A request head is in and its body is on its way: from now the client is the one who
@@ -280,7 +283,7 @@ class HttpProtocol(BaseProtocol):
         headers.append((name, value.rstrip(_OWS)))
 
     def on_headers_complete(self) -> None:
-        parser = self._parser
+        parser = self.parser
         version = parser.get_http_version()
         if self.hosts != 1 and (self.hosts or version == "1.1"):
             raise Refused(400, "a request needs exactly one Host header" if self.hosts else "HTTP/1.1 request without a Host header")
@@ -303,8 +306,8 @@ class HttpProtocol(BaseProtocol):
             req.feed(body)
             if self.deadline_kind == 3:
                 self.deadline += len(body) * self.server.body_step
-            if req.size > BODY_BUFFER and not self._buffer_paused:
-                self._pause_reading_for_buffer()
+            if req.size > BODY_BUFFER and not self.read_held:
+                self.hold_reading()
 
     def on_message_complete(self) -> None:
         req = self.parsing
@@ -347,11 +350,11 @@ class HttpProtocol(BaseProtocol):
     def resume_if_drained(self) -> None:
         """Read from the socket again once the pipeline queue and the body being read are short."""
         if (
-            self._buffer_paused and not self._upgraded
+            self.read_held and not self.upgraded
             and len(self.queue) <= self.server.limits.max_pipelined // 2
             and (self.parsing is None or self.parsing.size <= BODY_BUFFER // 2)
         ):
-            self._resume_reading_for_buffer()
+            self.release_reading()
             self.restart_body_clock()
 
     # -- writing: a client that takes nothing -----------------------------------------------
@@ -407,7 +410,7 @@ class HttpProtocol(BaseProtocol):
                         self.waiter = None
                     continue
                 req = queue.popleft()
-                if self._buffer_paused:
+                if self.read_held:
                     self.resume_if_drained()
                 if self.transport is None:
                     break
@@ -471,7 +474,7 @@ class HttpProtocol(BaseProtocol):
         if req is None or self.transport is None:
             self.deadline_kind = 0
             return
-        if self._buffer_paused or self._owes_continue(req):
+        if self.read_held or self._owes_continue(req):
             # the server is the one holding the body back: not the client's time
             self.deadline = server.loop.time() + server.body_timeout
             return
@@ -589,7 +592,7 @@ class Cycle:
             if not more:
                 self.more_body = False
             if chunk:
-                if conn._buffer_paused:
+                if conn.read_held:
                     conn.resume_if_drained()
                 self.received += len(chunk)
                 if self.max_body is not None and self.received > self.max_body:
@@ -640,7 +643,7 @@ class Cycle:
                     transport.write(_LAST_CHUNK)
                 if not self.trailers or not self.chunked:
                     self._complete()
-            if conn._paused:
+            if conn.write_paused:
                 return self._drained()
         elif kind == "http.response.start":
             if self.started:
@@ -674,7 +677,7 @@ class Cycle:
 
     async def _drained(self) -> None:
         try:
-            await self.conn._drain_helper()
+            await self.conn.wait_writable()
         except ConnectionError:
             pass
 

@@ -1,9 +1,9 @@
-"""WebSocket connections: the handshake, aiohttp's C frame reader and its writer, ASGI events both ways.
+"""WebSocket connections: the handshake, frames both ways (``ws_frames``), ASGI events both ways.
 
-Frames are parsed by ``aiohttp``'s ``WebSocketReader`` into a sink that hands each message straight
-to the instance queue (no extra task per connection). Sends go straight to the transport; when
-the transport's buffer is above ``ws_send_buffer`` the app's ``send`` waits for it to drain, so a
-client that does not read stalls only its own sender.
+The frame reader hands each complete message straight to the instance queue (no extra task per
+connection). Sends go straight to the transport; when the transport's buffer is above
+``ws_send_buffer`` the app's ``send`` waits for it to drain, so a client that does not read stalls
+only its own sender.
 """
 
 from __future__ import annotations
@@ -11,21 +11,28 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from aiohttp._websocket.helpers import WS_KEY, ws_ext_gen, ws_ext_parse
-from aiohttp._websocket.models import WebSocketError, WSMsgType
-from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
-from aiohttp._websocket.writer import WebSocketWriter
-
 from gateway.routing import Match
 from gateway.runner import Outcome
 
 from .protocol import _check_header, simple_response
+from .ws_frames import (
+    BINARY,
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    Deflater,
+    FrameReader,
+    ProtocolError,
+    accept_key,
+    frame_head,
+    negotiate_deflate,
+)
 
 if TYPE_CHECKING:
     from .protocol import HttpProtocol
@@ -34,25 +41,18 @@ if TYPE_CHECKING:
 CONNECTING, RESPONDING, OPEN, CLOSING, CLOSED = range(5)
 WS_EXTENSIONS: dict[str, Any] = {"websocket.http.response": {}}
 _PACK_CODE = struct.Struct("!H").pack
-_TEXT, _BINARY, _CLOSE, _PING, _PONG = (
-    WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CLOSE, WSMsgType.PING, WSMsgType.PONG,
-)
 CLOSE_TIMEOUT = 5.0
-_LEN2 = struct.Struct("!H").unpack_from
-_LEN8 = struct.Struct("!Q").unpack_from
-_HEAD2 = struct.Struct("!BBH").pack
-_HEAD8 = struct.Struct("!BBQ").pack
 
 
 def _write_frame(transport: Any, first: int, data: bytes) -> None:
-    """One unmasked, uncompressed server frame (``first`` is FIN | opcode)."""
+    """One server frame (``first`` is FIN | RSV1 | opcode): small ones in a single write."""
     n = len(data)
-    if n < 126:
+    if n < 126:  # the usual message, without a call for its two-byte header
         transport.write(bytes((first, n)) + data)
     elif n < 65536:
-        transport.write(_HEAD2(first, 126, n) + data)
+        transport.write(frame_head(first, n) + data)
     else:
-        transport.writelines((_HEAD8(first, 127, n), data))
+        transport.writelines((frame_head(first, n), data))
 
 
 def _sendable_close_code(code: int) -> bool:
@@ -63,23 +63,6 @@ def _sendable_close_code(code: int) -> bool:
 
 class ClientDisconnected(OSError):
     """``send`` on a WebSocket whose client has gone (ASGI 2.4+: an ``OSError`` subclass)."""
-
-
-class _Sink(WebSocketDataQueue):
-    """Receives parsed messages from the C reader and passes them to the session."""
-
-    def __init__(self, session: WebSocketSession, protocol: Any, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(protocol, 2**16, loop=loop)
-        self.session = session
-
-    def feed_data(self, data: Any, size: int) -> None:  # type: ignore[override]
-        self.session.on_message(data)
-
-    def set_exception(self, exc: BaseException, exc_cause: Any = None) -> None:  # type: ignore[override]
-        self.session.on_error(exc)
-
-    def feed_eof(self) -> None:
-        pass
 
 
 def _latin1(value: bytes | None) -> str | None:
@@ -123,13 +106,10 @@ async def start_websocket(conn: HttpProtocol, req: Request) -> None:
         if server.access_log:
             server.log.info("websocket", path=path, status=403, client=f"{client[0]}:{client[1]}" if client else None)
         return
-    compress, notakeover = 0, False
+    deflate = None
     if server.config.ws_compression:
-        try:
-            compress, notakeover = ws_ext_parse(_latin1(req.header(b"sec-websocket-extensions")), isserver=True)
-        except Exception:  # noqa: BLE001 - an unusable offer is simply not accepted
-            compress, notakeover = 0, False
-    session = WebSocketSession(conn, scope, key, compress, notakeover)
+        deflate = negotiate_deflate(_latin1(req.header(b"sec-websocket-extensions")))
+    session = WebSocketSession(conn, scope, key, deflate)
     conn.ws = session
     inst = server.runner.instance(match, scope, session.send, adapter="http")
     session.inst = inst
@@ -143,19 +123,18 @@ class WebSocketSession:
 
     __slots__ = (
         "close_code",
+        "close_sent",
         "closing_at",
-        "compress",
         "conn",
+        "deflate",
+        "deflater",
         "finished",
-        "frame_limit",
         "frames_in",
         "frames_out",
         "inst",
         "key",
         "logged",
-        "notakeover",
         "opened",
-        "partial",
         "pending",
         "ping_due",
         "ping_sent",
@@ -166,21 +145,18 @@ class WebSocketSession:
         "resp_status",
         "scope",
         "seen",
-        "skip",
         "state",
-        "writer",
     )
 
-    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], key: str, compress: int, notakeover: bool) -> None:
+    def __init__(self, conn: HttpProtocol, scope: dict[str, Any], key: str, deflate: tuple[str, int, bool] | None) -> None:
         self.conn = conn
         self.scope = scope
         self.key = key
-        self.compress = compress
-        self.notakeover = notakeover
+        self.deflate = deflate  # the permessage-deflate agreed on: (header value, window bits, no takeover)
+        self.deflater: Deflater | None = None
         self.inst: Any = None
         self.state = CONNECTING
-        self.reader: Any = None
-        self.writer: Any = None
+        self.reader: FrameReader | None = None
         self.pending: deque[dict[str, Any]] | None = None
         self.pump: asyncio.Task[None] | None = None
         self.seen = False
@@ -190,15 +166,13 @@ class WebSocketSession:
         self.frames_in = 0
         self.frames_out = 0
         self.close_code: int | None = None
+        self.close_sent = False
         self.finished = False
         self.resp_status = 0
         self.resp_headers: Any = ()
         self.resp_body: list[bytes] | None = None
         self.closing_at = 0.0
         self.logged = False
-        self.frame_limit = conn.server.limits.ws_max_frame_size
-        self.skip = 0  # payload bytes of the current frame still to come (frame-size check)
-        self.partial = b""  # an incomplete frame header (frame-size check)
 
     # -- the application's side -------------------------------------------------------------
     async def send(self, event: dict[str, Any]) -> None:
@@ -211,21 +185,22 @@ class WebSocketSession:
                 raise ClientDisconnected("the WebSocket is closed")
             data = event.get("bytes")
             if data is not None:
-                payload, opcode = bytes(data), _BINARY
+                payload, first = bytes(data), 0x80 | BINARY
             else:
-                payload, opcode = event["text"].encode("utf-8"), _TEXT
+                payload, first = event["text"].encode("utf-8"), 0x80 | TEXT
             conn = self.conn
             transport = conn.transport
             if transport is None or transport.is_closing():
                 raise ClientDisconnected("the WebSocket client went away")
-            if self.compress:
-                await self.writer.send_frame(payload, opcode)
-            else:
-                _write_frame(transport, 0x80 | opcode, payload)
+            deflater = self.deflater
+            if deflater is not None:
+                payload = deflater.compress(payload)
+                first |= 0x40  # RSV1: this message is compressed
+            _write_frame(transport, first, payload)
             self.frames_out += 1
-            if conn._paused:
+            if conn.write_paused:
                 try:
-                    await conn._drain_helper()
+                    await conn.wait_writable()
                 except ConnectionError:
                     raise ClientDisconnected("the WebSocket client went away") from None
                 if conn.transport is None:  # aborted while it waited (send_timeout)
@@ -267,7 +242,7 @@ class WebSocketSession:
         if transport is None:
             self.state = CLOSED
             raise ClientDisconnected("the client went away before the handshake completed")
-        accept = base64.b64encode(hashlib.sha1(self.key.encode() + WS_KEY).digest())
+        accept = accept_key(self.key)
         lines = [
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
             b"sec-websocket-accept: %s\r\n" % accept,
@@ -276,9 +251,10 @@ class WebSocketSession:
         subprotocol = event.get("subprotocol")
         if subprotocol:
             lines.append(b"sec-websocket-protocol: %s\r\n" % subprotocol.encode("latin-1"))
-        if self.compress:
-            ext = ws_ext_gen(compress=self.compress, isserver=True, server_notakeover=self.notakeover)
-            lines.append(b"sec-websocket-extensions: %s\r\n" % ext.encode())
+        deflate = self.deflate
+        if deflate is not None:
+            lines.append(b"sec-websocket-extensions: %s\r\n" % deflate[0].encode())
+            self.deflater = Deflater(deflate[1], deflate[2])
         for name, value in event.get("headers") or ():
             lname = name.lower()
             if lname in (b"sec-websocket-accept", b"upgrade", b"connection", b"sec-websocket-extensions", b"date", b"server") or (
@@ -291,19 +267,17 @@ class WebSocketSession:
         transport.write(b"".join(lines))
         loop = conn.server.loop
         limits = conn.server.limits
-        self.writer = WebSocketWriter(conn, transport, compress=self.compress, notakeover=self.notakeover)
-        # aiohttp refuses a message whose size reaches its limit: +1 makes ours inclusive
-        self.reader = WebSocketReader(_Sink(self, conn, loop), limits.ws_max_message_size + 1, bool(self.compress), True)
+        self.reader = FrameReader(self.on_message, limits.ws_max_message_size, limits.ws_max_frame_size, deflate is not None)
         self.state = OPEN
-        conn._parser = None
+        conn.parser = None
         if limits.ws_ping_interval:
             self.ping_due = loop.time() + limits.ws_ping_interval
         tail = conn.tail
         conn.tail = b""
         if tail:
             self.feed(tail)
-        if conn._buffer_paused:
-            conn._resume_reading_for_buffer()
+        if conn.read_held:
+            conn.release_reading()
 
     def _http_response(self, status: int, headers: Any, body: bytes) -> None:
         """The denial response (or the 403 for a close before accept): a real HTTP response."""
@@ -327,15 +301,12 @@ class WebSocketSession:
         self.finish(1006, "")
 
     def _write_close(self, code: int, reason: bytes = b"") -> None:
-        writer = self.writer
+        """Our close frame: one per connection, whoever starts the closing handshake."""
         transport = self.conn.transport
-        if writer is None or transport is None or transport.is_closing():
+        if self.close_sent or transport is None or transport.is_closing():
             return
-        try:
-            writer._write_websocket_frame(_PACK_CODE(code) + reason, _CLOSE, 0)
-        except Exception:  # noqa: BLE001, S110 - the transport is going away anyway
-            pass
-        writer._closing = True
+        self.close_sent = True
+        _write_frame(transport, 0x80 | CLOSE, _PACK_CODE(code) + reason)
 
     # -- the client's side ------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -343,76 +314,46 @@ class WebSocketSession:
         if reader is None:
             self.conn.tail += data
             return
-        self.seen = True
-        if self.frame_limit is not None and not self._frames_ok(data):
-            self.on_error(WebSocketError(1009, f"frame larger than {self.frame_limit} bytes"))
+        if self.state == CLOSED:
             return
-        reader.feed_data(data)
+        self.seen = True
+        try:
+            reader.feed(data)
+        except ProtocolError as exc:
+            self.on_error(exc)
 
-    def _frames_ok(self, data: bytes) -> bool:
-        """Walk the frame headers in ``data``; ``False`` as soon as one announces too big a payload."""
-        i, n, limit = 0, len(data), self.frame_limit
-        while i < n:
-            if self.skip:
-                take = min(self.skip, n - i)
-                self.skip -= take
-                i += take
-                continue
-            old = self.partial
-            head = old + data[i:i + 14]
-            if len(head) < 2:
-                self.partial = head
-                return True
-            length = head[1] & 0x7F
-            size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if head[1] & 0x80 else 0)
-            if len(head) < size:
-                self.partial = head
-                return True
-            if length == 126:
-                length = _LEN2(head, 2)[0]
-            elif length == 127:
-                length = _LEN8(head, 2)[0]
-            if length > limit:  # type: ignore[operator]
-                return False
-            self.partial = b""
-            i += size - len(old)
-            self.skip = length
-        return True
-
-    def on_message(self, msg: Any) -> None:
-        kind = msg[0]
-        if kind is _TEXT:
+    def on_message(self, opcode: int, data: Any) -> None:
+        """A complete message from the frame reader (see ``FrameReader`` for ``data``)."""
+        if opcode == TEXT:
             self.frames_in += 1
             if self.state == OPEN:
-                self.deliver({"type": "websocket.receive", "text": msg[1]})
-        elif kind is _BINARY:
+                self.deliver({"type": "websocket.receive", "text": data})
+        elif opcode == BINARY:
             self.frames_in += 1
             if self.state == OPEN:
-                self.deliver({"type": "websocket.receive", "bytes": msg[1]})
-        elif kind is _CLOSE:
-            code = msg[1] or 1005  # 0: the frame carried no code
-            if msg[1] and not _sendable_close_code(code):
-                # aiohttp's reader lets 1006 and everything from 3000 up through
-                self.on_error(WebSocketError(1002, f"invalid close code {code}"))
+                self.deliver({"type": "websocket.receive", "bytes": data})
+        elif opcode == CLOSE:
+            sent, reason = data
+            code = sent or 1005  # 0: the frame carried no code
+            if sent and not _sendable_close_code(code):
+                self.on_error(ProtocolError(1002, f"invalid close code {code}"))
                 return
-            reason = msg[2] or ""
             if self.state == OPEN:
-                self._write_close(msg[1] or 1000)
+                self._write_close(sent or 1000)
             self.close_code = self.close_code or code
             self.state = CLOSED
             transport = self.conn.transport
             if transport is not None:
                 transport.close()
             self.finish(code, reason)
-        elif kind is _PING:
+        elif opcode == PING:
             if self.state == OPEN and self.conn.transport is not None:
-                self.writer._write_websocket_frame(msg[1] or b"", _PONG, 0)
-        elif kind is _PONG:
+                _write_frame(self.conn.transport, 0x80 | PONG, data)
+        elif opcode == PONG:
             self.ping_sent = 0.0
 
     def on_error(self, exc: BaseException) -> None:
-        # int(): the reader's codes are an enum, and the app's event carries a plain int
-        code = int(exc.code) if isinstance(exc, WebSocketError) else 1002
+        code = exc.code if isinstance(exc, ProtocolError) else 1002
         if code not in (1002, 1003, 1007, 1008, 1009, 1011):
             code = 1002
         self.close_code = code
@@ -435,7 +376,7 @@ class WebSocketSession:
                 return
             except asyncio.QueueFull:
                 pending = self.pending = deque()
-                self.conn._pause_reading_for_buffer()
+                self.conn.hold_reading()
                 self.pump = self.conn.server.loop.create_task(self._pump())
         pending.append(event)
 
@@ -447,8 +388,8 @@ class WebSocketSession:
             pending.popleft()
         self.pending = None
         self.pump = None
-        if self.conn.transport is not None and self.conn._buffer_paused:
-            self.conn._resume_reading_for_buffer()
+        if self.conn.transport is not None and self.conn.read_held:
+            self.conn.release_reading()
 
     def finish(self, code: int, reason: str) -> None:
         """The connection is over: the app gets ``websocket.disconnect`` (once), then the close timeout."""
@@ -522,7 +463,7 @@ class WebSocketSession:
                         self.conn.transport.close()
                     self.finish(1006, "")
             elif now >= self.ping_due and self.conn.transport is not None:
-                self.writer._write_websocket_frame(b"", _PING, 0)
+                _write_frame(self.conn.transport, 0x80 | PING, b"")
                 self.ping_sent = now
         elif state == CLOSING and now >= self.closing_at:
             self.state = CLOSED
