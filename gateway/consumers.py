@@ -339,16 +339,7 @@ class AsyncMqttConsumer(AsyncConsumer):
     async def publish(self, topic: str, payload: bytes | str | None = None, *, json: Any = None, qos: int = 0,
                       retain: bool = False, properties: dict[str, Any] | None = None) -> None:
         """Publish to ``topic`` (QoS > 0: returns once the broker has the message)."""
-        event: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "qos": qos, "retain": retain}
-        if json is not None:
-            if payload is not None:
-                raise ValueError("pass either payload or json, not both")
-            event["json"] = json
-        else:
-            event["payload"] = b"" if payload is None else payload
-        if properties:
-            event["properties"] = properties
-        await self.send(event)
+        await self.send(publish_event(topic, payload, json=json, qos=qos, retain=retain, properties=properties))
 
 
 class AsyncSmsConsumer(AsyncConsumer):
