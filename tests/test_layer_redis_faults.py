@@ -324,16 +324,16 @@ async def test_a_killed_process_is_removed_within_dead_after(tmp_path: Any, own_
 
 async def test_a_live_process_taken_for_dead_restores_itself(own_redis: RedisServer, prefix: str) -> None:
     """Sync code runs no receive loop between calls: it may miss heartbeats, then it re-adds its memberships."""
-    other = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix, dead_after=0.6)
+    other = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix, dead_after=1.5)
     sender = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix)
-    sleeper = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix, dead_after=0.6)
+    sleeper = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix, dead_after=1.5)
     try:
         reaper = await other.new_channel()  # a process whose keeper removes dead ones
         channel = await asyncio.to_thread(lambda: asyncio.run(_join(sleeper, "room")))  # its loop ends here
         with capture_logs() as logs:
-            await wait_for(lambda: "layer.dead_process_removed" in [e["event"] for e in logs], timeout=10)
+            await wait_for(lambda: "layer.dead_process_removed" in [e["event"] for e in logs], timeout=30)
             got = asyncio.ensure_future(asyncio.to_thread(lambda: asyncio.run(_receive(sleeper, channel))))  # back
-            await wait_for(lambda: "layer.memberships_restored" in [e["event"] for e in logs], timeout=10)
+            await wait_for(lambda: "layer.memberships_restored" in [e["event"] for e in logs], timeout=30)
             await sender.group_send("room", {"type": "m", "n": 1})
             assert (await asyncio.wait_for(got, 10))["n"] == 1
         assert reaper
