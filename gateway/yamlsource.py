@@ -59,6 +59,11 @@ class Source:
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         loc = self.locate(path)
+        if path and path not in self.locations and not _present(self.data, path) and not message.startswith("missing required"):
+            # An error about a default: no file has the key, so name the file to add it to (the
+            # top-level one), instead of leaving the reader to search the one the line points into.
+            where = self.files[-1] if self.files else "the config file"
+            message += f" ({_dotted(path)} is not set in any config file; set it in {where})"
         return ConfigError(
             message,
             file=loc.file if loc else (self.files[0] if self.files else None),
@@ -66,6 +71,21 @@ class Source:
             column=loc.column if loc else None,
             path=path,
         )
+
+
+def _present(data: Any, path: KeyPath) -> bool:
+    for part in path:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return False
+    return True
+
+
+def _dotted(path: KeyPath) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
 def load_file(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Source:

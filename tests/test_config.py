@@ -325,3 +325,20 @@ def test_cli_routes_lists_the_mounts_first_in_the_order_they_match():
     assert rows[:len(mounts)] == mounts  # every mount before every route
     assert [row[2] for row in mounts] == ["/metrics", "/healthz", "/readyz", "/sms/in", "/livez", "/mqtt"]
     assert ["websocket", "mount", "/mqtt"] in rows and ["http", "mount", "/sms/in"] in rows
+
+
+def test_an_error_about_a_key_no_file_sets_says_so_and_where_to_set_it(write):
+    from gateway.workers import check_shareable
+
+    write("a.yaml", "# shared\nadapters: {http: {listen: '127.0.0.1:8123'}}\n")
+    main = write("b.yaml", "# production\ninclude: a.yaml\nlogging: {level: info}\n")
+    with pytest.raises(ConfigError) as info:
+        check_shareable(load(main), 2)
+    err = info.value
+    assert err.file == str(main) and err.path == ("layer", "backend")
+    assert err.message.endswith(f"(layer.backend is not set in any config file; set it in {main})")
+    # a value that is in a file is still pinned to that file
+    write("a.yaml", "layer: {backend: nosuch}\n")
+    with pytest.raises(ConfigError) as info:
+        load(write("c.yaml", "include: a.yaml\n"))
+    assert info.value.file.endswith("a.yaml") and "not set in any config file" not in info.value.message
