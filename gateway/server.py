@@ -169,7 +169,7 @@ class Gateway:
             await adapter.start()
         except (OSError, StartupError) as exc:
             raise StartupError(self._with_env_hint(ap.name, exc)) from exc
-        self.health.set(f"adapter.{ap.name}", "ok")
+        self.health.set(f"adapter.{ap.name}", "ok", ", ".join(adapter.addresses))
         log.info("adapter.started", adapter=ap.name, addresses=adapter.addresses)
         return adapter
 

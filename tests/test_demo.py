@@ -49,7 +49,7 @@ async def test_default_config_serves_the_page_metrics_and_health(demo):
     async with httpx.AsyncClient(base_url=f"http://{demo}") as client:
         page = await client.get("/")
         assert page.status_code == 200 and "asgi-gateway demo" in page.text
-        assert "<code>127.0.0.1:0</code>" in page.text and "2525" not in page.text  # the moved ports, as set
+        assert '<code id="smtp-address">127.0.0.1:0</code>' in page.text and "2525" not in page.text  # as set, until the script asks
         assert (await client.head("/")).content == b""
         icon = await client.get("/favicon.ico")
         assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
@@ -143,6 +143,19 @@ async def test_a_text_from_the_phone_simulator_and_its_reply_show_up_on_the_page
         unsigned = await client.post("/sms/in", content=b'{"id": "1", "from": "+447700900123", "to": "+15005550006", "body": "x"}',
                                      headers={"content-type": "application/json"})
         assert unsigned.status_code == 403
+
+
+async def test_the_page_names_the_ports_the_gateway_really_bound(gateway, demo):
+    smtp = gateway.addresses["email"][0]
+    mqtt = next(a for a in gateway.addresses["mqtt"] if a.startswith("mqtt://")).replace("mqtt://", "")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await open_page(browser, demo, "lobby")
+            await page.wait_for_function(f"document.querySelector('#smtp-address').textContent === {smtp!r}", timeout=10_000)
+            assert await page.text_content("#mqtt-address") == mqtt and not mqtt.endswith(":0")
+        finally:
+            await browser.close()
 
 
 async def test_a_frame_that_is_not_json_gets_an_error_and_the_socket_stays_open(demo):
