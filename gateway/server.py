@@ -258,7 +258,7 @@ class Gateway:
             try:
                 await adapter.handle_outbound(channel, message)
             except Exception as exc:  # noqa: BLE001 - logged, and the loop goes on
-                log.error("outbound.failed", adapter=adapter.name, channel=channel, error=f"{type(exc).__name__}: {exc}")
+                log.error("outbound.failed", adapter=adapter.name, channel=channel, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     async def stop(self, drain: float | None = None) -> None:
         """Stop accepting, drain in-flight work up to ``drain`` seconds, then shut down."""
@@ -280,7 +280,7 @@ class Gateway:
         results = await asyncio.gather(*(a.stop(drain) for a in self.adapters.values()), return_exceptions=True)
         for name, result in zip(list(self.adapters), results, strict=True):
             if isinstance(result, BaseException):
-                log.error("adapter.stop_failed", adapter=name, error=f"{type(result).__name__}: {result}")
+                log.error("adapter.stop_failed", adapter=name, error=f"{type(result).__name__}: {result}", exc_info=result)
         cancelled = await self.runner.drain(0 if self._force else drain)
         if cancelled:
             log.warning("gateway.instances_cancelled", count=cancelled)

@@ -119,7 +119,7 @@ class SmtpAuth:
                 reason = "invalid"
             except Exception as exc:  # noqa: BLE001 - a failing hook refuses the login
                 self.log.error("smtp.auth_hook_failed", client=client, username=username,
-                               error=f"{type(exc).__name__}: {exc}")
+                               error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 user, reason = None, "hook_error"
         else:
             user, reason = None, "invalid"

@@ -181,7 +181,7 @@ class ServerState:
                     await mount.app(scope, cycle.receive, cycle.send)
                 except Exception as exc:  # noqa: BLE001 - the mounted app's failure is this request's 500
                     failed = True
-                    self.log.error("http.mount_failed", mount=mount.prefix, owner=mount.owner, error=f"{type(exc).__name__}: {exc}")
+                    self.log.error("http.mount_failed", mount=mount.prefix, owner=mount.owner, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             else:
                 match = self.resolve_http(scope)
                 if match is None:

@@ -123,7 +123,7 @@ class Access:
                 result = await self.auth_app(session.client_id, username, password)
             except Exception as exc:  # noqa: BLE001
                 self.log.error("mqtt.auth_app_failed", client=address, client_id=session.client_id, username=username,
-                               error=f"{type(exc).__name__}: {exc}")
+                               error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 result, reason = None, "hook_error"
             ok = result is not None and result is not False
             if ok and result is not True:
@@ -163,7 +163,7 @@ class Access:
             verdict = bool(await self.acl_app(self.user(session), topic, name))
         except Exception as exc:  # noqa: BLE001 - a broken hook denies, it never allows
             self.log.error("mqtt.acl_app_failed", client_id=session.client_id, topic=topic, action=name,
-                           error=f"{type(exc).__name__}: {exc}")
+                           error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             return False
         cache = session.attributes.setdefault(_ACL_CACHE, {})
         if len(cache) >= _ACL_CACHE_SIZE:

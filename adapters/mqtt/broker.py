@@ -289,7 +289,7 @@ class BrokerMode:
             try:
                 await self.broker.shutdown()
             except Exception as exc:  # noqa: BLE001
-                self.log.warning("mqtt.broker_shutdown_failed", error=f"{type(exc).__name__}: {exc}")
+                self.log.warning("mqtt.broker_shutdown_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             self.broker = None
         self.gate.set()
 

@@ -125,7 +125,7 @@ class BaseChannelLayer(abc.ABC):
             try:
                 self.on_drop(reason, number)
             except Exception as exc:  # noqa: BLE001 - a broken hook must not break the layer
-                log.error("layer.drop_hook_failed", error=f"{type(exc).__name__}: {exc}")
+                log.error("layer.drop_hook_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _drop(self, reason: str, number: int, event: str, subject: Any, /, **fields: Any) -> None:
         """``number`` messages were dropped: counted and reported always, logged once per incident."""

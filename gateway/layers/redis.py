@@ -849,7 +849,7 @@ class RedisChannelLayer(BaseChannelLayer):
             try:
                 self.on_health(status, detail)
             except Exception as exc:  # noqa: BLE001 - a broken hook must not break the layer
-                log.error("layer.health_hook_failed", error=f"{type(exc).__name__}: {exc}")
+                log.error("layer.health_hook_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     # -- keepers: epoch, heartbeat, dead processes, restore -----------------------------------
 
