@@ -14,10 +14,14 @@ from collections.abc import Iterable
 from .errors import StartupError
 
 
-def tcp_ports_free(wanted: Iterable[tuple[str, str, bool]]) -> None:
-    """``wanted``: ``(adapter, "tcp:host:port", reuse_port)``; raises ``StartupError`` naming the
-    first address that is taken."""
-    for adapter, address, reuse_port in wanted:
+def tcp_ports_free(wanted: Iterable[tuple[str, str]]) -> None:
+    """``wanted``: ``(adapter, "tcp:host:port")``; raises ``StartupError`` naming the first address
+    that is taken.
+
+    The probe sets SO_REUSEPORT: a sibling ``--workers`` process that already shares the port does
+    not count as taken, while a program that holds it without the option (a Mosquitto) still does.
+    """
+    for adapter, address in wanted:
         if not address.startswith("tcp:"):
             continue
         host, _, port_text = address[4:].rpartition(":")
@@ -28,7 +32,7 @@ def tcp_ports_free(wanted: Iterable[tuple[str, str, bool]]) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            if hasattr(socket, "SO_REUSEPORT"):
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 probe.bind((host, port))

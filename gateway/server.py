@@ -120,8 +120,7 @@ class Gateway:
             self._channels.bind(self.layer)
         fdlimit.ensure(sum(ap.cls.connection_limit(ap.config) for ap in self.plan.adapters))
         try:
-            preflight.tcp_ports_free((ap.name, address, bool(getattr(ap.config, "reuse_port", False)))
-                                     for ap in self.plan.adapters for address in ap.cls.listen_addresses(ap.config))
+            preflight.tcp_ports_free((ap.name, address) for ap in self.plan.adapters for address in ap.cls.listen_addresses(ap.config))
         except preflight.PortTaken as exc:
             log.error("gateway.start_failed", error=str(exc))
             await self._close_layer()
