@@ -138,6 +138,10 @@ class Adapter(abc.ABC):
         """What the adapter actually bound once started (port 0 resolved), for logs and tests."""
         return []
 
+    async def routes_changed(self) -> None:
+        """A reload replaced the routes (the settings are unchanged): an adapter that derives
+        something from them at start (MQTT client mode: its subscriptions) updates it here."""
+
 
 def check_contract(cls: Any, source: str) -> None:
     """Refuse an adapter class that breaks the contract, naming what is wrong."""

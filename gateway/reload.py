@@ -76,6 +76,12 @@ class Reloader:
         self._swap_routes(new.routers)
         gw.plan = new
         changed = await self._adapters(old, new)
+        for name, adapter in list(gw.adapters.items()):
+            if name not in changed:
+                try:
+                    await adapter.routes_changed()
+                except Exception as exc:  # noqa: BLE001 - the routes are swapped; say what did not follow
+                    log.error("gateway.reload_adapter_failed", adapter=name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         self.count += 1
         log.info("gateway.reloaded", routes=len(new_routes), adapters_restarted=changed)
         asyncio.get_running_loop().create_task(self._retire_when_idle(new_routes))

@@ -14,6 +14,8 @@ import httpx
 import pytest
 import websockets
 
+from mqtt_helpers import clean_apps  # noqa: F401 - fixture
+
 from .django_helpers import GatewayProcess
 from .gateway_helpers import ROOT, free_port
 
@@ -147,3 +149,34 @@ async def test_a_reload_adds_an_adapter_without_touching_the_others(running, tmp
 def test_reload_without_a_running_gateway_is_a_clear_error(tmp_path):
     done = reload_cli(tmp_path / "nothere.pid")
     assert done.returncode == 1 and "no gateway pid there" in done.stderr
+
+
+async def test_a_reload_subscribes_mqtt_client_mode_to_new_topic_routes(tmp_path, clean_apps):
+    from gateway import Gateway
+
+    from mqtt_helpers import APPS, Peer, client_yaml, mosquitto, route  # the module app: strings name
+
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def record(scope, receive, send):
+        event = await receive()
+        await got.put(f"{scope['route_name']} {event['topic']}")
+
+    APPS["first"] = APPS["second"] = record
+    with mosquitto(tmp_path) as port:
+        config = tmp_path / "gw.yaml"
+        config.write_text(client_yaml(port, route("a/one", "first")))
+        async with Gateway.from_file(config) as gw:
+            device = await asyncio.to_thread(Peer, port, "device")
+            try:
+                await asyncio.to_thread(device.publish, "a/one", b"1", 1)
+                assert await asyncio.wait_for(got.get(), 10) == "first a/one"
+                config.write_text(client_yaml(port, route("b/two", "second")))
+                assert await gw.reload()
+                await asyncio.sleep(0.5)  # the SUBACK / UNSUBACK round trip
+                await asyncio.to_thread(device.publish, "a/one", b"2", 1)  # no route, no subscription now
+                await asyncio.to_thread(device.publish, "b/two", b"3", 1)
+                assert await asyncio.wait_for(got.get(), 10) == "second b/two"
+                assert got.empty()
+            finally:
+                device.close()

@@ -63,6 +63,9 @@ class MqttAdapter(Adapter):
     async def start(self) -> None:
         await self.mode.start()
 
+    async def routes_changed(self) -> None:
+        await self.mode.routes_changed()
+
     async def stop(self, drain: float) -> None:
         await self.mode.stop(drain)
 

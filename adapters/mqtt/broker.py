@@ -278,6 +278,9 @@ class BrokerMode:
         if self.config.ws_path:
             self._addresses.append(f"mount:{self.config.ws_path}")
 
+    async def routes_changed(self) -> None:
+        """Nothing to do: the broker resolves each message against the routes as they are."""
+
     async def stop(self, drain: float) -> None:
         # New messages are refused (left unacknowledged) from now on. The gate stays open: a
         # reader parked on a closed gate could miss its cancellation (Python 3.11's wait_for can

@@ -197,6 +197,23 @@ class ClientMode:
         except TimeoutError:
             raise StartupError(f"mqtt: the broker at {self.broker} did not answer CONNECT/SUBSCRIBE within 15 s") from None
 
+    async def routes_changed(self) -> None:
+        """Subscribe to the topic filters the new routes need and unsubscribe from the ones no
+        route needs any more (the next reconnect subscribes the new set anyway)."""
+        wanted = self.adapter.subscriptions()
+        added = [(f, q) for f, q in wanted if (f, q) not in self._filters]
+        gone = [f for f, _ in self._filters if f not in {w for w, _ in wanted}]
+        self._filters = wanted
+        if not self.connected or self.client is None:
+            return
+        if gone:
+            self.client.unsubscribe(gone)
+        if added:
+            rc, mid = self.client.subscribe([(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in added])
+            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._sub_mid[mid] = [f for f, _ in added]
+        self.log.info("mqtt.subscriptions_changed", subscribed=[f for f, _ in added], unsubscribed=gone)
+
     async def stop(self, drain: float) -> None:
         self.stopping = True
         if self._reconnect_task is not None:
