@@ -341,6 +341,11 @@ class RedisChannelLayer(BaseChannelLayer):
                 [self._g + group, self._gp + group, self._q + inbox, self._ig + inbox, self._procs_key],
                 [channel, now, self._gexp_ms, self._ttl_ms, inbox, element, group], retry=True,
             )
+            if mine:
+                # GROUP_ADD heartbeats the inbox: should this process be taken for dead before its
+                # keeper's first visit (sync code whose loop ends at once), that visit must see it
+                # as revived and restore its memberships, not as a new inbox.
+                self._beaten.setdefault(self.ring.index(inbox), set()).add(inbox)
         except BaseException:
             if mine:
                 if before is None:
