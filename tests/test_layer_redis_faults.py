@@ -342,6 +342,33 @@ async def test_a_live_process_taken_for_dead_restores_itself(own_redis: RedisSer
         await sender.close()
 
 
+async def test_taken_for_dead_before_its_first_heartbeat_still_restores(own_redis: RedisServer, prefix: str) -> None:
+    """Sync code whose loop ends right after group_add, before its keeper ever visited Redis: the
+    membership GROUP_ADD wrote must still be restored when the process comes back."""
+    other = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix, dead_after=1.0)
+    sender = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix)
+    sleeper = RedisChannelLayer(hosts=[own_redis.url], prefix=prefix, dead_after=1.0)
+    real_keeper = sleeper._keeper
+
+    async def never_visits(*args: Any) -> None:  # loop A ends before the keeper's first visit
+        await asyncio.Event().wait()
+
+    try:
+        await other.new_channel()  # a live process whose keeper removes dead ones
+        sleeper._keeper = never_visits  # type: ignore[method-assign]
+        channel = await asyncio.to_thread(lambda: asyncio.run(_join(sleeper, "room")))
+        sleeper._keeper = real_keeper  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            await wait_for(lambda: "layer.dead_process_removed" in [e["event"] for e in logs], timeout=30)
+            got = asyncio.ensure_future(asyncio.to_thread(lambda: asyncio.run(_receive(sleeper, channel))))
+            await wait_for(lambda: "layer.memberships_restored" in [e["event"] for e in logs], timeout=30)
+            await sender.group_send("room", {"type": "m", "n": 2})
+            assert (await asyncio.wait_for(got, 10))["n"] == 2
+    finally:
+        await other.close()
+        await sender.close()
+
+
 async def _join(layer: RedisChannelLayer, group: str) -> str:
     channel = await layer.new_channel()
     await layer.group_add(group, channel)
