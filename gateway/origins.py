@@ -71,9 +71,13 @@ class Origins:
         host = (parts.hostname or "").lower()
         if not parts.scheme or not host:
             return False  # "null" (a sandboxed page or file://) and other non-URLs
-        if port is None:
-            port = {"http": 80, "https": 443}.get(parts.scheme)
+        port = _with_default(parts.scheme, port)
         return any(p.matches(parts.scheme, host, port) for p in self.patterns)
+
+
+def _with_default(scheme: str, port: int | None) -> int | None:
+    """The port an origin names, or its scheme's default when it names none."""
+    return port if port is not None else {"http": 80, "https": 443}.get(scheme)
 
 
 def _parse_pattern(text: str, source_name: str) -> _Pattern:
@@ -86,9 +90,7 @@ def _parse_pattern(text: str, source_name: str) -> _Pattern:
             raise ValueError(f"{source_name}: {text!r} has a port that is not a number") from None
         if not parts.hostname:
             raise ValueError(f"{source_name}: {text!r} has no host (write https://example.com)")
-        if port is None:
-            port = {"http": 80, "https": 443}.get(parts.scheme)
-        return _Pattern(parts.scheme, parts.hostname, port)
+        return _Pattern(parts.scheme, parts.hostname, _with_default(parts.scheme, port))
     host, port_text = raw, ""
     if raw.startswith("["):
         host, _, rest = raw.partition("]")

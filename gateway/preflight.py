@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterable
 
 from .errors import StartupError
+from .schema import parse_listen
 
 
 def tcp_ports_free(wanted: Iterable[tuple[str, str]]) -> None:
@@ -24,11 +25,10 @@ def tcp_ports_free(wanted: Iterable[tuple[str, str]]) -> None:
     for adapter, address in wanted:
         if not address.startswith("tcp:"):
             continue
-        host, _, port_text = address[4:].rpartition(":")
-        port = int(port_text)
+        listen = parse_listen(address[4:])
+        host, port = listen.host, listen.port
         if port == 0:
             continue
-        host = host.strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -9,6 +9,7 @@ shutdown. A second SIGTERM/SIGINT skips the drain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,8 +18,7 @@ from typing import Any
 import structlog
 
 from . import config as config_mod
-from . import threads
-from . import fdlimit, preflight
+from . import fdlimit, preflight, threads
 from .admin import AdminListener
 from .errors import StartupError
 from .django.layers import ChannelsBinding
@@ -263,10 +263,9 @@ class Gateway:
         """Stop accepting, drain in-flight work up to ``drain`` seconds, then shut down."""
         if not self.started:
             return
-        if self.reloader is not None:
-            async with self.reloader.lock:  # a reload in progress finishes first: nothing half-swapped
-                self.started = False
-        self.started = False
+        # a reload in progress finishes first (nothing half-swapped); one still waiting then sees the stop
+        async with self.reloader.lock if self.reloader is not None else contextlib.nullcontext():
+            self.started = False
         self.health.phase = "stopping"
         drain = self.plan.config.shutdown.drain_timeout if drain is None else drain
         if self._force:
