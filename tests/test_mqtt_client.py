@@ -333,9 +333,46 @@ async def test_broker_down_at_start_is_a_clear_startup_error() -> None:
     from gateway.errors import StartupError
 
     port = free_port()
+    yaml = client_yaml(port, route("x", "x"), extra=QUICK, reconnect={"at_start": "fail"})
     with pytest.raises(StartupError, match=f"cannot connect to the broker at mqtt://127.0.0.1:{port}"):
-        async with Gateway.from_text(client_yaml(port, route("x", "x"), extra=QUICK)):
+        async with Gateway.from_text(yaml):
             pass
+
+
+async def test_broker_down_at_start_the_gateway_waits_not_ready_then_serves(tmp_path: Path) -> None:
+    """A compose stack whose broker starts after the gateway: the gateway starts, /readyz names the
+    broker, and once the broker is up the routes are subscribed and messages flow."""
+    import httpx
+    from mqtt_helpers import Mosquitto
+
+    got: list[Any] = []
+    APPS["late"] = recorder(got)
+    broker = Mosquitto(tmp_path)
+    yaml = client_yaml(
+        broker.port, route("late/+id", "late"), reconnect={"min_delay": 0.1, "max_delay": 0.3},
+        extra=QUICK + '\nadmin: {listen: "127.0.0.1:0"}',
+    )
+    async with Gateway.from_text(yaml) as gw:
+        async with httpx.AsyncClient(base_url=f"http://{gw.admin.addresses[0]}") as admin:
+            answer = await admin.get("/readyz")
+            assert answer.status_code == 503, answer.text
+            failing = answer.json()["failing"]
+            assert list(failing) == ["adapter.mqtt.broker"] and "cannot reach" in failing["adapter.mqtt.broker"]
+            broker.start()
+            try:
+                deadline = time.monotonic() + 10
+                while (await admin.get("/readyz")).status_code != 200:
+                    assert time.monotonic() < deadline, "the gateway never became ready after the broker came up"
+                    await asyncio.sleep(0.05)
+                peer = Peer(broker.port)
+                try:
+                    peer.publish("late/7", b"hello", qos=1)
+                    await wait_for(lambda: len(got) == 1, what="message after the broker came up")
+                finally:
+                    peer.close()
+            finally:
+                broker.stop()
+    assert got[0][1]["payload"] == b"hello"
 
 
 async def test_reconnects_and_resubscribes_after_broker_restart(tmp_path: Path) -> None:

@@ -189,13 +189,28 @@ class ClientMode:
                 None, lambda: client.connect(self.broker.host, self.broker.port, cfg.keepalive, **connect_kwargs)
             )
         except (OSError, ssl.SSLError) as exc:
-            raise StartupError(f"mqtt: cannot connect to the broker at {self.broker}: {exc}") from exc
+            if cfg.reconnect.at_start == "fail":
+                raise StartupError(f"mqtt: cannot connect to the broker at {self.broker}: {exc}") from exc
+            self._wait_for_broker(exc)
+            return
         self._spawn(self._misc_loop())
         try:
             async with asyncio.timeout(15):
                 await self._ready
         except TimeoutError:
             raise StartupError(f"mqtt: the broker at {self.broker} did not answer CONNECT/SUBSCRIBE within 15 s") from None
+
+    def _wait_for_broker(self, exc: BaseException) -> None:
+        """Start without the broker: not ready until the first CONNACK, then the usual subscribe.
+        Nobody awaits ``_ready`` any more, so a later refusal is logged, not raised."""
+        self._ready = None
+        self.context.health.set("adapter.mqtt.broker", "degraded", f"cannot reach {self.broker}: {exc}")
+        self.log.warning(
+            "mqtt.broker_unreachable_at_start", broker=str(self.broker), error=str(exc), retry_in=self._backoff,
+            why="reconnect.at_start is wait: the gateway serves its other adapters and keeps trying",
+        )
+        self._spawn(self._misc_loop())
+        self._reconnect_task = self._spawn(self._reconnect())
 
     async def routes_changed(self) -> None:
         """Subscribe to the topic filters the new routes need and unsubscribe from the ones no

@@ -27,6 +27,12 @@ class TlsSection(Section):
 class ReconnectSection(Section):
     min_delay: float = Field(0.5, gt=0, description="Seconds before the first reconnect attempt; doubles on each failure.")
     max_delay: float = Field(30.0, gt=0, description="Upper bound of the reconnect backoff, in seconds.")
+    at_start: Literal["wait", "fail"] = Field(
+        "wait",
+        description="When the broker cannot be reached at start: `wait` starts the gateway anyway, reports "
+        "`adapter.mqtt.broker` not ready on `/readyz` and keeps trying with the backoff above (a compose stack "
+        "whose broker comes up after the gateway); `fail` stops the start with an error.",
+    )
 
 
 class UserSection(Section):
