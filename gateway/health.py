@@ -67,22 +67,22 @@ class Health:
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI endpoint: 200 when every part is ok or degraded, 503 when one is down."""
-        await _json(send, 503 if self.status == "down" else 200, self.as_dict())
+        await send_json(send, 503 if self.status == "down" else 200, self.as_dict())
 
     async def live(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Liveness: answering at all is the proof."""
-        await _json(send, 200, {"status": "live", "phase": self.phase})
+        await send_json(send, 200, {"status": "live", "phase": self.phase})
 
     async def ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Readiness: 200 when serving with every part ok; 503 naming each failing part otherwise."""
         failing = self.failing()
         if failing:
-            await _json(send, 503, {"status": "not ready", "failing": failing})
+            await send_json(send, 503, {"status": "not ready", "failing": failing})
         else:
-            await _json(send, 200, {"status": "ready"})
+            await send_json(send, 200, {"status": "ready"})
 
 
-async def _json(send: Send, status: int, document: dict[str, object]) -> None:
+async def send_json(send: Send, status: int, document: dict[str, object]) -> None:
     body = json.dumps(document).encode()
     await send({
         "type": "http.response.start", "status": status,

@@ -21,7 +21,9 @@ from typing import Any
 import structlog
 
 from . import logs
-from .config import Plan, load
+from .config import AdminSection, Plan, load
+from .errors import StartupError
+from .workers_admin import WORKER_ADMIN, WorkersAdmin
 
 log = structlog.get_logger("gateway.workers")
 
@@ -47,13 +49,17 @@ def check_shareable(plan: Plan, workers: int) -> None:
             raise plan.source.error(("adapters", ap.name), "--workers needs fixed ports: port 0 would give each worker its own")
 
 
-def _with_reuse_port(plan: Plan) -> Plan:
+def _for_worker(plan: Plan) -> Plan:
+    """Listeners shared through reuse_port; the admin listener is the supervisor's, so a
+    worker serves its own on a loopback port the supervisor asks (gateway/workers_admin.py)."""
     for ap in plan.adapters:
         ap.config = ap.cls.for_workers(ap.config)
+    if plan.config.admin is not None:
+        plan.config = plan.config.model_copy(update={"admin": AdminSection(listen=WORKER_ADMIN)})
     return plan
 
 
-def _worker(config: str, level: str, fmt: str, loop: str, number: int) -> None:
+def _worker(config: str, level: str, fmt: str, loop: str, number: int, reports: Any) -> None:
     import asyncio
 
     from .cli import install_loop
@@ -63,8 +69,18 @@ def _worker(config: str, level: str, fmt: str, loop: str, number: int) -> None:
     structlog.contextvars.bind_contextvars(worker=number)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
     install_loop(loop)
-    plan = _with_reuse_port(load(config))
-    asyncio.run(Gateway(plan, config_path=config, adjust=_with_reuse_port).serve(signals=(signal.SIGTERM,)))
+    gateway = Gateway(_for_worker(load(config)), config_path=config, adjust=_for_worker)
+
+    async def serve() -> None:
+        serving = asyncio.ensure_future(gateway.serve(signals=(signal.SIGTERM,)))
+        if reports is not None:  # the admin listener starts first; tell the supervisor where it is
+            while not serving.done() and not (gateway.admin and gateway.admin.addresses):
+                await asyncio.wait([serving], timeout=0.02)
+            if gateway.admin and gateway.admin.addresses:
+                reports.put((number, gateway.admin.addresses[0]))
+        await serving
+
+    asyncio.run(serve())
 
 
 def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: str) -> int:
@@ -72,7 +88,19 @@ def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: st
     plan = load(config)
     check_shareable(plan, workers)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(str(config), level, fmt, loop, n), name=f"gateway-worker-{n}") for n in range(workers)]
+    admin: WorkersAdmin | None = None
+    reports = None
+    if plan.config.admin is not None:
+        reports = ctx.Queue()
+        admin = WorkersAdmin(plan, workers, alive=lambda n: procs[n].is_alive())
+        try:
+            admin.start(reports)
+        except OSError as exc:
+            raise StartupError(f"admin.listen {plan.config.admin.listen}: {exc}") from exc
+    procs = [
+        ctx.Process(target=_worker, args=(str(config), level, fmt, loop, n, reports), name=f"gateway-worker-{n}")
+        for n in range(workers)
+    ]
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
@@ -105,6 +133,8 @@ def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: st
         p.join()
         if p.exitcode not in (0, None) and not stopping:
             status = 1
+    if admin is not None:
+        admin.stop()
     log.info("workers.stopped", exit_status=status)
     return status
 

@@ -242,3 +242,74 @@ def test_workers_refuse_broker_mode_mqtt_and_say_why(write):
     assert proc.returncode == 1
     assert "adapter 'mqtt' cannot run under --workers 2: the embedded broker keeps its sessions" in out
     assert "mode: client" in out
+
+
+async def test_workers_share_one_admin_listener_that_speaks_for_all_of_them(write):
+    """`admin:` with --workers: the supervisor serves the admin address; /readyz is ready only when
+    every worker is, and /metrics carries each worker's samples under a `worker` label."""
+    import time
+
+    import httpx
+
+    redis = RedisServer().start()
+    port, admin = free_port(), free_port()
+    cfg = write("gw.yaml", f"""\
+layer: {{backend: redis, hosts: ["{redis.url}"], prefix: adm}}
+admin: {{listen: "127.0.0.1:{admin}"}}
+adapters:
+  http: {{listen: "127.0.0.1:{port}"}}
+routes:
+  websocket:
+    - {{path: /room/, app: "testapps.rooms:PidRoom"}}
+""")
+    proc = run(cfg, "--workers", "2")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{admin}") as client:
+            deadline, answer = time.monotonic() + 60, None
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    answer = await client.get("/readyz")
+                    if answer.status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+            assert proc.poll() is None, proc.communicate()[0]
+            assert answer is not None and answer.status_code == 200, answer and answer.text
+            assert answer.json() == {"status": "ready", "workers": 2}
+            assert (await client.get("/livez")).json()["workers"] == {"0": "alive", "1": "alive"}
+            metrics = (await client.get("/metrics")).text
+            for n in (0, 1):
+                assert f'gateway_layer_dropped_total{{reason="full",worker="{n}"}} 0.0' in metrics, metrics
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        assert out.count('"gateway.stopped"') == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        redis.stop()
+
+
+def test_workers_say_when_the_admin_port_is_taken_before_any_worker_starts(write):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    admin = holder.getsockname()[1]
+    try:
+        cfg = write("gw.yaml", f"""\
+layer: {{backend: redis, hosts: ["redis://127.0.0.1:1/0"]}}
+admin: {{listen: "127.0.0.1:{admin}"}}
+adapters:
+  http: {{listen: "127.0.0.1:{free_port()}"}}
+""")
+        proc = run(cfg, "--workers", "2")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert proc.returncode == 1, out
+    assert f"admin.listen 127.0.0.1:{admin}" in out and "in use" in out, out
+    assert "workers.started" not in out
