@@ -22,7 +22,7 @@ import structlog
 
 from . import logs
 from .config import AdminSection, Plan, load
-from .errors import StartupError
+from .errors import GatewayError, StartupError
 from .workers_admin import WORKER_ADMIN, WorkersAdmin
 
 log = structlog.get_logger("gateway.workers")
@@ -80,7 +80,10 @@ def _worker(config: str, level: str, fmt: str, loop: str, number: int, reports: 
                 reports.put((number, gateway.admin.addresses[0]))
         await serving
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except GatewayError:  # logged by the gateway as gateway.start_failed: one line, not a traceback
+        raise SystemExit(1) from None
 
 
 def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: str) -> int:

@@ -313,3 +313,25 @@ adapters:
     assert proc.returncode == 1, out
     assert f"admin.listen 127.0.0.1:{admin}" in out and "in use" in out, out
     assert "workers.started" not in out
+
+
+def test_a_worker_that_cannot_start_says_why_in_one_line_not_a_traceback(write):
+    import socket
+
+    holder = socket.socket()  # a foreign program on the http port (no SO_REUSEPORT)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        cfg = write("gw.yaml", f"""\
+layer: {{backend: redis, hosts: ["redis://127.0.0.1:1/0"]}}
+adapters:
+  http: {{listen: "127.0.0.1:{port}"}}
+""")
+        proc = run(cfg, "--workers", "2")
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        holder.close()
+    assert proc.returncode == 1, out
+    assert f"127.0.0.1:{port}" in out and "gateway.start_failed" in out, out
+    assert "Traceback" not in out, out
