@@ -119,20 +119,3 @@ async def test_failed_logins_are_logged_and_throttled_per_address() -> None:
     assert all(e["client"] == "127.0.0.1" and e["username"] == "device-3" for e in failed)
     assert [e["reason"] for e in failed[:6]] == ["invalid"] * 5 + ["throttled"]
     assert not any("guess" in str(e) or "token-3" in str(e) for e in logs)  # never the password
-
-
-def test_the_throttle_forgets_a_failure_when_it_leaves_the_window() -> None:
-    from gateway_adapters.mqtt.access import LoginThrottle
-
-    now = [100.0]
-    throttle = LoginThrottle(max_failures=2, window=60, clock=lambda: now[0])
-    throttle.failed("10.0.0.1")
-    now[0] += 30
-    throttle.failed("10.0.0.1")
-    assert throttle.blocked("10.0.0.1") and not throttle.blocked("10.0.0.2")
-    now[0] += 30  # the first failure leaves the window
-    assert not throttle.blocked("10.0.0.1")
-    throttle.failed("10.0.0.1")
-    assert throttle.blocked("10.0.0.1")
-    now[0] += 61
-    assert not throttle.blocked("10.0.0.1")

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import iscoroutinefunction
 
 from gateway.apps import import_string
+from gateway.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from .config import SmtpConfig
@@ -38,52 +36,6 @@ class Login:
 
     username: str
     user: Any
-
-
-class LoginThrottle:
-    """Failed logins per client address in a sliding window; memory stays bounded."""
-
-    max_tracked = 10_000
-
-    def __init__(self, max_failures: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, address: str) -> deque[float] | None:
-        times = self._failures.get(address)
-        if times is None:
-            return None
-        horizon = self.clock() - self.window
-        while times and times[0] <= horizon:
-            times.popleft()
-        if not times:
-            del self._failures[address]
-            return None
-        return times
-
-    def blocked(self, address: str) -> bool:
-        if self.max_failures == 0:
-            return False
-        times = self._recent(address)
-        return times is not None and len(times) >= self.max_failures
-
-    def failed(self, address: str) -> bool:
-        """Record a failure; True when it is the one that starts the block."""
-        if self.max_failures == 0:
-            return False
-        times = self._recent(address)
-        if times is None:
-            if len(self._failures) >= self.max_tracked:
-                for stale in list(self._failures):  # oldest first: the dict keeps insertion order
-                    if self._recent(stale) is not None:
-                        del self._failures[stale]
-                    if len(self._failures) < self.max_tracked:
-                        break
-            times = self._failures[address] = deque(maxlen=self.max_failures)
-        times.append(self.clock())
-        return len(times) == self.max_failures
 
 
 class SmtpAuth:

@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import inspect
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from amqtt.contexts import Action
 
 from gateway.apps import import_string
+from gateway.throttle import LoginThrottle
 from gateway.plugins import AdapterContext
 
 from .config import MqttConfig
@@ -33,7 +32,6 @@ from .topics import TopicMatcher
 USER = "gateway.user"
 _ACL_CACHE = "gateway.acl"
 _ACL_CACHE_SIZE = 1024  # topics per connection; a device walking more topics is asked again
-_ADDRESSES = 10_000  # client addresses remembered by the throttle before stale ones are pruned
 
 Hook = Callable[..., Awaitable[Any]]
 
@@ -51,42 +49,6 @@ def load_hook(target: str) -> Hook:
         return result
 
     return in_thread
-
-
-class LoginThrottle:
-    """Failed logins per client address in a sliding window; past the bound the address is
-    refused without checking its credentials until its oldest failure leaves the window."""
-
-    def __init__(self, max_failures: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, address: str, now: float) -> deque[float] | None:
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        while failures and now - failures[0] >= self.window:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-            return None
-        return failures
-
-    def blocked(self, address: str) -> bool:
-        failures = self._recent(address, self.clock())
-        return failures is not None and len(failures) >= self.max_failures
-
-    def failed(self, address: str) -> None:
-        now = self.clock()
-        if len(self._failures) >= _ADDRESSES:
-            for stale in list(self._failures):
-                self._recent(stale, now)
-        failures = self._recent(address, now)
-        if failures is None:
-            failures = self._failures[address] = deque()
-        failures.append(now)
 
 
 class Access:
