@@ -302,14 +302,37 @@ class Gateway:
         reload_signal = self.reloader is not None and bool(signals)
         if reload_signal:  # before start: a SIGHUP's default action would end the process
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        # A stop signal during start (a slow lifespan startup, a listener already accepting) is
+        # kept and acted on once started: its default action would drop what was accepted.
+        # A second one gives up the start (a hung lifespan startup must not make Ctrl-C useless).
+        stop_early = False
+        starting = asyncio.ensure_future(self.start())
+
+        def stop_while_starting() -> None:
+            nonlocal stop_early
+            if stop_early:
+                log.warning("gateway.start_abandoned", reason="second stop signal while starting")
+                starting.cancel()
+                return
+            stop_early = True
+            log.info("gateway.stop_requested_while_starting", note="stopping as soon as the start completes")
+
+        for sig in signals:
+            loop.add_signal_handler(sig, stop_while_starting)
         try:
-            await self.start()
-        except BaseException:
+            await starting
+        except BaseException as exc:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
             if reload_signal:
                 loop.remove_signal_handler(signal.SIGHUP)
+            if isinstance(exc, asyncio.CancelledError) and starting.cancelled() and stop_early:
+                return  # abandoned on purpose; start() has closed what it had opened
             raise
         for sig in signals:
             loop.add_signal_handler(sig, self.request_stop)
+        if stop_early:
+            self.request_stop()
         if self._reload_pending:
             self.request_reload()
         try:

@@ -181,3 +181,41 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_sigterm_while_starting_stops_gracefully_once_started(write, tmp_path, monkeypatch):
+    """A stop signal that arrives while an app's lifespan startup runs (Django loading, a database
+    warming up) is kept: the gateway finishes starting, then drains and stops with status 0,
+    instead of dying of the signal's default action."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("GATE_FILE", str(gate))
+    cfg = config_with(write, "127.0.0.1:0", '    - {app: "testapps.lifespans:waits_for_a_file"}\n')
+    proc = Proc(cfg)
+    try:
+        proc.wait_for("test.startup_waiting")
+        proc.p.send_signal(signal.SIGTERM)
+        proc.wait_for("gateway.stop_requested_while_starting")
+        gate.touch()
+        code, output = proc.finish()
+    finally:
+        proc.kill()
+    assert code == 0, output
+    assert '"gateway.stopped"' in output
+
+
+def test_a_second_signal_while_starting_gives_up_the_start(write, tmp_path, monkeypatch):
+    """Ctrl-C twice on a start that hangs (here a lifespan startup that never completes) ends the
+    process, with status 0 and the adapters' and admin's sockets closed."""
+    monkeypatch.setenv("GATE_FILE", str(tmp_path / "never"))
+    cfg = config_with(write, "127.0.0.1:0", '    - {app: "testapps.lifespans:waits_for_a_file"}\n')
+    proc = Proc(cfg)
+    try:
+        proc.wait_for("test.startup_waiting")
+        proc.p.send_signal(signal.SIGINT)
+        proc.wait_for("gateway.stop_requested_while_starting")
+        proc.p.send_signal(signal.SIGINT)
+        code, output = proc.finish()
+    finally:
+        proc.kill()
+    assert code == 0, output
+    assert "gateway.start_abandoned" in output and "Traceback" not in output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 EVENTS: list[str] = []
 
 
@@ -36,3 +38,23 @@ async def no_lifespan(scope, receive, send):
     if scope["type"] == "lifespan":
         raise ValueError("lifespan not supported")
     await receive()
+
+
+async def waits_for_a_file(scope, receive, send):
+    """Its startup holds until the file named by GATE_FILE exists (a test decides when)."""
+    import asyncio
+    import os
+    from pathlib import Path
+
+    if scope["type"] == "lifespan":
+        await receive()
+        print(json.dumps({"event": "test.startup_waiting"}), flush=True)
+        gate = Path(os.environ["GATE_FILE"])
+        while not gate.exists():
+            await asyncio.sleep(0.02)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
