@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from .lifespan import Lifespan
 from .reload import Reloader
 from .metrics import Metrics
 from .mounts import Mounts
+from .outbound import OutboundRelay
 from .plugins import Adapter, AdapterContext
 from .runner import Runner, RunnerSettings
 from .types import ASGIApp
@@ -72,8 +74,7 @@ class Gateway:
             [route for _, route in plan.routes()], mode=cfg.lifespan.mode,
             startup_timeout=cfg.lifespan.startup_timeout, shutdown_timeout=cfg.lifespan.shutdown_timeout,
         )
-        self._outbound: list[asyncio.Task[None]] = []
-        self._outbound_of: dict[str, list[asyncio.Task[None]]] = {}
+        self._outbound: dict[str, list[OutboundRelay]] = {}  # by adapter name
         self._reloads: set[asyncio.Task[bool]] = set()
         self._reload_pending = False
         self._channels = ChannelsBinding() if plan.django else None
@@ -175,9 +176,7 @@ class Gateway:
     async def stop_adapter(self, name: str, drain: float) -> None:
         """Stop one adapter (on reload: its settings changed or it was removed) and its relays."""
         adapter = self.adapters.pop(name)
-        for task in self._outbound_of.pop(name, []):
-            task.cancel()
-            self._outbound.remove(task)
+        await asyncio.gather(*(relay.stop(drain) for relay in self._outbound.pop(name, [])))
         await adapter.stop(drain)
         self.mounts.remove_owned_by(name)
         self.health.forget(f"adapter.{name}")
@@ -185,10 +184,10 @@ class Gateway:
         log.info("adapter.stopped", adapter=name)
 
     def relay_outbound(self, adapter: Adapter) -> None:
-        for channel in adapter.outbound_channels:
-            task = asyncio.get_running_loop().create_task(self._deliver(adapter, channel))
-            self._outbound.append(task)
-            self._outbound_of.setdefault(adapter.name, []).append(task)
+        assert self.layer is not None
+        self._outbound[adapter.name] = [
+            OutboundRelay(self.layer, adapter, channel, self.metrics) for channel in adapter.outbound_channels
+        ]
 
     def _with_env_hint(self, adapter: str, exc: BaseException) -> str:
         """A start failure of an adapter whose settings came from the environment names the
@@ -239,26 +238,6 @@ class Gateway:
         layer.on_health = lambda status, detail: self.health.set("layer", status, detail)  # type: ignore[arg-type]
         self.health.set("layer", *layer.health)  # type: ignore[arg-type]
 
-    async def _deliver(self, adapter: Adapter, channel: str) -> None:
-        """Relay one outbound layer channel to its adapter. One failed message never stops it.
-
-        The loop also ends on a cancellation that the handler swallowed (aiosmtplib does while it
-        closes a connection): ``stop()`` would otherwise wait for ever on the next ``receive``."""
-        assert self.layer is not None
-        me = asyncio.current_task()
-        assert me is not None
-        while not me.cancelling():
-            try:
-                message = await self.layer.receive(channel)
-            except Exception as exc:  # noqa: BLE001 - e.g. Redis away: keep the relay alive
-                log.warning("outbound.receive_failed", adapter=adapter.name, channel=channel, error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(1.0)
-                continue
-            try:
-                await adapter.handle_outbound(channel, message)
-            except Exception as exc:  # noqa: BLE001 - logged, and the loop goes on
-                log.error("outbound.failed", adapter=adapter.name, channel=channel, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-
     async def stop(self, drain: float | None = None) -> None:
         """Stop accepting, drain in-flight work up to ``drain`` seconds, then shut down."""
         if not self.started:
@@ -271,10 +250,11 @@ class Gateway:
         if self._force:
             drain = 0
         log.info("gateway.stopping", drain_seconds=drain)
-        for task in self._outbound:
-            task.cancel()
-        await asyncio.gather(*self._outbound, return_exceptions=True)
+        # relays first: a message in hand finishes while its adapter still runs
+        started = time.monotonic()
+        await asyncio.gather(*(relay.stop(drain) for relays in self._outbound.values() for relay in relays))
         self._outbound.clear()
+        drain = max(0.0, drain - (time.monotonic() - started))
         results = await asyncio.gather(*(a.stop(drain) for a in self.adapters.values()), return_exceptions=True)
         for name, result in zip(list(self.adapters), results, strict=True):
             if isinstance(result, BaseException):

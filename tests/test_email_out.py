@@ -191,3 +191,63 @@ async def test_permanent_refusal_of_a_reply_is_logged_and_the_inbound_message_is
         assert reply.startswith("2.0.0") and sink.attempts == 1
     rejected = [e for e in logs if e["event"] == "email.send.rejected"]
     assert rejected and "554" in rejected[0]["relay_reply"]
+
+
+class HeldSink(h.Sink):
+    """A relay that holds its reply to DATA until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_data = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.in_data.set()
+        await self.release.wait()
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_layer_send_in_flight_at_shutdown_finishes_within_the_drain():
+    """SIGTERM while an email.send taken from the layer is being relayed: the drain lets it finish
+    (it used to be cancelled at once, and the message was lost without a count or a log line)."""
+    from structlog.testing import capture_logs
+
+    async with HeldSink() as sink:
+        gw = h.make_gateway(config(sink.port))
+        await gw.start()
+        await get_channel_layer().send("email.send", {"type": "email.send", "to": "a@example.org", "from": "b@example.com", "text": "x"})
+        await asyncio.wait_for(sink.in_data.wait(), 10)
+        with capture_logs() as logs:
+            stopping = asyncio.ensure_future(gw.stop(10))
+            await h.eventually(lambda: gw.health.phase == "stopping")
+            await asyncio.sleep(0.1)  # the stop is under way while the relay waits for 250
+            sink.release.set()
+            await stopping
+        metrics = gw.metrics.render().decode()
+    assert len(sink.messages) == 1
+    assert [e["event"] for e in logs if e["event"].startswith("email.")] == ["email.sent"], logs
+    assert 'gateway_outbound_messages_total{channel="email.send",outcome="handled"} 1.0' in metrics
+
+
+async def test_a_layer_send_still_running_when_the_drain_ends_is_counted_and_logged_as_abandoned():
+    from structlog.testing import capture_logs
+
+    async with HeldSink() as sink:
+        gw = h.make_gateway(config(sink.port))
+        await gw.start()
+        await get_channel_layer().send("email.send", {"type": "email.send", "to": "a@example.org", "from": "b@example.com", "text": "x"})
+        await asyncio.wait_for(sink.in_data.wait(), 10)
+        with capture_logs() as logs:
+            await gw.stop(0.2)
+        metrics = gw.metrics.render().decode()
+        sink.release.set()
+    abandoned = [e for e in logs if e["event"] == "outbound.abandoned"]
+    assert len(abandoned) == 1 and abandoned[0]["channel"] == "email.send", logs
+    assert 'gateway_outbound_messages_total{channel="email.send",outcome="abandoned"} 1.0' in metrics
+
+
+async def test_a_layer_send_that_fails_for_good_is_counted():
+    async with h.email_gateway(config(h.free_port(), ", timeout: 2")) as gw:
+        await get_channel_layer().send("email.send", {"type": "email.send", "to": "a@example.org", "from": "b@example.com", "text": "x"})
+        await h.eventually(lambda: 'outcome="failed"} 1.0' in gw.metrics.render().decode(), timeout=20)
+        assert 'gateway_outbound_messages_total{channel="email.send",outcome="failed"} 1.0' in gw.metrics.render().decode()
