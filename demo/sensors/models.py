@@ -6,3 +6,6 @@ class Reading(models.Model):
     celsius = models.FloatField()
     user = models.CharField(max_length=150, blank=True)
     created = models.DateTimeField(auto_now_add=True)
+
+    def as_event(self) -> dict:
+        return {"id": self.pk, "device": self.device, "celsius": self.celsius, "at": self.created.isoformat()}
