@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
@@ -10,7 +10,7 @@ from .live import ALERTS_GROUP, DASHBOARD_GROUP
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
-    groups = [DASHBOARD_GROUP, ALERTS_GROUP]   # Channels joins them on connect, leaves on disconnect
+    groups: ClassVar[list[str]] = [DASHBOARD_GROUP, ALERTS_GROUP]   # Channels joins them on connect, leaves on disconnect
 
     async def dashboard_event(self, event: dict[str, Any]) -> None:
         await self.send_json({"kind": event["kind"], "data": event["data"]})

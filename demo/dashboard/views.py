@@ -1,17 +1,17 @@
+from chat.models import Message
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
-
-from chat.models import Message
 from sensors.models import Reading
-from tickets.models import Ticket
 from texts.models import Text
+from tickets.models import Ticket
 
 CHAT_ROOM = "lobby"
 
 
 @ensure_csrf_cookie   # the page's replies are fetch() posts that send the cookie's token
-def index(request):
+def index(request: HttpRequest) -> HttpResponse:
     """The dashboard as it stands; from here on the page follows the live feed (/ws/dashboard/)."""
     readings = reversed(Reading.objects.order_by("-created")[:300])
     tickets = Ticket.objects.order_by("-created").prefetch_related("replies")[:30]

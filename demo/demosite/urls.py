@@ -1,9 +1,8 @@
+from dashboard import views as dashboard
 from django.contrib import admin
 from django.templatetags.static import static
-from django.views.generic import RedirectView
 from django.urls import path
-
-from dashboard import views as dashboard
+from django.views.generic import RedirectView
 from sensors import views as sensors
 from texts import views as texts
 from tickets import mailbox

@@ -1,12 +1,13 @@
 """MQTT readings saved with the ORM, drawn live on the dashboard, and alerts above a threshold."""
 
 import logging
+from typing import Any
 
 from asgiref.sync import async_to_sync
+from dashboard.live import ALERTS_GROUP, broadcast
 from django.conf import settings
 from django.db import transaction
 
-from dashboard.live import ALERTS_GROUP, broadcast
 from gateway.consumers import SyncMqttConsumer
 
 from .models import Reading
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class ReadingConsumer(SyncMqttConsumer):
-    def message(self, topic, payload, **info):
+    def message(self, topic: str, payload: bytes, **info: Any) -> None:
         device = self.kwargs["device"]
         try:
             celsius = float(payload)

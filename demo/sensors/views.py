@@ -1,9 +1,9 @@
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 
 from .models import Reading
 
 
-def readings(request):
+def readings(request: HttpRequest) -> JsonResponse:
     """Sensor readings (the latest 50, and how many in all), optionally of one ``?device=``."""
     rows = Reading.objects.order_by("-created")
     if request.GET.get("device"):

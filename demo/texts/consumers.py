@@ -1,8 +1,10 @@
 """A text to our number lands in the dashboard's SMS inbox and gets an immediate acknowledgement."""
 
-from django.db import transaction
+from typing import Any
 
 from dashboard.live import broadcast
+from django.db import transaction
+
 from gateway.consumers import SyncSmsConsumer
 
 from .models import Text
@@ -11,7 +13,7 @@ ACKNOWLEDGEMENT = "Thanks, we got your message (#{id}). Someone from support wil
 
 
 class TextConsumer(SyncSmsConsumer):
-    def message(self, body, **info):
+    def message(self, body: str, **info: Any) -> None:
         # If the acknowledgement cannot be sent the webhook fails, the provider delivers the text
         # again, and the rolled-back row is not stored twice.
         with transaction.atomic():

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.db import models
 
 
@@ -18,6 +20,6 @@ class Text(models.Model):
     def __str__(self) -> str:
         return f"{self.get_direction_display()} {self.number}: {self.body[:40]}"
 
-    def as_event(self) -> dict:
+    def as_event(self) -> dict[str, Any]:
         return {"id": self.pk, "number": self.number, "direction": self.direction, "body": self.body,
                 "author": self.author, "at": self.created.isoformat()}

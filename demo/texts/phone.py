@@ -21,9 +21,8 @@ import time
 from typing import Any
 
 import aiohttp
-from django.conf import settings
-
 from dashboard.live import abroadcast
+from django.conf import settings
 
 WEBHOOK = "/sms/in"
 

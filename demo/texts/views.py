@@ -1,15 +1,14 @@
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.http import JsonResponse
-from django.views.decorators.http import require_POST
-
 from dashboard.live import broadcast
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_POST
 
 from .models import Text
 
 
 @require_POST
-def reply(request):
+def reply(request: HttpRequest) -> JsonResponse:
     """A staff member's text to a customer, sent by the gateway's SMS adapter (`sms.send`)."""
     if not request.user.is_staff:
         return JsonResponse({"error": "sign in as a staff member to reply"}, status=403)

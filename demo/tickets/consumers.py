@@ -1,15 +1,17 @@
 """An e-mail to support@ becomes a ticket on the dashboard and gets a reply with its number."""
 
-from django.db import transaction
+from typing import Any
 
 from dashboard.live import broadcast
+from django.db import transaction
+
 from gateway.consumers import SyncEmailConsumer
 
 from .models import Ticket
 
 
 class TicketConsumer(SyncEmailConsumer):
-    def message(self, msg):
+    def message(self, msg: dict[str, Any]) -> None:
         user = self.scope.get("user")
         # The row, and the acknowledgement sent through the relay, succeed or fail together: if the
         # relay is down the sender's server is told 451 and tries again later, with no ticket yet.

@@ -12,10 +12,10 @@ from email.message import EmailMessage
 from typing import Any
 
 import aiosmtplib
+from dashboard.live import abroadcast
 from django.conf import settings
 from django.http import HttpRequest, JsonResponse
 
-from dashboard.live import abroadcast
 from gateway.consumers import AsyncEmailConsumer
 
 

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.db import models
 
 
@@ -12,7 +14,7 @@ class Ticket(models.Model):
     def __str__(self) -> str:
         return f"#{self.pk} {self.subject}"
 
-    def as_event(self) -> dict:
+    def as_event(self) -> dict[str, Any]:
         return {"id": self.pk, "sender": self.sender, "subject": self.subject, "body": self.body,
                 "at": self.created.isoformat(), "replies": [r.as_event() for r in self.replies.all()]}
 
@@ -29,5 +31,5 @@ class Reply(models.Model):
         ordering = ["created"]
         verbose_name_plural = "replies"
 
-    def as_event(self) -> dict:
-        return {"id": self.pk, "ticket": self.ticket_id, "body": self.body, "author": self.author, "at": self.created.isoformat()}
+    def as_event(self) -> dict[str, Any]:
+        return {"id": self.pk, "ticket": self.ticket.pk, "body": self.body, "author": self.author, "at": self.created.isoformat()}

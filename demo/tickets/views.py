@@ -1,22 +1,21 @@
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from dashboard.live import broadcast
 from django.conf import settings
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_POST
-
-from dashboard.live import broadcast
 
 from .models import Reply, Ticket
 
 
-def tickets(request):
+def tickets(request: HttpRequest) -> JsonResponse:
     rows = Ticket.objects.order_by("-created")[:50]
     return JsonResponse({"tickets": [{"id": t.pk, "sender": t.sender, "subject": t.subject} for t in rows]})
 
 
 @require_POST
-def reply(request, pk):
+def reply(request: HttpRequest, pk: int) -> JsonResponse:
     """A staff member's answer: saved, then mailed to the customer by the gateway (`email.send`)."""
     if not request.user.is_staff:
         return JsonResponse({"error": "sign in as a staff member to reply"}, status=403)

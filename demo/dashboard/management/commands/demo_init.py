@@ -16,7 +16,7 @@ DEMO_USER, DEMO_PASSWORD = "admin", "admin"
 class Command(BaseCommand):
     help = "Apply the migrations, create the demo superuser in an empty database, print the URL to open."
 
-    def handle(self, *args, **options):
+    def handle(self, *args: object, **options: object) -> None:
         database = settings.DATABASES["default"]
         if database["ENGINE"].endswith("sqlite3"):
             Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
