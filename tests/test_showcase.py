@@ -199,3 +199,14 @@ async def _until(predicate, what: str, timeout: float = 20) -> None:
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, f"{what}: not within {timeout:.0f} s"
         await asyncio.sleep(0.1)
+
+
+async def test_the_page_names_the_ports_the_showcase_listens_on_and_health_is_served(showcase):
+    import httpx
+
+    async with httpx.AsyncClient(base_url=showcase.base) as client:
+        page = (await client.get("/")).text
+        assert f"mosquitto_pub -p {showcase.ports['mqtt']} -t sensors/kitchen/temperature" in page
+        assert f"swaks --server 127.0.0.1:{showcase.ports['smtp']} --to support@example.com" in page
+        assert (await client.get("/readyz")).status_code == 200
+        assert "gateway_" in (await client.get("/metrics")).text

@@ -32,4 +32,6 @@ def index(request: HttpRequest) -> HttpResponse:
         "simulators": settings.DEMO_SIMULATORS,
         "support": settings.SUPPORT_ADDRESS,
         "sms_number": settings.SMS_NUMBER,
+        "mqtt_port": settings.DEMO_MQTT_PORT,
+        "smtp_port": settings.DEMO_SMTP.rsplit(":", 1)[-1],
     })

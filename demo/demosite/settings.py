@@ -22,6 +22,8 @@ DEBUG = os.environ.get("DJANGO_DEBUG", "1" if LOCAL else "0") == "1"
 DEMO_SIMULATORS = os.environ.get("DEMO_SIMULATORS", "1" if LOCAL else "0") == "1"
 # Where the mail simulator sends from the customer's side: the gateway's own SMTP listener.
 DEMO_SMTP = os.environ.get("GATEWAY_SMTP_LISTEN", "127.0.0.1:2525")
+# The MQTT port the dashboard's hint names (config/gateway.yaml's broker; in compose, Mosquitto's).
+DEMO_MQTT_PORT = os.environ.get("GATEWAY_MQTT_LISTEN", os.environ.get("MQTT_PUBLISHED_PORT", "1883")).rsplit(":", 1)[-1]
 SUPPORT_ADDRESS = "support@" + os.environ.get("MAIL_DOMAIN", "example.com")
 # The number customers text (the SMS adapter's `numbers:`); replies go out from it.
 SMS_NUMBER = os.environ.get("SMS_NUMBER", "+15005550006")
