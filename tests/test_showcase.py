@@ -45,22 +45,27 @@ def relay() -> Iterator[Sink]:
     loop.close()
 
 
-@pytest.fixture(scope="module")
-def showcase(tmp_path_factory, relay: Sink) -> Iterator[GatewayProcess]:
-    import os
-
-    db = tmp_path_factory.mktemp("showcase") / "var" / "db.sqlite3"
+def start_showcase(tmp_path: Path, relay_port: int | None = None) -> GatewayProcess:
+    """`make run`'s two steps on free ports and a SQLite file under ``tmp_path``; replies are relayed
+    to ``relay_port``, by default the showcase's own SMTP listener as with the default ports."""
+    db = tmp_path / "var" / "db.sqlite3"
     ports = {"http": free_port(), "mqtt": free_port(), "smtp": free_port()}
-    env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DJANGO_SECRET_KEY", "REDIS_URL", "POSTGRES_HOST")}
-    env.update(DEMO_SQLITE=str(db), GATEWAY_HTTP_LISTEN=f"127.0.0.1:{ports['http']}",
-               GATEWAY_MQTT_LISTEN=f"127.0.0.1:{ports['mqtt']}", GATEWAY_SMTP_LISTEN=f"127.0.0.1:{ports['smtp']}",
-               GATEWAY_MAIL_RELAY_PORT=str(relay.port))
+    env = {**_clean_env(), "DEMO_SQLITE": str(db), "GATEWAY_HTTP_LISTEN": f"127.0.0.1:{ports['http']}",
+           "GATEWAY_MQTT_LISTEN": f"127.0.0.1:{ports['mqtt']}", "GATEWAY_SMTP_LISTEN": f"127.0.0.1:{ports['smtp']}",
+           "GATEWAY_MAIL_RELAY_PORT": str(relay_port or ports["smtp"])}
     init = subprocess.run([sys.executable, "manage.py", "demo_init"], check=False, cwd=DEMO, env=env, capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stdout + init.stderr
     assert f"open http://127.0.0.1:{ports['http']}/" in init.stdout and "admin / admin" in init.stdout, init.stdout
     gw = GatewayProcess(CONFIG, env, cwd=ROOT)
     gw.started()
     gw.db, gw.ports, gw.base = db, ports, f"http://127.0.0.1:{ports['http']}"
+    return gw
+
+
+@pytest.fixture(scope="module")
+def showcase(tmp_path_factory, relay: Sink) -> Iterator[GatewayProcess]:
+    """The relay is the test's SMTP sink, so what `email.send` delivers can be read."""
+    gw = start_showcase(tmp_path_factory.mktemp("showcase"), relay.port)
     yield gw
     assert gw.stop() == 0
 
@@ -76,7 +81,8 @@ def test_demo_init_is_idempotent_and_creates_the_admin_once(showcase):
 def _clean_env() -> dict[str, str]:
     import os
 
-    return {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DJANGO_SECRET_KEY")}
+    unwanted = ("DJANGO_SETTINGS_MODULE", "DJANGO_SECRET_KEY", "REDIS_URL", "POSTGRES_HOST")
+    return {k: v for k, v in os.environ.items() if k not in unwanted}
 
 
 async def test_every_protocol_shows_up_live_on_the_dashboard_and_replies_leave_through_the_gateway(showcase, relay: Sink):
@@ -210,3 +216,26 @@ async def test_the_page_names_the_ports_the_showcase_listens_on_and_health_is_se
         assert f"swaks --server 127.0.0.1:{showcase.ports['smtp']} --to support@example.com" in page
         assert (await client.get("/readyz")).status_code == 200
         assert "gateway_" in (await client.get("/metrics")).text
+
+
+async def test_on_the_defaults_the_mailbox_simulator_mails_support_and_receives_the_reply(tmp_path):
+    """Without a relay of its own, `make run` relays to its own SMTP listener: the customer's mailbox."""
+    import httpx
+
+    gw = start_showcase(tmp_path)
+    try:
+        async with httpx.AsyncClient(base_url=gw.base) as client, websockets.connect(
+                f"ws://127.0.0.1:{gw.ports['http']}/ws/dashboard/", origin=gw.base) as feed:
+            await client.get("/")
+            sent = await client.post("/mailbox/send/", headers={"x-csrftoken": client.cookies["csrftoken"]},
+                                     data={"from": "bo@customer.test", "subject": "Where is my order?", "body": "Order 12."})
+            assert sent.status_code == 200, sent.text
+            seen: dict[str, dict] = {}
+            while set(seen) != {"ticket", "mail"}:
+                event = json.loads(await asyncio.wait_for(feed.recv(), 20))
+                seen[event["kind"]] = event["data"]
+        assert (seen["ticket"]["sender"], seen["ticket"]["subject"]) == ("bo@customer.test", "Where is my order?")
+        assert seen["mail"]["to"] == "bo@customer.test" and seen["mail"]["from"] == "support@example.com"
+        assert seen["mail"]["body"].strip() == f"Your ticket number is {seen['ticket']['id']}."
+    finally:
+        assert gw.stop() == 0
