@@ -11,7 +11,6 @@ from tickets import views as tickets
 urlpatterns = [
     path("", dashboard.index, name="dashboard"),
     path("readings/", sensors.readings, name="readings"),
-    path("tickets/", tickets.tickets, name="tickets"),
     path("tickets/<int:pk>/reply/", tickets.reply, name="ticket-reply"),
     path("texts/reply/", texts.reply, name="text-reply"),
     path("mailbox/send/", mailbox.send, name="mailbox-send"),

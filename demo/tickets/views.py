@@ -9,11 +9,6 @@ from django.views.decorators.http import require_POST
 from .models import Reply, Ticket
 
 
-def tickets(request: HttpRequest) -> JsonResponse:
-    rows = Ticket.objects.order_by("-created")[:50]
-    return JsonResponse({"tickets": [{"id": t.pk, "sender": t.sender, "subject": t.subject} for t in rows]})
-
-
 @require_POST
 def reply(request: HttpRequest, pk: int) -> JsonResponse:
     """A staff member's answer: saved, then mailed to the customer by the gateway (`email.send`)."""
