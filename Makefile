@@ -6,8 +6,10 @@ CONFIG ?= config/gateway.yaml
 
 .PHONY: run test test-floors test-compose check docs bench clean
 
-## run: create the virtualenv and run the gateway on its embedded defaults
+## run: create the virtualenv and serve the showcase (demo/) on the embedded defaults; the first
+## run migrates demo/var/db.sqlite3 and creates the admin / admin superuser (demo/README.md)
 run: $(VENV)/.run-deps
+	cd demo && ../$(BIN)/python manage.py demo_init
 	$(BIN)/gateway run -c $(CONFIG)
 
 ## test: create the virtualenv, install the test peers (Mosquitto, Redis, Dovecot, Chromium), run every test

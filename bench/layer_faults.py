@@ -4,7 +4,7 @@
     .venv/bin/python bench/layer_faults.py --clients 20 --messages 200   # a quick run
 
 Starts its own redis-server (no persistence) and two ``gateway run`` processes sharing it through
-the Redis layer, each serving the demo chat consumer; connects the clients (half to each process)
+the Redis layer, each serving the tests' chat room (tests/testapps/chat.py); connects the clients (half to each process)
 to one room; then a sender process (this one, with a layer of its own) makes ``--messages``
 group_send calls at ``--rate`` per second. Half-way through, redis-server is killed with SIGKILL
 and started again, empty, on the same port ``--down`` seconds later.
@@ -83,12 +83,13 @@ def start_gateway(workdir: Path, index: int, url: str, prefix: str) -> tuple[int
     conf = workdir / f"gateway{index}.yaml"
     conf.write_text(f"""
 logging: {{level: info}}
+python_path: ["{ROOT / 'tests'}"]
 layer: {{backend: redis, url: "{url}", prefix: {prefix}, capacity: 100000, inbox_limit: 100000}}
 adapters:
   http: {{listen: "127.0.0.1:{port}"}}
 routes:
   websocket:
-    - {{path: "/ws/chat/<room>/", app: "gateway.demo.chat:ChatConsumer"}}
+    - {{path: "/ws/chat/<room>/", app: "testapps.chat:ChatRoom"}}
 """)
     log_path = workdir / f"gateway{index}.log"
     with log_path.open("wb") as out:

@@ -53,12 +53,13 @@ def rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 class GatewayProcess:
-    """`gateway run -c <config>` in the project's folder; its JSON log lines are collected."""
+    """`gateway run -c <config>` in the project's folder (or ``cwd``); its JSON log lines are collected."""
 
-    def __init__(self, config: Path | str, env: dict[str, str], *, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: Path | str, env: dict[str, str], *, args: tuple[str, ...] = (),
+                 cwd: Path = PROJECT) -> None:
         self.p = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "-c", str(config), "--log-format", "json", *args],
-            cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.lines: list[str] = []
         self.records: list[dict[str, Any]] = []

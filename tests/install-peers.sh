@@ -1,6 +1,6 @@
 #!/bin/sh
 # Installs the real protocol peers the tests run against, when they are missing:
-# Mosquitto (MQTT), redis-server, Dovecot (IMAP), Chromium (the demo page), swaks (SMTP client).
+# Mosquitto (MQTT), redis-server, Dovecot (IMAP), Chromium (the Django and showcase tests), swaks (SMTP client).
 # The tests start their own instances on free loopback ports; nothing here is started.
 set -eu
 

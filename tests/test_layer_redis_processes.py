@@ -178,7 +178,7 @@ async def test_django_channel_layers_backend_with_a_consumer(tmp_path: Path, red
 
 
 async def test_gateway_from_yaml_runs_on_the_redis_layer(redis_server: RedisServer, prefix: str) -> None:
-    """`layer: {backend: redis, url: ...}` in YAML: the demo chat's groups live in Redis."""
+    """`layer: {backend: redis, url: ...}` in YAML: a chat room's groups live in Redis."""
     import websockets
 
     from gateway import Gateway
@@ -190,7 +190,7 @@ adapters:
   http: {{listen: "127.0.0.1:0"}}
 routes:
   websocket:
-    - {{path: "/ws/chat/<room>/", app: "gateway.demo.chat:ChatConsumer", name: chat}}
+    - {{path: "/ws/chat/<room>/", app: "testapps.chat:ChatRoom", name: chat}}
 """)
     async with gw:
         layer = get_channel_layer()

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.db import models
 
 
@@ -6,3 +8,6 @@ class Reading(models.Model):
     celsius = models.FloatField()
     user = models.CharField(max_length=150, blank=True)
     created = models.DateTimeField(auto_now_add=True)
+
+    def as_event(self) -> dict[str, Any]:
+        return {"id": self.pk, "device": self.device, "celsius": self.celsius, "at": self.created.isoformat()}

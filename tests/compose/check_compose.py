@@ -9,6 +9,8 @@ its rows in PostgreSQL. Every port is published on 127.0.0.1, on ports this test
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import smtplib
 import sys
@@ -65,6 +67,7 @@ def stack() -> Iterator[Compose]:
         PUBLISH_ADDRESS="127.0.0.1", DJANGO_SECRET_KEY=uuid.uuid4().hex, POSTGRES_PASSWORD=uuid.uuid4().hex,
         POSTGRES_USER="demo", POSTGRES_DB="demo", DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         SMTP_RELAY_HOST="mailcatcher", SMTP_RELAY_PORT="2525", MAIL_DOMAIN="example.com",
+        SMS_SIGNING_SECRET=uuid.uuid4().hex, SMS_API_URL="http://smscatcher:8080/v1/messages", SMS_NUMBER="+15005550006",
     )
     dockerd = Dockerd().start()
     compose = Compose(dockerd, env)
@@ -104,6 +107,20 @@ async def chat_socket(stack: Compose, gateway: int, room: str):
     return ws
 
 
+async def dashboard_socket(stack: Compose, gateway: int):
+    http = port(stack, f"GATEWAY{gateway}_HTTP_PORT")
+    return await websockets.connect(f"ws://127.0.0.1:{http}/ws/dashboard/", origin=f"http://127.0.0.1:{http}")
+
+
+async def next_event(ws, kind: str, timeout: float = 30, **data) -> dict:
+    async def find():
+        while True:
+            event = json.loads(await ws.recv())
+            if event["kind"] == kind and all(event["data"].get(k) == v for k, v in data.items()):
+                return event["data"]
+    return await asyncio.wait_for(find(), timeout)
+
+
 async def next_message(ws, want: str, timeout: float = 30) -> None:
     async def find():
         while True:
@@ -128,7 +145,11 @@ def test_the_image_runs_as_a_non_root_user_with_the_readiness_healthcheck(stack:
     # metrics and probes are on the admin listener only: on the public port, Django answers
     assert "gateway_" in httpx.get(f"http://127.0.0.1:{port(stack, 'GATEWAY1_ADMIN_PORT')}/metrics").text
     assert httpx.get(f"http://127.0.0.1:{port(stack, 'GATEWAY1_HTTP_PORT')}/metrics").status_code == 404
-    assert httpx.get(f"http://127.0.0.1:{port(stack, 'GATEWAY1_HTTP_PORT')}/").status_code == 200
+    dashboard = httpx.get(f"http://127.0.0.1:{port(stack, 'GATEWAY1_HTTP_PORT')}/")
+    assert dashboard.status_code == 200 and "asgi-gateway showcase" in dashboard.text
+    assert 'id="try"' not in dashboard.text  # the simulators are for the local run only
+    # the dashboard's stylesheet, collected into the image and served from STATIC_ROOT (ServeStatic)
+    assert httpx.get(f"http://127.0.0.1:{port(stack, 'GATEWAY1_HTTP_PORT')}/static/dashboard/dashboard.css").status_code == 200
 
 
 async def test_a_chat_message_crosses_the_two_gateways(stack: Compose):
@@ -144,12 +165,12 @@ async def test_a_chat_message_crosses_the_two_gateways(stack: Compose):
     assert stack.sql("select count(*) from chat_message where room = 'lobby'") == "2"
 
 
-async def test_an_mqtt_reading_lands_in_postgresql_and_reaches_a_websocket_client(stack: Compose):
-    watcher = await chat_socket(stack, 2, "sensors")
+async def test_an_mqtt_reading_lands_in_postgresql_and_reaches_the_dashboard(stack: Compose):
+    watcher = await dashboard_socket(stack, 2)
     device = mqtt_publisher(stack)
     try:
         device.publish("sensors/kitchen/temperature", b"21.5", qos=1).wait_for_publish(30)
-        await next_message(watcher, "kitchen: 21.5")
+        await next_event(watcher, "reading", device="kitchen", celsius=21.5)
     finally:
         device.loop_stop()
         device.disconnect()
@@ -171,6 +192,30 @@ def test_a_mail_over_smtp_becomes_a_ticket_and_gets_its_reply(stack: Compose):
     assert (sender, subject) == ("ann@customer.test", "printer on fire")
     # the reply went out through the relay (the mail catcher prints what it receives)
     wait_until(lambda: f"Your ticket number is {number}." in stack.logs("mailcatcher"), 60, "the ticket's reply at the relay")
+
+
+def test_a_signed_sms_webhook_gets_its_reply(stack: Compose):
+    """The generic provider's webhook on gateway-1: a forged signature is refused; a signed text is stored
+    in PostgreSQL and its acknowledgement goes out to the provider's REST API (the SMS catcher),
+    signed with the same secret."""
+    secret = stack.env["SMS_SIGNING_SECRET"].encode()
+    body = json.dumps({"id": "compose-1", "from": "+447700900123", "to": "+15005550006", "body": "is the stack up?"}).encode()
+    stamp = str(int(time.time()))
+    signature = hmac.new(secret, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    url = f"http://127.0.0.1:{port(stack, 'GATEWAY1_HTTP_PORT')}/sms/in"
+    headers = {"content-type": "application/json", "x-timestamp": stamp}
+    assert httpx.post(url, content=body, headers={**headers, "x-signature": "0" * 64}, timeout=30).status_code == 403
+    answer = httpx.post(url, content=body, headers={**headers, "x-signature": signature}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    texts = stack.sql("select id, direction, body from texts_text where number = '+447700900123' order by id").splitlines()
+    assert [row.split("|")[1:] for row in texts][0] == ["in", "is the stack up?"], texts
+    number = texts[0].split("|")[0]
+
+    def replied() -> bool:
+        logs = stack.logs("smscatcher")
+        assert "bad signature" not in logs, logs
+        return f"Thanks, we got your message (#{number})" in logs and '"to": "+447700900123"' in logs
+    wait_until(replied, 60, "the text's acknowledgement at the provider")
 
 
 def test_stopping_one_gateway_drains_it_and_loses_nothing_while_the_other_serves(stack: Compose):
