@@ -20,6 +20,8 @@ import structlog
 from . import config as config_mod
 from . import fdlimit, preflight, threads
 from .admin import AdminListener
+from .bridges.runtime import Runtime, Stats
+from .bridges.service import BridgeService
 from .errors import StartupError
 from .django.layers import ChannelsBinding
 from .events import core_table
@@ -82,6 +84,8 @@ class Gateway:
         self.started = False
         self.admin: AdminListener | None = None
         """The internal listener of metrics and health (``admin:``), while started."""
+        self.bridges: BridgeService | None = None
+        """The plan's bridges (docs/bridges.md), while started."""
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -133,6 +137,14 @@ class Gateway:
             await self._stop_admin()
             await self._close_layer()
             raise
+        try:  # before the adapters: a bridge from a protocol is routed as soon as they serve
+            await self._start_bridges()
+        except BaseException as exc:
+            log.error("gateway.start_failed", error=f"bridges: {type(exc).__name__}: {exc}")
+            await self.lifespan.shutdown()
+            await self._stop_admin()
+            await self._close_layer()
+            raise
         try:
             for ap in self.plan.adapters:
                 await self.start_adapter(ap)
@@ -144,6 +156,7 @@ class Gateway:
             log.error("gateway.start_failed", error=str(exc))
             await asyncio.gather(*(a.stop(0) for a in self.adapters.values()), return_exceptions=True)
             self.adapters.clear()
+            await self._stop_bridges()
             await self.lifespan.shutdown()
             await self._stop_admin()
             await self._close_layer()
@@ -155,6 +168,16 @@ class Gateway:
         self.started = True
         self.health.phase = "serving"
         log.info("gateway.started", addresses=self.addresses, layer=str(self.layer))
+
+    async def _start_bridges(self) -> None:
+        assert self.layer is not None
+        self.bridges = BridgeService(Runtime(self.layer, Stats(self.metrics)))
+        await self.bridges.start(self.plan.bridges)
+
+    async def _stop_bridges(self) -> None:
+        if self.bridges is not None:
+            await self.bridges.stop()
+            self.bridges = None
 
     async def start_adapter(self, ap: config_mod.AdapterPlan) -> Adapter:
         context = AdapterContext(
@@ -271,6 +294,7 @@ class Gateway:
         if self._force:
             drain = 0
         log.info("gateway.stopping", drain_seconds=drain)
+        await self._stop_bridges()  # first: what a bridge took reaches the outbound channels
         for task in self._outbound:
             task.cancel()
         await asyncio.gather(*self._outbound, return_exceptions=True)

@@ -1,0 +1,141 @@
+"""A bridge from a layer group to an adapter, as it runs in one gateway process.
+
+The bridge is a member of its group under one channel name shared by every process,
+``bridge.<name>``: a normal (not process-specific) channel, which the layer treats as a queue.
+Each group message is queued there once, whatever the number of processes, and each process
+runs a receive loop on it; a receive takes a message away, so exactly one process handles it
+and hands its events to the adapter's outbound channel, where again exactly one process
+delivers each. Memberships expire (``group_expiry``) and can be lost (a Redis restarted
+empty), so every process renews this one while it runs; a process that stops does not leave
+the group, since the others still serve it (a membership nobody renews expires on its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from ..layers.base import ChannelFull, LayerUnavailable
+from .config import Bridge
+from .runtime import Runtime
+from .target import BridgeMessageError, call
+
+log = structlog.get_logger("gateway.bridges")
+
+RENEW_EVERY = 10.0
+"""Longest time between two renewals of the group membership (seconds); a shorter
+``group_expiry`` renews at a third of it. Also how soon a membership lost with Redis's data
+(a restart without persistence) is back."""
+RETRY_AFTER = 1.0
+FINISH_TIMEOUT = 5.0
+"""Seconds a message taken when the gateway stops gets to be forwarded."""
+
+
+class OutboundBridge:
+    """Joins the group, keeps the membership alive, and forwards what arrives on the channel."""
+
+    def __init__(self, bridge: Bridge, runtime: Runtime) -> None:
+        self.bridge = bridge
+        self.runtime = runtime
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Join before returning: a group_send made once the gateway is started reaches the bridge."""
+        layer, bridge = self.runtime.layer, self.bridge
+        assert bridge.group is not None
+        await layer.group_add(bridge.group, bridge.channel)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._receive(), name=f"bridge-{bridge.name}"),
+            loop.create_task(self._renew(), name=f"bridge-{bridge.name}-renew"),
+        ]
+        log.info("bridge.started", bridge=bridge.name, group=bridge.group, to=bridge.describe_target())
+
+    async def stop(self) -> None:
+        """Stop taking messages (one being forwarded is finished first when it is quick); the
+        membership stays for the other processes."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _renew(self) -> None:
+        layer, bridge = self.runtime.layer, self.bridge
+        assert bridge.group is not None
+        every = max(min(layer.group_expiry / 3, RENEW_EVERY), 0.05)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await layer.group_add(bridge.group, bridge.channel)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis away: try again next time
+                log.warning("bridge.renew_failed", bridge=bridge.name, group=bridge.group, error=f"{type(exc).__name__}: {exc}")
+
+    async def _receive(self) -> None:
+        layer = self.runtime.layer
+        me = asyncio.current_task()
+        assert me is not None
+        while not me.cancelling():
+            try:
+                message = await layer.receive(self.bridge.channel)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis away: keep the loop alive
+                log.warning("bridge.receive_failed", bridge=self.bridge.name, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(RETRY_AFTER)
+                continue
+            # Taken from the layer: no other process will see it, so a stop that comes meanwhile
+            # lets it finish (for FINISH_TIMEOUT at most) before the loop ends.
+            forwarding = asyncio.ensure_future(self.forward(message))
+            try:
+                await asyncio.shield(forwarding)
+            except asyncio.CancelledError:
+                done, _ = await asyncio.wait([forwarding], timeout=FINISH_TIMEOUT)
+                if not done:
+                    forwarding.cancel()
+                    log.warning("bridge.forward_abandoned", bridge=self.bridge.name,
+                                reason=f"the gateway stopped and forwarding took longer than {FINISH_TIMEOUT}s")
+                raise
+
+    async def forward(self, message: dict[str, Any]) -> None:
+        """Transform one group message, turn it into outbound events and queue them."""
+        bridge, stats, layer = self.bridge, self.runtime.stats, self.runtime.layer
+        assert bridge.target_config is not None
+        if bridge.transform is not None:
+            try:
+                result = await call(bridge.transform, message)
+            except Exception as exc:  # noqa: BLE001 - the user's hook: counted and logged
+                stats.outcome(bridge.name, "dropped")
+                stats.dropped(bridge.name, "transform_error", f"{type(exc).__name__}: {exc}", transform=bridge.transform_spec)
+                return
+            if result is None:
+                stats.outcome(bridge.name, "filtered")
+                return
+            if not isinstance(result, dict):
+                stats.outcome(bridge.name, "dropped")
+                stats.dropped(bridge.name, "transform_error", f"the transform returned {type(result).__name__}, not a dict or None",
+                              transform=bridge.transform_spec)
+                return
+            message = result
+        try:
+            events = await bridge.target_config.outbound(message)
+            for _, event in events:
+                spec = bridge.specs.get(event.get("type", ""))
+                problem = spec.problem(event) if spec is not None else None
+                if problem:
+                    raise BridgeMessageError(f"{event.get('type')!r} event: {problem}")
+        except Exception as exc:  # noqa: BLE001 - BridgeMessageError, or a user's callable raising
+            stats.outcome(bridge.name, "dropped")
+            stats.dropped(bridge.name, "bad_message", f"{type(exc).__name__}: {exc}", group=bridge.group)
+            return
+        lost = 0
+        for channel, event in events:
+            try:
+                await layer.send(channel, event)
+            except ChannelFull:
+                lost += 1
+                stats.dropped(bridge.name, "channel_full", f"the outbound channel {channel!r} is full", channel=channel,
+                              capacity=layer.get_capacity(channel))
+            except LayerUnavailable as exc:
+                lost += 1
+                stats.dropped(bridge.name, "layer_unavailable", str(exc), channel=channel)
+        stats.outcome(bridge.name, "dropped" if lost else "forwarded")
