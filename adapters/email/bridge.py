@@ -8,7 +8,15 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from gateway.bridges import BridgeMessageError, BridgeTarget, MissingField, Outbound, Template, call, load_callable
+from gateway.bridges import (
+    BridgeMessageError,
+    BridgeTarget,
+    MissingField,
+    Outbound,
+    Template,
+    call,
+    load_callable,
+)
 
 
 class EmailBridgeTarget(BridgeTarget):

@@ -6,7 +6,13 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from gateway.bridges import BridgeMessageError, BridgeTarget, MissingField, Outbound, Template
+from gateway.bridges import (
+    BridgeMessageError,
+    BridgeTarget,
+    MissingField,
+    Outbound,
+    Template,
+)
 
 from .events import encode_json, publish_event
 from .topics import check_topic_name

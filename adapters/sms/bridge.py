@@ -8,7 +8,15 @@ from typing import Any
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from gateway.bridges import BridgeMessageError, BridgeTarget, MissingField, Outbound, Template, call, load_callable
+from gateway.bridges import (
+    BridgeMessageError,
+    BridgeTarget,
+    MissingField,
+    Outbound,
+    Template,
+    call,
+    load_callable,
+)
 
 from .numbers import InvalidNumber, to_e164
 

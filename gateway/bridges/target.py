@@ -43,14 +43,14 @@ def load_callable(spec: str) -> Callable[..., Any]:
     except app_loading.AppLoadError as exc:
         raise ValueError(str(exc)) from None
     if not callable(func):
-        raise ValueError(f"{spec!r} is not callable")
+        raise ValueError(f"{spec!r} is not callable")  # noqa: TRY004 - pydantic reports ValueError as the key's error
     return func  # type: ignore[no-any-return]
 
 
 async def call(func: Callable[..., Any], *args: Any) -> Any:
     """Call a user's hook, sync or async. Sync ones run in the gateway's thread pool, so they may
     use Django's ORM (which refuses to run on the event loop)."""
-    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
         result: Awaitable[Any] = func(*args)
         return await result
     return await threads.run_sync(func, *args)

@@ -19,7 +19,7 @@ class MissingField(LookupError):
 class Template:
     """A parsed template; ``fill`` substitutes the fields of one message."""
 
-    __slots__ = ("text", "fields", "_parts")
+    __slots__ = ("_parts", "fields", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
