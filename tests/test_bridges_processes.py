@@ -25,12 +25,13 @@ import sms_helpers as sms
 import websockets
 from gateway_helpers import free_port
 from mqtt_helpers import Peer, mosquitto, stop_process
-from test_layer_redis_helpers import ROOT, RedisServer, prefix, subprocess_env  # noqa: F401 - prefix is a fixture
+from test_layer_redis_helpers import ROOT, RedisServer, subprocess_env
 
 TESTS = Path(__file__).resolve().parent
 CLIENTS_PER_PROCESS = 3
 SETTLE = 2.0
 """Seconds to keep listening once everything expected arrived: a duplicate would arrive then."""
+PREFIX = "bridges"
 GROUP_EXPIRY = 3.0
 """Short, so the second round shows the bridges' shared membership outlives it (renewed)."""
 
@@ -60,10 +61,10 @@ def broker(tmp_path: Path) -> Iterator[int]:
         yield port
 
 
-def config(redis: RedisServer, prefix: str, broker: int, http_port: int, cloud_url: str) -> str:
+def config(redis: RedisServer, broker: int, http_port: int, cloud_url: str) -> str:
     return f"""\
 python_path: ["{TESTS}"]
-layer: {{backend: redis, url: "{redis.url}", prefix: {prefix}, group_expiry: {GROUP_EXPIRY}}}
+layer: {{backend: redis, url: "{redis.url}", prefix: {PREFIX}, group_expiry: {GROUP_EXPIRY}}}
 adapters:
   http: {{listen: "127.0.0.1:{http_port}"}}
   mqtt: {{mode: client, url: "mqtt://127.0.0.1:{broker}"}}
@@ -104,8 +105,8 @@ async def ready(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: fl
     raise AssertionError(f"gateway on {port} not ready within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-async def send_from_outside(redis: RedisServer, prefix: str, text: str) -> None:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SENDER, redis.url, prefix, text, cwd=ROOT, env=subprocess_env())
+async def send_from_outside(redis: RedisServer, text: str) -> None:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SENDER, redis.url, PREFIX, text, cwd=ROOT, env=subprocess_env())
     assert await asyncio.wait_for(proc.wait(), 60) == 0
 
 
@@ -129,14 +130,14 @@ async def settle(counts: Any, expected: Any, timeout: float = 30) -> None:
 
 
 async def test_one_group_send_reaches_websockets_mqtt_and_a_phone_each_exactly_once(
-    tmp_path: Path, redis: RedisServer, prefix: str, broker: int,
+    tmp_path: Path, redis: RedisServer, broker: int,
 ) -> None:
     async with sms.cloud() as cloud:
         ports = [free_port(), free_port()]
         procs, logs = [], []
         for i, port in enumerate(ports):
             path = tmp_path / f"gateway-{i}.yaml"
-            path.write_text(config(redis, prefix, broker, port, cloud.url))
+            path.write_text(config(redis, broker, port, cloud.url))
             logs.append(tmp_path / f"gateway-{i}.log")
             procs.append(start_gateway(path, logs[-1]))
         subscriber = Peer(broker)
@@ -169,7 +170,7 @@ async def test_one_group_send_reaches_websockets_mqtt_and_a_phone_each_exactly_o
                 return len(mqtt)
 
             # Round 1: one group_send from a plain Python process.
-            await send_from_outside(redis, prefix, "smoke in the kitchen")
+            await send_from_outside(redis, "smoke in the kitchen")
             await settle(lambda: ([len(b) for b in received], mqtt_count(), len(cloud.requests)),
                          ([1] * len(sockets), 1, 1))
             assert [len(box) for box in received] == [1] * len(sockets)
@@ -186,7 +187,7 @@ async def test_one_group_send_reaches_websockets_mqtt_and_a_phone_each_exactly_o
             stop_process(procs[0])
             assert procs[0].returncode == 0, logs[0].read_text()[-3000:]
             await asyncio.sleep(GROUP_EXPIRY + 1)  # not an assertion: the shared membership must outlive it
-            await send_from_outside(redis, prefix, "smoke again")
+            await send_from_outside(redis, "smoke again")
             await settle(lambda: (mqtt_count(), len(cloud.requests)), (2, 2))
             assert mqtt_count() == 2
             assert json.loads(mqtt[1].payload)["text"] == "smoke again"

@@ -53,13 +53,20 @@ class OutboundBridge:
         ]
         log.info("bridge.started", bridge=bridge.name, group=bridge.group, to=bridge.describe_target())
 
-    async def stop(self) -> None:
-        """Stop taking messages (one being forwarded is finished first when it is quick); the
-        membership stays for the other processes."""
+    async def stop(self, *, leave: bool = False) -> None:
+        """Stop taking messages (one being forwarded is finished first when it is quick). The
+        membership stays for the other processes, unless ``leave``: the bridge was removed from
+        the config (a process still running the old config re-adds it at its next renewal)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if leave:
+            assert self.bridge.group is not None
+            try:
+                await self.runtime.layer.group_discard(self.bridge.group, self.bridge.channel)
+            except Exception as exc:  # noqa: BLE001 - it expires on its own (group_expiry)
+                log.warning("bridge.leave_failed", bridge=self.bridge.name, group=self.bridge.group, error=f"{type(exc).__name__}: {exc}")
 
     async def _renew(self) -> None:
         layer, bridge = self.runtime.layer, self.bridge

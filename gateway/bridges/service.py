@@ -44,7 +44,7 @@ class BridgeService:
         wanted = {b.name: b for b in bridges if b.source == GROUP}
         for name, runner in list(self.running.items()):
             if name not in wanted or wanted[name].config_key != runner.bridge.config_key:
-                await runner.stop()
+                await runner.stop(leave=True)
                 del self.running[name]
         fresh = [b for b in bridges if b.source != GROUP or b.name not in self.running]
         await self.start(fresh)
