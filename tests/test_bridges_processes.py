@@ -200,3 +200,56 @@ async def test_one_group_send_reaches_websockets_mqtt_and_a_phone_each_exactly_o
             subscriber.close()
             for proc in procs:
                 stop_process(proc)
+
+
+async def test_an_mqtt_message_bridged_into_a_group_by_two_processes_sharing_the_subscription_arrives_once(
+    tmp_path: Path, redis: RedisServer, broker: int,
+) -> None:
+    """MQTT -> group across processes: with `shared`, the broker gives each message to one of
+    them (without it, each process subscribes and bridges every message: twice with two)."""
+    from gateway.layers.redis import RedisChannelLayer
+
+    ports = [free_port(), free_port()]
+    procs, logs = [], []
+    for i, port in enumerate(ports):
+        path = tmp_path / f"gateway-{i}.yaml"
+        path.write_text(f"""\
+layer: {{backend: redis, url: "{redis.url}", prefix: {PREFIX}}}
+adapters:
+  http: {{listen: "127.0.0.1:{port}"}}
+  mqtt: {{mode: client, url: "mqtt://127.0.0.1:{broker}", shared: gateways}}
+bridges:
+  temperatures:
+    from: {{mqtt: {{topic: "sensors/+room/temp", qos: 1}}}}
+    to: {{group: "room-{{room}}"}}
+""")
+        logs.append(tmp_path / f"gateway-{i}.log")
+        procs.append(start_gateway(path, logs[-1]))
+    layer = RedisChannelLayer(url=redis.url, prefix=PREFIX)
+    publisher = Peer(broker)
+    try:
+        for port, proc, log in zip(ports, procs, logs, strict=True):
+            await ready(port, proc, log)
+        member = await layer.new_channel()
+        await layer.group_add("room-kitchen", member)
+        got: list[dict[str, Any]] = []
+
+        async def collect() -> None:
+            while True:
+                got.append(await layer.receive(member))
+
+        collector = asyncio.create_task(collect())
+        try:
+            for i in range(5):
+                publisher.publish("sensors/kitchen/temp", f"2{i}".encode(), qos=1)
+            await settle(lambda: len(got), 5)
+        finally:
+            collector.cancel()
+        assert sorted(m["payload"] for m in got) == [b"20", b"21", b"22", b"23", b"24"]
+        assert {m["kwargs"]["room"] for m in got} == {"kitchen"}
+        assert await metric_sum(ports, "gateway_bridge_messages_total", bridge="temperatures", outcome="forwarded") == 5
+    finally:
+        publisher.close()
+        await layer.close()
+        for proc in procs:
+            stop_process(proc)
