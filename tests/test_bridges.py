@@ -192,6 +192,31 @@ bridges:
             await gw.stop(drain=2)
 
 
+async def test_group_to_sms_goes_through_the_adapter_so_a_number_that_opted_out_is_not_texted() -> None:
+    async with sms.cloud() as cloud:
+        gw = await started(f"""\
+adapters:
+  http: {{listen: "127.0.0.1:0"}}
+  sms: {sms.twilio_account(cloud.url)}
+bridges:
+  alerts-to-phones:
+    from: {{group: alerts}}
+    to: {{sms: {{numbers: ["{sms.UK_SENDER}", "+447700900456"]}}}}
+""")
+        try:
+            base = f"http://{gw.addresses['http'][0]}"
+            answer = await sms.post_twilio(base, sms.twilio_message(sender=sms.UK_SENDER, body="STOP", sid="SMstop"))
+            assert answer.status_code == 200
+            cloud.requests.clear()  # the STOP confirmation, if the provider answers inline or not
+            assert gw.layer is not None
+            await gw.layer.group_send("alerts", {"type": "alert.raised", "text": "smoke"})
+            await eventually(lambda: metric(gw, "gateway_sms_sent_total", account="twilio", outcome="refused") == 1, timeout=10)
+            await eventually(lambda: len(cloud.requests) == 1, timeout=10)
+            assert [r["form"]["To"] for r in cloud.requests] == ["+447700900456"]
+        finally:
+            await gw.stop(drain=2)
+
+
 # -- group -> e-mail --------------------------------------------------------------------------------
 async def test_group_to_email_mails_the_recipients_through_the_relay() -> None:
     async with Sink() as sink:
