@@ -21,5 +21,6 @@ def test_the_wheel_builds_without_setuptools_warnings(tmp_path: Path):
 
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("gateway/demo/static/index.html", "gateway/django/migrations/0001_initial.py",
-                   "gateway_adapters/sms/providers/twilio.py", "gateway/py.typed"):
+                   "gateway_adapters/sms/providers/twilio.py", "gateway/py.typed", "gateway/bridges/config.py",
+                   "gateway_adapters/mqtt/bridge.py"):
         assert needed in names, needed
