@@ -424,3 +424,22 @@ bridges:
     finally:
         subscriber.close()
         await gw.stop(drain=1)
+
+
+async def test_a_communicator_runs_a_bridge_from_mqtt_into_the_harness_layer() -> None:
+    from gateway.testing import Harness, MqttCommunicator
+
+    harness = Harness.from_text("""\
+adapters:
+  mqtt: {mode: broker, listen: "127.0.0.1:0"}
+bridges:
+  temperatures:
+    from: {mqtt: {topic: "sensors/+room/temp"}}
+    to: {group: "room-{room}"}
+""")
+    member = await harness.layer.new_channel()
+    await harness.layer.group_add("room-kitchen", member)
+    result = await MqttCommunicator(harness, "sensors/kitchen/temp", b"21", qos=1).deliver()
+    assert result.acknowledged and result.matched
+    message = await asyncio.wait_for(harness.layer.receive(member), 5)
+    assert (message["payload"], message["kwargs"]) == (b"21", {"room": "kitchen"})
