@@ -16,6 +16,7 @@ from email_helpers import Sink
 from gateway_helpers import eventually
 from mqtt_helpers import Peer, mosquitto
 from structlog.testing import capture_logs
+from test_layer_redis_helpers import RedisServer
 
 from gateway.bridges.config import Bridge
 from gateway.bridges.outbound import OutboundBridge
@@ -39,6 +40,13 @@ def clean_calls() -> Any:
 def broker(tmp_path: Path) -> Any:
     with mosquitto(tmp_path) as port:
         yield port
+
+
+@pytest.fixture
+def redis() -> Any:
+    server = RedisServer().start()
+    yield server
+    server.stop()
 
 
 def metric(gw: Gateway, name: str, **labels: str) -> float:
@@ -443,3 +451,26 @@ bridges:
     assert result.acknowledged and result.matched
     message = await asyncio.wait_for(harness.layer.receive(member), 5)
     assert (message["payload"], message["kwargs"]) == (b"21", {"room": "kitchen"})
+
+
+async def test_a_message_the_redis_layer_cannot_carry_is_acknowledged_and_counted(broker: int, redis: RedisServer) -> None:
+    gw = await started(f"""\
+layer: {{backend: redis, url: "{redis.url}"}}
+adapters:
+{mqtt_client(broker)}
+bridges:
+  odd:
+    from: {{mqtt: {{topic: "odd/+room"}}}}
+    to: {{group: "room-{{room}}"}}
+    transform: bridge_helpers:unpackable
+""")
+    publisher = Peer(broker)
+    try:
+        publisher.publish("odd/kitchen", b"1", qos=1)
+        await eventually(lambda: metric(gw, "gateway_bridge_dropped_total", bridge="odd", reason="bad_message") == 1, timeout=10)
+        assert metric(gw, "gateway_bridge_messages_total", bridge="odd", outcome="dropped") == 1
+        assert metric(gw, "gateway_mqtt_messages_total", outcome="handled") == 1  # acknowledged: not redelivered
+        assert metric(gw, "gateway_mqtt_messages_total", outcome="failed") == 0
+    finally:
+        publisher.close()
+        await gw.stop(drain=1)

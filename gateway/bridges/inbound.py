@@ -66,6 +66,10 @@ class InboundBridge:
         except LayerUnavailable as exc:
             stats.dropped(bridge.name, "layer_unavailable", str(exc), group=group)
             raise  # not acknowledged: the sender tries again
+        except TypeError as exc:  # the layer cannot carry it (Redis: not msgpack-serialisable); it never will
+            stats.outcome(bridge.name, "dropped")
+            stats.dropped(bridge.name, "bad_message", str(exc), group=group)
+            return
         stats.outcome(bridge.name, "forwarded")
 
 

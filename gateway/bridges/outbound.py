@@ -95,6 +95,9 @@ class OutboundBridge:
             forwarding = asyncio.ensure_future(self.forward(message))
             try:
                 await asyncio.shield(forwarding)
+            except Exception as exc:  # a bug must not end the loop: the next message is forwarded
+                self.runtime.stats.outcome(self.bridge.name, "dropped")
+                log.error("bridge.forward_failed", bridge=self.bridge.name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             except asyncio.CancelledError:
                 done, _ = await asyncio.wait([forwarding], timeout=FINISH_TIMEOUT)
                 if not done:
@@ -145,4 +148,7 @@ class OutboundBridge:
             except LayerUnavailable as exc:
                 lost += 1
                 stats.dropped(bridge.name, "layer_unavailable", str(exc), channel=channel)
+            except TypeError as exc:  # the layer cannot carry it (Redis: not msgpack-serialisable)
+                lost += 1
+                stats.dropped(bridge.name, "bad_message", str(exc), channel=channel)
         stats.outcome(bridge.name, "dropped" if lost else "forwarded")
