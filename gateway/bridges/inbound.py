@@ -15,7 +15,7 @@ from typing import Any
 from ..layers.base import LayerUnavailable
 from ..types import Receive, Scope, Send
 from .config import Bridge
-from .target import call
+from .runtime import transformed
 from .template import MissingField
 
 
@@ -33,27 +33,16 @@ class InboundBridge:
             return
         event = await receive()
         bridge, runtime = self.bridge, self.bridge.runtime
-        assert runtime is not None and bridge.group_template is not None, "a bridge runs in a started gateway"
+        if runtime is None or bridge.group_template is None:
+            raise RuntimeError(f"bridge {bridge.name!r} runs in a started gateway (or a gateway.testing harness)")
         stats = runtime.stats
         kwargs = dict(scope.get("url_route", {}).get("kwargs", {}))
         message: dict[str, Any] = {k: v for k, v in event.items() if k != "type"}
         message.update(type=bridge.message_type or event.get("type", f"{scope['type']}.message"), kwargs=kwargs, bridge=bridge.name)
-        if bridge.transform is not None:
-            try:
-                result = await call(bridge.transform, message)
-            except Exception as exc:  # noqa: BLE001 - the user's hook: counted, logged, acknowledged
-                stats.outcome(bridge.name, "dropped")
-                stats.dropped(bridge.name, "transform_error", f"{type(exc).__name__}: {exc}", transform=bridge.transform_spec)
-                return
-            if result is None:
-                stats.outcome(bridge.name, "filtered")
-                return
-            if not isinstance(result, dict):
-                stats.outcome(bridge.name, "dropped")
-                stats.dropped(bridge.name, "transform_error", f"the transform returned {type(result).__name__}, not a dict or None",
-                              transform=bridge.transform_spec)
-                return
-            message = result
+        result = await transformed(bridge, stats, message)
+        if result is None:
+            return
+        message = result
         try:
             group = bridge.group_template.fill({**message, **kwargs})
             runtime.layer.require_valid_group_name(group)

@@ -19,8 +19,8 @@ import structlog
 
 from ..layers.base import ChannelFull, LayerUnavailable
 from .config import Bridge
-from .runtime import Runtime
-from .target import BridgeMessageError, call
+from .runtime import Runtime, transformed
+from .target import BridgeMessageError
 
 log = structlog.get_logger("gateway.bridges")
 
@@ -110,22 +110,10 @@ class OutboundBridge:
         """Transform one group message, turn it into outbound events and queue them."""
         bridge, stats, layer = self.bridge, self.runtime.stats, self.runtime.layer
         assert bridge.target_config is not None
-        if bridge.transform is not None:
-            try:
-                result = await call(bridge.transform, message)
-            except Exception as exc:  # noqa: BLE001 - the user's hook: counted and logged
-                stats.outcome(bridge.name, "dropped")
-                stats.dropped(bridge.name, "transform_error", f"{type(exc).__name__}: {exc}", transform=bridge.transform_spec)
-                return
-            if result is None:
-                stats.outcome(bridge.name, "filtered")
-                return
-            if not isinstance(result, dict):
-                stats.outcome(bridge.name, "dropped")
-                stats.dropped(bridge.name, "transform_error", f"the transform returned {type(result).__name__}, not a dict or None",
-                              transform=bridge.transform_spec)
-                return
-            message = result
+        result = await transformed(bridge, stats, message)
+        if result is None:
+            return
+        message = result
         try:
             events = await bridge.target_config.outbound(message)
             for _, event in events:

@@ -9,13 +9,17 @@ bridge for a reason, or the first after a quiet minute), never once per message.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ..layers.base import BaseChannelLayer
 from ..layers.incidents import Incidents
 from ..metrics import Metrics
+from .target import call
+
+if TYPE_CHECKING:
+    from .config import Bridge
 
 log = structlog.get_logger("gateway.bridges")
 
@@ -63,3 +67,25 @@ class Runtime:
 
     layer: BaseChannelLayer
     stats: Stats
+
+
+async def transformed(bridge: Bridge, stats: Stats, message: dict[str, Any]) -> dict[str, Any] | None:
+    """``message`` after the bridge's transform; ``None`` when it goes no further (filtered on
+    purpose, or dropped because the transform failed: both counted here)."""
+    if bridge.transform is None:
+        return message
+    try:
+        result = await call(bridge.transform, message)
+    except Exception as exc:  # noqa: BLE001 - the user's hook: counted and logged
+        stats.outcome(bridge.name, "dropped")
+        stats.dropped(bridge.name, "transform_error", f"{type(exc).__name__}: {exc}", transform=bridge.transform_spec)
+        return None
+    if result is None:
+        stats.outcome(bridge.name, "filtered")
+        return None
+    if not isinstance(result, dict):
+        stats.outcome(bridge.name, "dropped")
+        stats.dropped(bridge.name, "transform_error", f"the transform returned {type(result).__name__}, not a dict or None",
+                      transform=bridge.transform_spec)
+        return None
+    return result
