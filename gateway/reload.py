@@ -78,7 +78,7 @@ class Reloader:
         if gw.bridges is not None:
             try:
                 await gw.bridges.replace(new.bridges)
-            except Exception as exc:  # noqa: BLE001 - the routes are swapped; say what did not follow
+            except Exception as exc:  # the routes are swapped; say what did not follow
                 log.error("gateway.reload_bridges_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         changed = await self._adapters(old, new)
         for name, adapter in list(gw.adapters.items()):
