@@ -474,3 +474,14 @@ bridges:
     finally:
         publisher.close()
         await gw.stop(drain=1)
+
+
+def test_the_core_bridges_import_no_adapter() -> None:
+    """The import graph flows adapters -> core: bridges know adapters only through `bridge_target`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gateway.bridges, gateway.bridges.service, gateway.bridges.inbound, gateway.config\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('gateway_adapters', 'adapters'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
