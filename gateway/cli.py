@@ -188,7 +188,8 @@ def _check(args: argparse.Namespace) -> int:
     plan = load(args.config)
     n_routes = sum(1 for _ in plan.routes())
     adapters = ", ".join(a.name for a in plan.adapters) or "none"
-    print(f"{args.config}: OK ({len(plan.adapters)} adapters: {adapters}; {n_routes} routes)")
+    bridges = f"; {len(plan.bridges)} bridges" if plan.bridges else ""
+    print(f"{args.config}: OK ({len(plan.adapters)} adapters: {adapters}; {n_routes} routes{bridges})")
     return 0
 
 
@@ -204,6 +205,9 @@ def print_routes(plan: Plan, out: TextIO) -> None:
             rows.append((protocol, f"mount {path}", f"({owner})", "-", "-"))
     for protocol, route in plan.routes():
         rows.append((protocol, route.matcher.describe(), route.target, route.name or "-", ", ".join(route.middleware) or "-"))
+    for bridge in plan.bridges:  # those from a protocol are listed above, as the routes they are
+        if bridge.group is not None:
+            rows.append(("group", bridge.group, f"bridge -> {bridge.describe_target()}", bridge.name, "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")

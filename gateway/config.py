@@ -10,7 +10,7 @@ that names the file, the line and the key path.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,9 @@ import structlog
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from . import apps as app_loading
+from . import bridges as bridge_config
+from .bridges.config import build as build_bridges
+from .bridges.inbound import InboundBridge
 from .errors import PluginError
 from .layers import BACKENDS
 from .layers.base import BaseChannelLayer
@@ -123,6 +126,10 @@ class GatewayConfig(Section):
     plugins: PluginsSection = Field(default_factory=PluginsSection, description="Where adapter plugins are found besides installed entry points.")
     adapters: dict[str, Any] = Field(default_factory=dict, description="One block per adapter, keyed by adapter name; see each adapter's keys below.")
     routes: dict[str, list[dict[str, Any]]] = Field(default_factory=dict, description="Per scope type an ordered list of routes; first match wins.")
+    bridges: dict[str, Any] = Field(
+        default_factory=dict, description="Bridges between layer groups and adapters, keyed by bridge name (docs/bridges.md); "
+        "see `bridges.<name>` below.",
+    )
     instances: InstancesSection = Field(default_factory=InstancesSection, description="The instance runner.")
     shutdown: ShutdownSection = Field(default_factory=ShutdownSection, description="Graceful shutdown.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
@@ -151,6 +158,8 @@ class Plan:
     django: bool = False
     """Django is set up: the gateway's layer is also Channels' ``get_channel_layer()``."""
     loader: app_loading.AppLoader | None = None
+    bridges: list[bridge_config.Bridge] = field(default_factory=list)
+    """Every bridge; those from a protocol are also routes (first in their protocol's list)."""
 
     @property
     def router(self) -> ProtocolTypeRouter:
@@ -201,11 +210,31 @@ def build(source: Source, base_dir: Path, *, loader: app_loading.AppLoader | Non
             django_handler=config.django.handler if config.django else "asgi",
         )
     routers = _routers(config, source, plans, adapters, loader, django)
+    bridges = build_bridges(
+        config.bridges, source, {p.name: p.cls for p in plans}, {name: cls for name, (cls, _) in adapters.items()}, _validate,
+    )
+    _bridge_routes(bridges, routers)
     for ap in plans:  # every protocol served has a router, empty or not, so a reload can fill it
         for scope_type in ap.cls.scope_types:
             routers.setdefault(scope_type, Router([]))
     layer_class, options = _layer(config, source, django)
-    return Plan(config, source, plans, routers, layer_class, options, django=django, loader=loader)
+    return Plan(config, source, plans, routers, layer_class, options, django=django, loader=loader, bridges=bridges)
+
+
+def _bridge_routes(bridges: list[bridge_config.Bridge], routers: dict[str, Router]) -> None:
+    """A bridge from a protocol is a route, ahead of the protocol's own routes (in file order)."""
+    ahead: dict[str, list[Route]] = {}
+    for bridge in bridges:
+        if bridge.route is None:
+            continue
+        app = InboundBridge(bridge)
+        ahead.setdefault(bridge.source, []).append(Route(
+            bridge.route.matcher(), app, name=bridge.name, timeout=bridge.route.timeout,
+            target=f"bridge -> {bridge.describe_target()}", endpoint=app, config=bridge.route,
+        ))
+    for protocol, routes in ahead.items():
+        current = routers.get(protocol)
+        routers[protocol] = Router([*routes, *(current.routes if current else [])])
 
 
 def _django(config: GatewayConfig, source: Source) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from .bridges.config import BridgeConfig, GroupTarget
 from .config import GatewayConfig
 from .layers import BACKENDS
 from .plugins import discover
@@ -36,6 +37,10 @@ def config_reference(plugin_dirs: Iterable[Path] = ()) -> str:
             out.append(f"### `backend: {name}`\n\nNot installed here.\n")
             continue
         _section(out, f"`backend: {name}`", cls.options_model, "layer", level=3)
+    out.append("## Bridges (`bridges:`)\n\nSee docs/bridges.md. Each adapter that can be a bridge's target lists its "
+               "`to:` keys below, under `bridges.<name>.to.<adapter>`.\n")
+    _section(out, "`bridges.<name>`", BridgeConfig, "bridges.<name>", level=3)
+    _section(out, "`bridges.<name>.to.group` (long form)", GroupTarget, "bridges.<name>.to.group", level=3)
     out.append("## Adapters\n")
     for name, (cls, _) in sorted(discover(list(plugin_dirs)).items()):
         doc = inspect.getdoc(cls) or ""
@@ -43,6 +48,8 @@ def config_reference(plugin_dirs: Iterable[Path] = ()) -> str:
         _section(out, f"`adapters.{name}` keys", cls.config_model, f"adapters.{name}", level=4)
         for scope_type, model in cls.route_models.items():
             _section(out, f"`routes.{scope_type}[]` keys", model, f"routes.{scope_type}[]", level=4)
+        if cls.bridge_target is not None:
+            _section(out, f"`bridges.<name>.to.{name}` keys", cls.bridge_target, f"bridges.<name>.to.{name}", level=4)
     return "\n".join(out)
 
 

@@ -8,7 +8,9 @@ attributes, what the core needs to know before anything starts:
 * ``scope_types``: the scope types it produces (the keys it serves under ``routes:``);
 * ``route_models``: per scope type, the ``RouteConfig`` subclass of one route entry;
 * ``send_events``: per scope type, what an application may ``send`` (``EventSpec`` tables);
-* ``outbound_channels``: layer channels it delivers from (``mqtt.publish``, ``email.send``).
+* ``outbound_channels``: layer channels it delivers from (``mqtt.publish``, ``email.send``);
+* ``bridge_target``: optionally, the ``BridgeTarget`` model of ``to: {<name>: ...}`` in a
+  bridge from a layer group (docs/bridges.md): how a group message becomes its outbound events.
 
 Adapters are found the same way whether built in or third party: the entry-point group
 ``asgi_gateway.adapters`` and ``.py`` files in the configured plugin folders.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
+from .bridges.target import BridgeTarget
 from .errors import PluginError
 from .events import EventSpec
 from .routing import Router
@@ -82,6 +85,7 @@ class Adapter(abc.ABC):
     route_models: ClassVar[Mapping[str, type[RouteConfig]]] = {}
     send_events: ClassVar[Mapping[str, Mapping[str, EventSpec]]] = {}
     outbound_channels: ClassVar[tuple[str, ...]] = ()
+    bridge_target: ClassVar[type[BridgeTarget] | None] = None
 
     def __init__(self, config: Any, context: AdapterContext) -> None:
         self.config = config
@@ -167,6 +171,14 @@ def check_contract(cls: Any, source: str) -> None:
             fail(f"'send_events[{scope_type!r}]' must map event types to EventSpec objects")
     if cls.outbound_channels and cls.handle_outbound is Adapter.handle_outbound:
         fail("it declares 'outbound_channels' but does not override handle_outbound()")
+    target = cls.bridge_target
+    if target is not None:
+        if not (inspect.isclass(target) and issubclass(target, BridgeTarget)):
+            fail("'bridge_target' must be a gateway.bridges.BridgeTarget subclass")
+        if target.outbound is BridgeTarget.outbound:
+            fail(f"its bridge_target {target.__qualname__} does not implement outbound()")
+        if not cls.outbound_channels:
+            fail("it declares a 'bridge_target' but no 'outbound_channels' for the bridge to send to")
 
 
 def discover(plugin_dirs: Iterable[Path], *, required_dirs: Iterable[Path] = ()) -> dict[str, tuple[type[Adapter], str]]:

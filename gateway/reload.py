@@ -75,6 +75,11 @@ class Reloader:
             return False
         self._swap_routes(new.routers)
         gw.plan = new
+        if gw.bridges is not None:
+            try:
+                await gw.bridges.replace(new.bridges)
+            except Exception as exc:  # the routes are swapped; say what did not follow
+                log.error("gateway.reload_bridges_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         changed = await self._adapters(old, new)
         for name, adapter in list(gw.adapters.items()):
             if name not in changed:

@@ -21,6 +21,8 @@ import structlog
 from . import config as config_mod
 from . import fdlimit, preflight, threads
 from .admin import AdminListener
+from .bridges.runtime import Runtime, Stats
+from .bridges.service import BridgeService
 from .errors import StartupError
 from .django.layers import ChannelsBinding
 from .events import core_table
@@ -83,6 +85,8 @@ class Gateway:
         self.started = False
         self.admin: AdminListener | None = None
         """The internal listener of metrics and health (``admin:``), while started."""
+        self.bridges: BridgeService | None = None
+        """The plan's bridges (docs/bridges.md), while started."""
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -134,6 +138,14 @@ class Gateway:
             await self._stop_admin()
             await self._close_layer()
             raise
+        try:  # before the adapters: a bridge from a protocol is routed as soon as they serve
+            await self._start_bridges()
+        except BaseException as exc:
+            log.error("gateway.start_failed", error=f"bridges: {type(exc).__name__}: {exc}")
+            await self.lifespan.shutdown()
+            await self._stop_admin()
+            await self._close_layer()
+            raise
         try:
             for ap in self.plan.adapters:
                 await self.start_adapter(ap)
@@ -145,6 +157,7 @@ class Gateway:
             log.error("gateway.start_failed", error=str(exc))
             await asyncio.gather(*(a.stop(0) for a in self.adapters.values()), return_exceptions=True)
             self.adapters.clear()
+            await self._stop_bridges()
             await self.lifespan.shutdown()
             await self._stop_admin()
             await self._close_layer()
@@ -156,6 +169,16 @@ class Gateway:
         self.started = True
         self.health.phase = "serving"
         log.info("gateway.started", addresses=self.addresses, layer=str(self.layer))
+
+    async def _start_bridges(self) -> None:
+        assert self.layer is not None
+        self.bridges = BridgeService(Runtime(self.layer, Stats(self.metrics)))
+        await self.bridges.start(self.plan.bridges)
+
+    async def _stop_bridges(self) -> None:
+        if self.bridges is not None:
+            await self.bridges.stop()
+            self.bridges = None
 
     async def start_adapter(self, ap: config_mod.AdapterPlan) -> Adapter:
         context = AdapterContext(
@@ -250,7 +273,8 @@ class Gateway:
         if self._force:
             drain = 0
         log.info("gateway.stopping", drain_seconds=drain)
-        # relays first: a message in hand finishes while its adapter still runs
+        await self._stop_bridges()  # first: what a bridge took reaches the outbound channels
+        # then the relays: a message in hand finishes while its adapter still runs
         started = time.monotonic()
         await asyncio.gather(*(relay.stop(drain) for relays in self._outbound.values() for relay in relays))
         self._outbound.clear()

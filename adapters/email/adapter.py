@@ -12,6 +12,7 @@ from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import Match
 from gateway.schema import parse_listen
 
+from .bridge import EmailBridgeTarget
 from . import aiosmtpd_compat, stdlib_compat
 from .config import EmailConfig
 from .matching import EmailRoute
@@ -28,6 +29,7 @@ class EmailAdapter(Adapter):
     route_models = {"email": EmailRoute}
     send_events = {"email": {"email.send": SEND_SPEC, "email.reject": REJECT_SPEC}}
     outbound_channels = ("email.send",)
+    bridge_target = EmailBridgeTarget
 
     config: EmailConfig
 

@@ -9,6 +9,7 @@ from gateway.plugins import Adapter, AdapterContext
 from gateway.schema import parse_listen
 from gateway.types import Message, Scope
 
+from .bridge import MqttBridgeTarget
 from .config import MqttConfig, MqttRoute
 from .events import SEND_EVENTS, outgoing
 from .topics import TopicMatcher
@@ -25,6 +26,7 @@ class MqttAdapter(Adapter):
     route_models: ClassVar[dict[str, type[MqttRoute]]] = {"mqtt": MqttRoute}  # type: ignore[misc]
     send_events = SEND_EVENTS
     outbound_channels = ("mqtt.publish",)
+    bridge_target = MqttBridgeTarget
 
     config: MqttConfig
 

@@ -12,6 +12,7 @@ from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import Match
 from gateway.runner import Outcome
 
+from .bridge import SmsBridgeTarget
 from .config import SmsConfig
 from .events import SEND_EVENTS, SEND_SPEC
 from .matching import SmsRoute
@@ -36,6 +37,7 @@ class SmsAdapter(Adapter):
     route_models = {"sms": SmsRoute}
     send_events = SEND_EVENTS
     outbound_channels = ("sms.send",)
+    bridge_target = SmsBridgeTarget
 
     config: SmsConfig
 

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from gateway import config as config_mod
+from gateway.bridges.runtime import Runtime, Stats
 from gateway.events import core_table
 from gateway.health import Health
 from gateway.layers.base import BaseChannelLayer
@@ -75,6 +76,11 @@ class Harness:
         self.router = plan.router
         self._layer: BaseChannelLayer | None = None
         self._adapters: dict[str, Adapter] = {}
+        if any(bridge.route is not None for bridge in plan.bridges):
+            # a bridge from a protocol is a route: a communicator's message runs it into this layer
+            runtime = Runtime(self.layer, Stats(self.metrics))
+            for bridge in plan.bridges:
+                bridge.runtime = runtime
 
     @classmethod
     def from_file(cls, path: str | Path) -> Harness:

@@ -1,0 +1,142 @@
+"""A bridge from a layer group to an adapter, as it runs in one gateway process.
+
+The bridge is a member of its group under one channel name shared by every process,
+``bridge.<name>``: a normal (not process-specific) channel, which the layer treats as a queue.
+Each group message is queued there once, whatever the number of processes, and each process
+runs a receive loop on it; a receive takes a message away, so exactly one process handles it
+and hands its events to the adapter's outbound channel, where again exactly one process
+delivers each. Memberships expire (``group_expiry``) and can be lost (a Redis restarted
+empty), so every process renews this one while it runs; a process that stops does not leave
+the group, since the others still serve it (a membership nobody renews expires on its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from ..layers.base import ChannelFull, LayerUnavailable
+from .config import Bridge
+from .runtime import Runtime, transformed
+from .target import BridgeMessageError
+
+log = structlog.get_logger("gateway.bridges")
+
+RENEW_EVERY = 10.0
+"""Longest time between two renewals of the group membership (seconds); a shorter
+``group_expiry`` renews at a third of it. Also how soon a membership lost with Redis's data
+(a restart without persistence) is back."""
+RETRY_AFTER = 1.0
+FINISH_TIMEOUT = 5.0
+"""Seconds a message taken when the gateway stops gets to be forwarded."""
+
+
+class OutboundBridge:
+    """Joins the group, keeps the membership alive, and forwards what arrives on the channel."""
+
+    def __init__(self, bridge: Bridge, runtime: Runtime) -> None:
+        self.bridge = bridge
+        self.runtime = runtime
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Join before returning: a group_send made once the gateway is started reaches the bridge."""
+        layer, bridge = self.runtime.layer, self.bridge
+        assert bridge.group is not None
+        await layer.group_add(bridge.group, bridge.channel)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._receive(), name=f"bridge-{bridge.name}"),
+            loop.create_task(self._renew(), name=f"bridge-{bridge.name}-renew"),
+        ]
+        log.info("bridge.started", bridge=bridge.name, group=bridge.group, to=bridge.describe_target())
+
+    async def stop(self, *, leave: bool = False) -> None:
+        """Stop taking messages (one being forwarded is finished first when it is quick). The
+        membership stays for the other processes, unless ``leave``: the bridge was removed from
+        the config (a process still running the old config re-adds it at its next renewal)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if leave:
+            assert self.bridge.group is not None
+            try:
+                await self.runtime.layer.group_discard(self.bridge.group, self.bridge.channel)
+            except Exception as exc:  # noqa: BLE001 - it expires on its own (group_expiry)
+                log.warning("bridge.leave_failed", bridge=self.bridge.name, group=self.bridge.group, error=f"{type(exc).__name__}: {exc}")
+
+    async def _renew(self) -> None:
+        layer, bridge = self.runtime.layer, self.bridge
+        assert bridge.group is not None
+        every = max(min(layer.group_expiry / 3, RENEW_EVERY), 0.05)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await layer.group_add(bridge.group, bridge.channel)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis away: try again next time
+                log.warning("bridge.renew_failed", bridge=bridge.name, group=bridge.group, error=f"{type(exc).__name__}: {exc}")
+
+    async def _receive(self) -> None:
+        layer = self.runtime.layer
+        me = asyncio.current_task()
+        assert me is not None
+        while not me.cancelling():
+            try:
+                message = await layer.receive(self.bridge.channel)
+            except Exception as exc:  # noqa: BLE001 - e.g. Redis away: keep the loop alive
+                log.warning("bridge.receive_failed", bridge=self.bridge.name, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(RETRY_AFTER)
+                continue
+            # Taken from the layer: no other process will see it, so a stop that comes meanwhile
+            # lets it finish (for FINISH_TIMEOUT at most) before the loop ends.
+            forwarding = asyncio.ensure_future(self.forward(message))
+            try:
+                await asyncio.shield(forwarding)
+            except Exception as exc:  # a bug must not end the loop: the next message is forwarded
+                self.runtime.stats.outcome(self.bridge.name, "dropped")
+                log.error("bridge.forward_failed", bridge=self.bridge.name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            except asyncio.CancelledError:
+                done, _ = await asyncio.wait([forwarding], timeout=FINISH_TIMEOUT)
+                if not done:
+                    forwarding.cancel()
+                    log.warning("bridge.forward_abandoned", bridge=self.bridge.name,
+                                reason=f"the gateway stopped and forwarding took longer than {FINISH_TIMEOUT}s")
+                raise
+
+    async def forward(self, message: dict[str, Any]) -> None:
+        """Transform one group message, turn it into outbound events and queue them."""
+        bridge, stats, layer = self.bridge, self.runtime.stats, self.runtime.layer
+        assert bridge.target_config is not None
+        result = await transformed(bridge, stats, message)
+        if result is None:
+            return
+        message = result
+        try:
+            events = await bridge.target_config.outbound(message)
+            for _, event in events:
+                spec = bridge.specs.get(event.get("type", ""))
+                problem = spec.problem(event) if spec is not None else None
+                if problem:
+                    raise BridgeMessageError(f"{event.get('type')!r} event: {problem}")
+        except Exception as exc:  # noqa: BLE001 - BridgeMessageError, or a user's callable raising
+            stats.outcome(bridge.name, "dropped")
+            stats.dropped(bridge.name, "bad_message", f"{type(exc).__name__}: {exc}", group=bridge.group)
+            return
+        lost = 0
+        for channel, event in events:
+            try:
+                await layer.send(channel, event)
+            except ChannelFull:
+                lost += 1
+                stats.dropped(bridge.name, "channel_full", f"the outbound channel {channel!r} is full", channel=channel,
+                              capacity=layer.get_capacity(channel))
+            except LayerUnavailable as exc:
+                lost += 1
+                stats.dropped(bridge.name, "layer_unavailable", str(exc), channel=channel)
+            except TypeError as exc:  # the layer cannot carry it (Redis: not msgpack-serialisable)
+                lost += 1
+                stats.dropped(bridge.name, "bad_message", str(exc), channel=channel)
+        stats.outcome(bridge.name, "dropped" if lost else "forwarded")
