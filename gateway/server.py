@@ -314,6 +314,9 @@ class Gateway:
 
         def stop_while_starting() -> None:
             nonlocal stop_early
+            if starting.done():  # uvloop may still call this handler after it was replaced
+                self.request_stop()
+                return
             if stop_early:
                 log.warning("gateway.start_abandoned", reason="second stop signal while starting")
                 starting.cancel()

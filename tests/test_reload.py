@@ -180,3 +180,39 @@ async def test_a_reload_subscribes_mqtt_client_mode_to_new_topic_routes(tmp_path
                 assert got.empty()
             finally:
                 device.close()
+
+
+SIGNALS_AS_THE_START_ENDS = """
+import asyncio, os, signal, sys
+from pathlib import Path
+import uvloop
+from gateway import Gateway
+
+async def main():
+    config = Path(sys.argv[1])
+    gw = Gateway.from_file(config)
+    serving = asyncio.ensure_future(gw.serve())
+    while not gw.started:  # the first loop turn after start() ends, before serve() goes on
+        await asyncio.sleep(0)
+    config.write_text(sys.argv[2])
+    os.kill(os.getpid(), signal.SIGHUP)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(serving, 20)
+    print("served to the end", gw.reloader.count)
+
+uvloop.run(main())
+"""
+
+
+def test_sighup_and_sigterm_as_the_start_ends_reload_then_stop(tmp_path):
+    """uvloop calls a signal's handler as it was when the signal arrived: the handler of the
+    starting phase ran after serve() had moved on, and the stop was lost (the process hung)."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(BEFORE.format(port=0))
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "RELOAD_TRACE": str(tmp_path / "trace")}
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", SIGNALS_AS_THE_START_ENDS, str(config), AFTER.format(port=0)],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        assert "served to the end" in done.stdout
+        config.write_text(BEFORE.format(port=0))
