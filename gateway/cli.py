@@ -77,8 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_schema)
 
     version = sub.add_parser("version", help="print the version")
-    version.set_defaults(func=lambda args: print(f"asgi-gateway {__version__}") or 0)
+    version.set_defaults(func=_version)
     return parser
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"asgi-gateway {__version__}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

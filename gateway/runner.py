@@ -22,6 +22,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -229,7 +230,8 @@ class Instance:
         self.number = number
         self._queue: asyncio.Queue[Message] | None = None  # made on first use: HTTP pulls its body
         self.timeout = timeout
-        self.task: asyncio.Task[Result] | None = None
+        # the task to cancel at the deadline: start()'s own, or the adapter's when run() is awaited inline
+        self.task: asyncio.Task[Any] | None = None
         self.result: Result | None = None
         self._send = send
         self._receive = receive or self._get
@@ -255,8 +257,8 @@ class Instance:
 
     def start(self) -> asyncio.Task[Result]:
         """Run the app in a task of its own (connection scopes)."""
-        self.task = asyncio.get_running_loop().create_task(self.run())
-        return self.task
+        task = self.task = asyncio.get_running_loop().create_task(self.run())
+        return task
 
     async def close(self, disconnect: Message) -> Result:
         """The peer went away: tell the app, wait the app-close timeout, then cancel it."""
@@ -301,7 +303,9 @@ class Instance:
         runner = self.runner
         task = self.task
         if task is None:  # run inline in the adapter's task (if it did not say which): that is the task to cancel
-            task = self.task = asyncio.current_task()  # type: ignore[assignment]
+            task = self.task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("Instance.run() must be awaited in an asyncio task")
         adapter = self.adapter
         runner.active.add(self)
         running = runner._running
@@ -311,7 +315,8 @@ class Instance:
             runner._first_of(adapter)
         token = logs.current_instance.set((adapter, self.route_label, self.number))
         start = time.perf_counter()
-        outcome, error = _OK, None
+        outcome: Outcome = _OK
+        error: BaseException | None = None
         # Only the deadline sets ``expired`` and cancels, and only an instance with a timeout has
         # one: the task's count of pending cancels is needed, and read, only then.
         cancelling = 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field
@@ -30,6 +31,7 @@ from pydantic import Field
 from gateway.errors import StartupError
 from gateway.plugins import Adapter
 from gateway.schema import Listen, RouteConfig, Section, parse_listen
+from gateway.types import Message
 
 _PRI = re.compile(rb"^<(\d{1,3})>")
 
@@ -45,7 +47,7 @@ class RegexMatcher:
     def __init__(self, pattern: str | None) -> None:
         self.pattern = re.compile(pattern) if pattern else None
 
-    def match(self, scope: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    def match(self, scope: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self.pattern is None:
             return (), {}
         m = self.pattern.search(scope["line"])
@@ -183,5 +185,5 @@ class _Datagrams(asyncio.DatagramProtocol):
         task.add_done_callback(adapter._tasks.discard)
 
 
-async def _no_send(event: dict[str, Any]) -> None:
+async def _no_send(event: Message) -> None:
     raise RuntimeError("syslog applications cannot send events")

@@ -11,6 +11,7 @@ from gateway.errors import StartupError
 from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import Match
 from gateway.schema import parse_listen
+from gateway.types import Message
 
 from . import aiosmtpd_compat, stdlib_compat
 from .config import EmailConfig
@@ -129,7 +130,7 @@ class EmailAdapter(Adapter):
         """Run one instance; its SMTP reply: 250, 451 4.3.0, or the app's ``email.reject``."""
         rejected: list[Mapping[str, Any]] = []
 
-        async def send(out: dict[str, Any]) -> None:
+        async def send(out: Message) -> None:
             kind = out["type"]
             if kind == "email.reject":
                 rejected.append(out)

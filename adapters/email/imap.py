@@ -273,14 +273,10 @@ class MailboxPoller:
 
         self._lost = lost
         self._abandoned = False
-        context = None
-        if cfg.tls != "none":
-            context = ssl.create_default_context()
-            if not cfg.verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
         if cfg.tls == "implicit":
-            client = aioimaplib.IMAP4(cfg.host, cfg.real_port, timeout=cfg.timeout, conn_lost_cb=on_lost, ssl_context=context)
+            client = aioimaplib.IMAP4(
+                cfg.host, cfg.real_port, timeout=cfg.timeout, conn_lost_cb=on_lost, ssl_context=self._tls_context(),
+            )
         else:
             client = aioimaplib.IMAP4(cfg.host, cfg.real_port, timeout=cfg.timeout, conn_lost_cb=on_lost)
         self.client = client
@@ -289,10 +285,17 @@ class MailboxPoller:
         except TimeoutError:
             raise ImapError(f"no greeting from the server within {cfg.timeout:g} s") from None
         if cfg.tls == "starttls":
-            await self._starttls(client, context)
+            await self._starttls(client, self._tls_context())
         return client
 
-    async def _starttls(self, client: aioimaplib.IMAP4, context: ssl.SSLContext | None) -> None:
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if not self.config.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _starttls(self, client: aioimaplib.IMAP4, context: ssl.SSLContext) -> None:
         protocol = client.protocol
         if "STARTTLS" not in protocol.capabilities:
             raise ImapError("the server does not offer STARTTLS")

@@ -42,7 +42,7 @@ def load_hook(target: str) -> Hook:
     """``module:callable`` as a coroutine function: sync callables run in a worker thread."""
     fn = import_string(target)
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     async def in_thread(*args: Any) -> Any:
         result = await asyncio.to_thread(fn, *args)

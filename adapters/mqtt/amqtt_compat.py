@@ -125,7 +125,7 @@ class CompatHandler(BrokerProtocolHandler):
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._gw_pending()[app_message.packet_id] = fut
         try:
-            await self.session.delivered_message_queue.put(app_message)  # type: ignore[union-attr]
+            await self.session.delivered_message_queue.put(app_message)
             return await fut
         finally:
             self._gw_pending().pop(app_message.packet_id, None)
@@ -302,7 +302,7 @@ def stream_read(reader: ReaderAdapter) -> Callable[[int], Awaitable[bytes]] | No
     """The ``read`` of the asyncio ``StreamReader`` inside amqtt's TCP/TLS reader adapter
     (whatever has arrived, up to n bytes); ``None`` for any other adapter."""
     if isinstance(reader, StreamReaderAdapter):
-        return reader._reader.read  # type: ignore[no-any-return]
+        return reader._reader.read
     return None
 
 
@@ -329,6 +329,7 @@ def _application_message_fields() -> str | None:
 
 
 CONTRACT = Contract("amqtt", SUPPORTED)
+_params: tuple[str, ...]
 for _name, _params in (
     ("_handle_client_session", ("self", "reader", "writer", "client_session", "handler", "server", "listener_name")),
     ("_initialize_client_session", ("self", "reader", "writer", "remote_address", "remote_port")),

@@ -132,7 +132,7 @@ class _Broker(CompatBroker):
         reader to await); QoS 2 goes through amqtt's four-packet flow, with ``CompatHandler``
         holding the PUBREC back, returned for the reader to run."""
         if qos == 2:
-            return handler.receive_qos2(topic, payload, packet_id, dup, retain)  # type: ignore[return-value]
+            return handler.receive_qos2(topic, payload, packet_id, dup, retain)
         done = _ignore if packet_id is None else partial(handler.acknowledge, packet_id)
         allowed = self.mode.access.cached(session, topic, Action.PUBLISH)
         if allowed is None:
@@ -159,7 +159,7 @@ class _Broker(CompatBroker):
         if qos == 1 and packet_id is not None:
             handler.acknowledge(packet_id, True)
         elif qos == 2 and packet_id is not None:
-            return handler.complete_qos2(packet_id)  # type: ignore[no-any-return]
+            return handler.complete_qos2(packet_id)
         return None
 
     async def received_qos2(self, session: Any, handler: CompatHandler, topic: str, payload: bytes, qos: int,

@@ -108,6 +108,7 @@ class ClientMode:
         self.config = cfg = adapter.config
         self.context = adapter.context
         self.log = adapter.context.log
+        assert cfg.url is not None, "MqttConfig requires url in client mode"
         self.broker = broker_url(cfg.url)
         self.client_id = cfg.client_id or f"asgi-gateway-{socket.gethostname()}-{os.getpid()}-{next(_ids)}"
         self.persistent = cfg.persistent
@@ -209,9 +210,7 @@ class ClientMode:
         if gone:
             self.client.unsubscribe(gone)
         if added:
-            rc, mid = self.client.subscribe([(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in added])
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._sub_mid[mid] = [f for f, _ in added]
+            self._subscribe(self.client, added)
         self.log.info("mqtt.subscriptions_changed", subscribed=[f for f, _ in added], unsubscribed=gone)
 
     async def stop(self, drain: float) -> None:
@@ -373,10 +372,16 @@ class ClientMode:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
-        topics = [(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in self._filters]
-        rc, mid = client.subscribe(topics)
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._sub_mid[mid] = [f for f, _ in self._filters]
+        self._subscribe(client, self._filters)
+
+    def _subscribe(self, client: paho.Client, filters: list[tuple[str, int]]) -> None:
+        """Ask for ``filters``; the SUBACK of that request's mid is checked against them."""
+        if self.v5:
+            rc, mid = client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in filters])
+        else:
+            rc, mid = client.subscribe(filters)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._sub_mid[mid] = [f for f, _ in filters]
 
     def _session_lost(self) -> None:
         """The broker has no session for us (a clean session, a broker restarted without
@@ -459,7 +464,7 @@ class ClientMode:
             self.dispatcher.count("duplicate")
             self.log.debug("mqtt.redelivered_in_flight", topic=topic, mid=mid)
             return
-        payload = msg.payload
+        payload = bytes(msg.payload)  # bytes already: no copy, only the type narrowed
         if len(payload) > self.config.max_payload:
             self.dispatcher.count("oversized")
             self.log.warning(

@@ -25,13 +25,17 @@ _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
 _GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
 
 
+# ``channel_capacity``: glob strings, or compiled regexes as channels_redis also takes them.
+ChannelCapacities = Mapping[str, int] | Mapping[str | re.Pattern[str], int]
+
+
 try:  # Channels code catches channels.exceptions.ChannelFull: raise something both catch.
     from channels.exceptions import ChannelFull as _ChannelsFull
 except ImportError:  # channels is optional
-    _ChannelsFull = Exception  # type: ignore[assignment,misc]
+    _ChannelsFull = Exception
 
 
-class ChannelFull(_ChannelsFull):  # type: ignore[misc,valid-type]
+class ChannelFull(_ChannelsFull):
     """The channel is at capacity; the message was not queued.
 
     Also a ``channels.exceptions.ChannelFull`` when Channels is installed, so Channels code that
@@ -88,7 +92,7 @@ class BaseChannelLayer(abc.ABC):
         expiry: float = 60,
         group_expiry: float = 86400,
         capacity: int = 100,
-        channel_capacity: Mapping[str, int] | None = None,
+        channel_capacity: ChannelCapacities | None = None,
         on_full: FullHook | None = None,
         on_health: HealthHook | None = None,
         on_drop: DropHook | None = None,
