@@ -147,9 +147,9 @@ class Runner:
         Waits on the instances, not their tasks: an inline instance's task is the adapter's
         connection task, which may go on after the instance ended.
         """
-        left = [i for i in self.active if i.task is not None and not i.task.done()]
-        for inst in left:
-            inst.task.cancel()  # type: ignore[union-attr]
+        left = [task for task in (i.task for i in self.active) if task is not None and not task.done()]
+        for task in left:
+            task.cancel()
         if self.active:
             try:
                 async with asyncio.timeout(5):

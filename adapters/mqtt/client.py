@@ -119,7 +119,7 @@ class ClientMode:
         exhausted = Exhausted(self.context, cfg.retry, self.publish, why)
         self.dispatcher = Dispatcher(self.context, adapter.send_for, self._resume, retry=cfg.retry, give_up=exhausted)
         exhausted.dispatcher = self.dispatcher
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop  # start() sets it: every other method runs after start()
         self.client: CompatClient | None = None
         self.generation = 0  # connections lost so far
         # Per-session state, keyed by packet id: valid only while the broker keeps the session.
@@ -244,7 +244,6 @@ class ClientMode:
         return [str(self.broker)]
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        assert self.loop is not None
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -252,7 +251,6 @@ class ClientMode:
 
     # -- socket plumbing ---------------------------------------------------------------------
     def _in_loop(self, fn: Any) -> None:
-        assert self.loop is not None
         if threading.get_ident() == self._loop_thread:
             fn()
         else:
@@ -269,7 +267,7 @@ class ClientMode:
                 return
             self._watched = sock
             if not self.paused:
-                self.loop.add_reader(sock, self._on_readable)  # type: ignore[union-attr]
+                self.loop.add_reader(sock, self._on_readable)
         self._in_loop(register)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -277,8 +275,8 @@ class ClientMode:
             if self._watched is sock:
                 self._watched = None
             try:
-                self.loop.remove_reader(sock)  # type: ignore[union-attr]
-                self.loop.remove_writer(sock)  # type: ignore[union-attr]
+                self.loop.remove_reader(sock)
+                self.loop.remove_writer(sock)
             except (ValueError, OSError):
                 pass
         # must run before paho closes the fd, so never deferred when we are in the loop thread
@@ -287,13 +285,13 @@ class ClientMode:
     def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
         def register() -> None:
             if sock.fileno() != -1:
-                self.loop.add_writer(sock, self._on_writable)  # type: ignore[union-attr]
+                self.loop.add_writer(sock, self._on_writable)
         self._in_loop(register)
 
     def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
         def unregister() -> None:
             if sock.fileno() != -1:
-                self.loop.remove_writer(sock)  # type: ignore[union-attr]
+                self.loop.remove_writer(sock)
         self._in_loop(unregister)
 
     def _on_readable(self) -> None:
@@ -318,7 +316,7 @@ class ClientMode:
         """Buffered bytes never wake the selector: read them on the next loop turn."""
         client = self.client
         if client is not None and client.socket() is not None and not self.paused and client.has_buffered():
-            self.loop.call_soon(self._on_readable)  # type: ignore[union-attr]
+            self.loop.call_soon(self._on_readable)
 
     def _on_writable(self) -> None:
         assert self.client is not None
@@ -328,13 +326,13 @@ class ClientMode:
         if not self.paused:
             self.paused = True
             if self._watched is not None:
-                self.loop.remove_reader(self._watched)  # type: ignore[union-attr]
+                self.loop.remove_reader(self._watched)
 
     def _resume(self) -> None:
         if self.paused:
             self.paused = False
             if self._watched is not None and self._watched.fileno() != -1:
-                self.loop.add_reader(self._watched, self._on_readable)  # type: ignore[union-attr]
+                self.loop.add_reader(self._watched, self._on_readable)
                 self._maybe_read_soon()
 
     async def _misc_loop(self) -> None:
@@ -434,7 +432,7 @@ class ClientMode:
             self._reconnect_task = self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
-        assert self.loop is not None and self.client is not None
+        assert self.client is not None
         while not self.stopping:
             delay = self._backoff
             self._backoff = min(self._backoff * 2, self.config.reconnect.max_delay)
@@ -531,6 +529,5 @@ class ClientMode:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
             raise ConnectionError(f"publish to {out.topic!r} failed: {paho.error_string(info.rc)}")
         if wait and out.qos > 0 and not info.is_published():
-            assert self.loop is not None
             fut = self._pub_waiters[info.mid] = self.loop.create_future()
             await fut

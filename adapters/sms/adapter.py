@@ -312,7 +312,8 @@ class SmsAdapter(Adapter):
             self.log.error("sms.send.crashed", error=f"{type(task.exception()).__name__}: {task.exception()}")
 
     def _abandoned(self, message: dict[str, Any]) -> None:
-        account = self.accounts.get(message.get("account")) or next(iter(self.accounts.values()))  # type: ignore[arg-type]
+        label = message.get("account")
+        account = (self.accounts.get(label) if isinstance(label, str) else None) or next(iter(self.accounts.values()))
         self.sender.count(account, "abandoned")
         self.log.error("sms.send.abandoned", account=account.label, to=message.get("to"),
                        note="taken from the sms.send channel, cancelled at shutdown before it was sent")
