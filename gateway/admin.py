@@ -57,7 +57,7 @@ class AdminListener:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             status, headers, body = await self._answer(head)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             status, headers, body = 400, [], b"bad request\n"
         try:
             # HEAD gets the headers of the GET answer without its body

@@ -337,7 +337,7 @@ class Instance:
                 logs.current_instance.reset(token)
                 raise
             outcome, error = Outcome.TIMEOUT, self._timeout_error()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the app's failure is the instance's outcome, logged by _finish
             outcome, error = Outcome.FAILED, exc
         if self.expired:  # the app swallowed the cancellation: it still timed out
             task.uncancel()

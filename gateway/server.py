@@ -20,17 +20,17 @@ import structlog
 from . import config as config_mod
 from . import fdlimit, preflight, threads
 from .admin import AdminListener
-from .errors import StartupError
 from .django.layers import ChannelsBinding
+from .errors import StartupError
 from .events import core_table
 from .health import Health
 from .layers import set_channel_layer
 from .layers.base import BaseChannelLayer
 from .lifespan import Lifespan
-from .reload import Reloader
 from .metrics import Metrics
 from .mounts import Mounts
 from .plugins import Adapter, AdapterContext
+from .reload import Reloader
 from .runner import Runner, RunnerSettings
 from .types import ASGIApp
 
@@ -93,7 +93,9 @@ class Gateway:
         return cls(config_mod.loads(text, base_dir=Path(base_dir) if base_dir else None))
 
     @classmethod
-    def from_app(cls, app: ASGIApp, *, listen: str | list[str] = "127.0.0.1:0", http: Mapping[str, Any] | None = None, **top: Any) -> Gateway:
+    def from_app(
+        cls, app: ASGIApp, *, listen: str | list[str] = "127.0.0.1:0", http: Mapping[str, Any] | None = None, **top: Any
+    ) -> Gateway:
         """Serve one ASGI application for every HTTP and WebSocket path, the way ``uvicorn.run(app)`` does."""
         from .routing import MatchAll, Route, Router
 
@@ -111,7 +113,6 @@ class Gateway:
     async def start(self) -> None:
         if self.started:
             raise RuntimeError("this gateway is already started")
-        cfg = self.plan.config
         self._stop_requested = asyncio.Event()
         self.layer = self.plan.layer_class(**self.plan.layer_options)
         self._watch_layer(self.layer)
@@ -256,7 +257,7 @@ class Gateway:
                 continue
             try:
                 await adapter.handle_outbound(channel, message)
-            except Exception as exc:  # noqa: BLE001 - logged, and the loop goes on
+            except Exception as exc:  # logged, and the loop goes on
                 log.error("outbound.failed", adapter=adapter.name, channel=channel, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     async def stop(self, drain: float | None = None) -> None:

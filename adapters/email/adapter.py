@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from gateway.errors import StartupError
+from gateway.events import EventSpec
 from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import Match
 from gateway.schema import parse_listen
@@ -26,8 +27,8 @@ class EmailAdapter(Adapter):
     name: ClassVar[str] = "email"
     config_model = EmailConfig
     scope_types = ("email",)
-    route_models = {"email": EmailRoute}
-    send_events = {"email": {"email.send": SEND_SPEC, "email.reject": REJECT_SPEC}}
+    route_models: ClassVar[dict[str, type[EmailRoute]]] = {"email": EmailRoute}
+    send_events: ClassVar[dict[str, dict[str, EventSpec]]] = {"email": {"email.send": SEND_SPEC, "email.reject": REJECT_SPEC}}
     outbound_channels = ("email.send",)
 
     config: EmailConfig
@@ -114,10 +115,7 @@ class EmailAdapter(Adapter):
         """Run every (match, scope) for one message; the SMTP replies, one per job.
 
         The work runs in a task of its own, so a client that hangs up does not cancel it."""
-        if len(jobs) == 1:
-            work = self._one(*jobs[0], event)
-        else:
-            work = _gather(*(self.run_inbound(m, s, event) for m, s in jobs))
+        work = self._one(*jobs[0], event) if len(jobs) == 1 else _gather(*(self.run_inbound(m, s, event) for m, s in jobs))
         task = asyncio.get_running_loop().create_task(work)
         self._inbound.add(task)
         task.add_done_callback(self._inbound.discard)

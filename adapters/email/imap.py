@@ -350,7 +350,7 @@ class MailboxPoller:
         try:
             waiter = asyncio.ensure_future(client.wait_server_push(self.config.poll_interval + 5))
             wake = asyncio.ensure_future(self._wake_wait())
-            done, pending = await asyncio.wait({waiter, wake, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, wake, self._lost}, return_when=asyncio.FIRST_COMPLETED)
             for task in (waiter, wake):
                 task.cancel()
             await asyncio.gather(waiter, wake, return_exceptions=True)
@@ -440,7 +440,7 @@ class MailboxPoller:
             await self._to_error_folder(client, uid)
             self._count("too_complex")
             return
-        except Exception as exc:  # noqa: BLE001 - the message's failure, never the connection's
+        except Exception as exc:  # the message's failure, never the connection's
             self.log.error("imap.parse_failed", uid=uid, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             await self._failed(client, uid, "the message could not be parsed")
             return

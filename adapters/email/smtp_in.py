@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, cast
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from .aiosmtpd_compat import CompatSMTP
-
 from .auth import THROTTLED, Login, SmtpAuth
 from .library_logs import quiet_library
 from .parse import TooComplex, read_message, scope_headers
@@ -424,7 +423,7 @@ class SmtpServer:
         for session in list(self.sessions):
             if not session.in_data:
                 session.close_now(SHUTTING_DOWN)
-        while any(s.in_data for s in self.sessions) and loop.time() < deadline:
+        while any(s.in_data for s in self.sessions) and loop.time() < deadline:  # noqa: ASYNC110 - a poll bounded by the drain deadline
             await asyncio.sleep(0.02)
         for session in list(self.sessions):
             session.close_now(SHUTTING_DOWN)

@@ -121,7 +121,7 @@ class Access:
         elif self.auth_app is not None:
             try:
                 result = await self.auth_app(session.client_id, username, password)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.error("mqtt.auth_app_failed", client=address, client_id=session.client_id, username=username,
                                error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 result, reason = None, "hook_error"
@@ -161,7 +161,7 @@ class Access:
         name = "publish" if action == Action.PUBLISH else "subscribe"
         try:
             verdict = bool(await self.acl_app(self.user(session), topic, name))
-        except Exception as exc:  # noqa: BLE001 - a broken hook denies, it never allows
+        except Exception as exc:  # a broken hook denies, it never allows
             self.log.error("mqtt.acl_app_failed", client_id=session.client_id, topic=topic, action=name,
                            error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             return False

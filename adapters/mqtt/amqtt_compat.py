@@ -218,7 +218,9 @@ class CompatBroker(Broker):
         raise NotImplementedError
 
     # -- amqtt's private steps, forwarded to the hooks -------------------------------------------
-    async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, handler: Any, server: Any, listener_name: str) -> None:
+    async def _handle_client_session(
+        self, reader: Any, writer: Any, client_session: Any, handler: Any, server: Any, listener_name: str
+    ) -> None:
         if type(handler) is BrokerProtocolHandler:
             handler.__class__ = CompatHandler
         _connection.set((self, client_session))  # inherited by the reader task amqtt starts below
@@ -246,7 +248,9 @@ class CompatBroker(Broker):
                                  handler.settle(app_message.packet_id))
         return True
 
-    async def _broadcast_message(self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None) -> None:
+    async def _broadcast_message(
+        self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None
+    ) -> None:
         # amqtt calls this for wills (and its plugins' broadcasts); it would queue them for its
         # broadcast task. Without a QoS amqtt delivers at each subscription's own: the highest
         # QoS, which fan_out lowers to the subscription's.

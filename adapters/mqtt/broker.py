@@ -84,7 +84,7 @@ class _Broker(CompatBroker):
             self.mode.log.info("mqtt.connection_refused", client=f"{remote_address}:{remote_port}", why=f"{why}; closed")
             try:
                 await writer.close()
-            except Exception:  # noqa: BLE001, S110 - gone already
+            except Exception:  # noqa: BLE001 - gone already
                 pass
             raise AMQTTError(why) from None
 
@@ -106,7 +106,8 @@ class _Broker(CompatBroker):
         refuse = partial(self.refuse_oversized, session, handler)
         try:
             limit = mode.max_packet
-            await read_packets(handler, chunk_source(handler.reader, limit), publish, refuse, mode.gate, session.keep_alive or None, limit, tasks)
+            source = chunk_source(handler.reader, limit)
+            await read_packets(handler, source, publish, refuse, mode.gate, session.keep_alive or None, limit, tasks)
         except TimeoutError:
             mode.log.info("mqtt.keepalive_expired", client_id=session.client_id, timeout_s=session.keep_alive,
                           why="no packet from the client within 1.5 x its keep-alive; connection closed")
@@ -173,8 +174,8 @@ class _Broker(CompatBroker):
         mode = self.mode
         if not allowed:
             mode.dispatcher.count("denied")
-            mode.log.info("mqtt.publish_denied", client_id=session.client_id, username=session.username, topic=topic, qos=qos,
-                          why="not allowed by the ACL: dropped" + (" (acknowledged: MQTT 3.1.1 has no negative acknowledgement)" if qos else ""))
+            why = "not allowed by the ACL: dropped" + (" (acknowledged: MQTT 3.1.1 has no negative acknowledgement)" if qos else "")
+            mode.log.info("mqtt.publish_denied", client_id=session.client_id, username=session.username, topic=topic, qos=qos, why=why)
             done(True)  # as Mosquitto does
             return
         if len(payload) > mode.config.max_payload:
@@ -291,7 +292,7 @@ class BrokerMode:
         if self.broker is not None:
             try:
                 await self.broker.shutdown()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.warning("mqtt.broker_shutdown_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             self.broker = None
         self.gate.set()

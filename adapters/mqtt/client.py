@@ -221,7 +221,7 @@ class ClientMode:
         client = self.client
         if client is not None and self.connected:
             deadline = time.monotonic() + 2
-            while client.want_write() and time.monotonic() < deadline:
+            while client.want_write() and time.monotonic() < deadline:  # noqa: ASYNC110 - paho has no event for an empty buffer
                 await asyncio.sleep(0.01)
             client.disconnect()
             deadline = time.monotonic() + 2
@@ -400,7 +400,7 @@ class ClientMode:
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
         filters = self._sub_mid.pop(mid, [])
-        refused = [f for f, r in zip(filters, reasons) if r.is_failure]
+        refused = [f for f, r in zip(filters, reasons, strict=False) if r.is_failure]
         if refused:
             msg = f"mqtt: the broker at {self.broker} refused the subscription to {', '.join(refused)}"
             self.log.error("mqtt.subscribe_refused", broker=str(self.broker), filters=refused)
@@ -523,7 +523,8 @@ class ClientMode:
         client = self.client
         if client is None or self.stopping:
             raise ConnectionError("the mqtt adapter is not running")
-        info = client.publish(out.topic, out.payload, out.qos, out.retain, properties=dict_to_properties(out.properties) if self.v5 else None)
+        properties = dict_to_properties(out.properties) if self.v5 else None
+        info = client.publish(out.topic, out.payload, out.qos, out.retain, properties=properties)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             raise ConnectionError(f"not connected to the broker at {self.broker}: QoS 0 message to {out.topic!r} not sent")
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):

@@ -33,7 +33,7 @@ class SmsAdapter(Adapter):
     name: ClassVar[str] = "sms"
     config_model = SmsConfig
     scope_types = ("sms",)
-    route_models = {"sms": SmsRoute}
+    route_models: ClassVar[dict[str, type[SmsRoute]]] = {"sms": SmsRoute}
     send_events = SEND_EVENTS
     outbound_channels = ("sms.send",)
 
@@ -260,7 +260,8 @@ class SmsAdapter(Adapter):
         if limit is not None and running >= limit:
             self.count(account, kind, "busy")
             self.log.warning("sms.webhook.busy", account=account.label, route=route.name or route.target, limit=limit)
-            return Answer(503, b"busy: too many messages for this route at once, retry later\n", headers=((b"retry-after", BUSY_RETRY_AFTER),))
+            busy = b"busy: too many messages for this route at once, retry later\n"
+            return Answer(503, busy, headers=((b"retry-after", BUSY_RETRY_AFTER),))
         self._running[id(route)] = running + 1
         self._busy += 1
         try:

@@ -101,7 +101,7 @@ class BaseChannelLayer(abc.ABC):
         self.on_full = on_full
         self.on_health = on_health
         self.on_drop = on_drop
-        self.drops: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+        self.drops: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
         """Messages dropped so far, by reason (``DROP_REASONS``)."""
         self._incidents = Incidents()
         self.expiry = expiry
@@ -128,7 +128,7 @@ class BaseChannelLayer(abc.ABC):
         if self.on_drop is not None:
             try:
                 self.on_drop(reason, number)
-            except Exception as exc:  # noqa: BLE001 - a broken hook must not break the layer
+            except Exception as exc:  # a broken hook must not break the layer
                 log.error("layer.drop_hook_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _drop(self, reason: str, number: int, event: str, subject: Any, /, **fields: Any) -> None:
@@ -204,7 +204,7 @@ class BaseChannelLayer(abc.ABC):
     @abc.abstractmethod
     async def flush(self) -> None: ...
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: a layer with nothing to release keeps it
         """Release connections and tasks; called once when the gateway stops."""
 
 
