@@ -27,24 +27,23 @@ _here = os.path.dirname(os.path.abspath(__file__))
 # bench/http.py and bench/email.py shadow the standard library: this folder goes last on sys.path
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here] + [_here]
 
-import argparse  # noqa: E402
-import multiprocessing as mp  # noqa: E402
-import queue  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import multiprocessing as mp
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-
-import _common as common  # noqa: E402
+import _common as common
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 APPS = '''
 import time

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import imaplib
 
-import pytest
-
 import email_helpers as h
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
@@ -294,9 +293,9 @@ def test_a_dropped_connection_under_uvloop_logs_one_clean_line(dovecot):
         loop.set_exception_handler(lambda _, context: problems.append(str(context.get("message"))))
         for n in range(40):
             await asyncio.to_thread(dovecot.deliver, message(f"m{n}", n))
-        async with h.email_gateway(config(dovecot, ", idle: true, poll_interval: 20", app="email_helpers:slow")) as gw:
+        async with h.email_gateway(config(dovecot, ", idle: true, poll_interval: 20", app="email_helpers:slow")):
             for handled in (5, 20):  # restarts in the middle of the stream
-                await h.eventually(lambda: len(h.RECEIVED) >= handled, 15)
+                await h.eventually(lambda: len(h.RECEIVED) >= handled, 15)  # noqa: B023 - awaited in its iteration
                 await asyncio.to_thread(dovecot.restart)
             await h.eventually(lambda: len({e["message"]["subject"] for _, e in h.RECEIVED}) == 40, 20)
             await asyncio.sleep(0.5)

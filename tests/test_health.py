@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
 
 from gateway import Gateway
-from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
 
 
 async def test_health_shows_the_layer_down_while_redis_is_down(own_redis: RedisServer):

@@ -11,8 +11,9 @@ from structlog.testing import capture_logs
 
 pytest.importorskip("redis")
 
-from gateway.layers.redis import LayerUnavailable, RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, free_port, own_redis, prefix  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, free_port, own_redis, prefix  # noqa: F401
+
+from gateway.layers.redis import LayerUnavailable, RedisChannelLayer
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -283,7 +284,6 @@ async def test_a_process_that_cannot_restore_holds_group_send_for_restore_timeou
 
 async def test_a_killed_process_is_removed_within_dead_after(tmp_path: Any, own_redis: RedisServer, prefix: str) -> None:
     import redis.asyncio as aioredis
-
     from test_layer_redis_helpers import finish, read_line, run_script
 
     doomed = run_script(tmp_path, "member.py", STOPPABLE_MEMBER, own_redis.url, prefix, "2")

@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 from mqtt_helpers import (  # noqa: F401
-    APPS, Mosquitto, Peer, broker_yaml, clean_apps, client_yaml, mosquitto, only_mqtt, port_of, route, wait_for,
+    APPS,
+    Mosquitto,
+    Peer,
+    broker_yaml,
+    clean_apps,
+    client_yaml,
+    mosquitto,
+    only_mqtt,
+    port_of,
+    route,
+    wait_for,
 )
 from structlog.testing import capture_logs
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 import sms_helpers as h
-from gateway_adapters.sms.numbers import segments
 from sms_helpers import Planned, clean_state  # noqa: F401 - autouse
+
+from gateway_adapters.sms.numbers import segments
 
 pytestmark = pytest.mark.timeout(30)
 
