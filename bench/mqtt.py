@@ -14,7 +14,7 @@ paho echo client on Mosquitto (the ceiling) and through the gateway in both mode
 
 Every party runs in its own process (publishers, the subscriber, the gateway, Mosquitto), all on
 free loopback ports. The trivial app counts messages and publishes ``bench/done/<phase>`` when
-it has seen them all; throughput is messages / (done - start). Targets (issue 5): QoS 0 into
+it has seen them all; throughput is messages / (done - start). Targets: QoS 0 into
 apps >= 0.5x the ceiling; QoS 1 >= 5,000 msgs/s.
 """
 

@@ -4,7 +4,7 @@ Every adapter hands its scopes here, so queues, send-side validation, exception 
 timeouts, the application-close timeout, cancellation, the per-instance log line and metrics
 behave the same for an HTTP request, a WebSocket connection, an MQTT message or an e-mail.
 
-Two styles, as DESIGN.md describes:
+Two styles, one per kind of scope:
 
 * connection scopes (``websocket``, ``http``): the adapter creates an ``Instance``, runs it
   (``run()`` in its own task, or ``start()`` for a new task), feeds events with ``put()`` and

@@ -28,7 +28,7 @@ adapters:
         own_redis.stop()
         states: list[tuple[str, str]] = []
 
-        async def down() -> bool:  # not ready: the health endpoint answers 503 (issue 12)
+        async def down() -> bool:  # not ready: the health endpoint answers 503
             states.append(await layer_status())
             return states[-1] == ("down", "down")
 

@@ -1,5 +1,5 @@
 """Channels' ``get_channel_layer()`` with our backend behaves as with channels_redis, run the way
-Channels users run it: one script, two backends, the same observations (issue 12)."""
+Channels users run it: one script, two backends, the same observations."""
 
 from __future__ import annotations
 

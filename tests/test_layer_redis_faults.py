@@ -143,7 +143,7 @@ async def test_redis_without_blmpop_falls_back_to_blpop(prefix: str) -> None:
         server.stop()
 
 
-# -- issue 12, point 3: connections opened before a restart ------------------------------------
+# -- connections opened before a restart ---------------------------------------------------------
 
 
 async def restarted(server: RedisServer, *layers: RedisChannelLayer) -> None:
@@ -183,7 +183,7 @@ async def test_connections_opened_before_a_restart_work_after_it(own_redis: Redi
         await sender.close()
 
 
-# -- issue 12, point 4: the window between Redis coming back empty and the restore ---------------
+# -- the window between Redis coming back empty and the restore ------------------------------------
 
 
 async def test_group_send_after_a_restart_reaches_every_member_or_fails(own_redis: RedisServer, prefix: str) -> None:
@@ -279,7 +279,7 @@ async def test_a_process_that_cannot_restore_holds_group_send_for_restore_timeou
         await sender.close()
 
 
-# -- issue 12, point 5: a process killed with SIGKILL ------------------------------------------------
+# -- a process killed with SIGKILL ---------------------------------------------------------------------
 
 
 async def test_a_killed_process_is_removed_within_dead_after(tmp_path: Any, own_redis: RedisServer, prefix: str) -> None:

@@ -244,7 +244,7 @@ async def test_sentinel_host(sentinel: tuple[RedisServer, int], prefix: str) -> 
         await b.close()
 
 
-# -- faults on Sentinel and sharded hosts (issue 12) ------------------------------------------------
+# -- faults on Sentinel and sharded hosts ------------------------------------------------
 
 
 async def wait_until(predicate: Any, timeout: float = 20.0) -> None:

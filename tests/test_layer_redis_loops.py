@@ -1,5 +1,5 @@
 """The Redis layer as Channels code drives it: sync callers, one event loop after another, loops
-closed without ``close()``, and names it must refuse at once (issue 12, points 1, 2, 6 and 7)."""
+closed without ``close()``, and names it must refuse at once."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nothing accepted is lost, nothing stalls (issue 13): session loss, failed and oversized QoS 1
+"""Nothing accepted is lost, nothing stalls: session loss, failed and oversized QoS 1
 messages, one slow route, drain and keep-alive under backpressure, truthful disconnect reasons."""
 
 from __future__ import annotations

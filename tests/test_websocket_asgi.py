@@ -1,5 +1,5 @@
-"""Point 2 of the http adapter issue (ASGI WebSocket 2.5) and the WebSocket limits of point 5,
-driven by the `websockets` library, aiohttp's client and raw sockets."""
+"""ASGI WebSocket 2.5 and the WebSocket limits, driven by the `websockets` library, aiohttp's
+client and raw sockets."""
 
 from __future__ import annotations
 

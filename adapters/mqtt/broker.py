@@ -1,35 +1,14 @@
 """Broker mode: an embedded amqtt broker whose PUBLISH handling feeds the router.
 
-amqtt cannot make a PUBACK wait for an application and its per-packet machinery costs about two
-thirds of the broker's time, so the broker subclasses amqtt's ``Broker`` and protocol handler;
-every private name of amqtt that this needs is in ``amqtt_compat`` (checked when the broker
-starts), and ``_Broker`` here implements its public hooks:
+Why amqtt is subclassed rather than used as it comes: amqtt cannot make a PUBACK (or a PUBREC)
+wait for the application, so "acknowledged" could not mean "handled"; its per-packet machinery
+costs about two thirds of the broker's time; and 0.12 does not enforce the keep-alive or the
+PUBLISH topic rules. So the gateway reads each connection itself (``broker_reader``), routes
+PUBLISHes as they are decoded and hands the other packets to amqtt's handler methods; every
+private name of amqtt this needs is in ``amqtt_compat``, checked when the broker starts.
 
-* each connection is read by the gateway's own reader (``broker_reader``): QoS 0 and 1
-  PUBLISHes are checked and routed as they are decoded, everything else goes to amqtt's handler
-  methods. A QoS 1 message gets its PUBACK only when the routed app returned normally; for QoS 2
-  the PUBREC is held back the same way (then PUBREL/PUBCOMP as usual). A failed message stays
-  unacknowledged while the dispatcher runs it again; after its last attempt it is dead-lettered
-  or the device's connection is closed (``close_connection``) so that the device resends it.
-* every accepted PUBLISH is routed to the gateway and fanned out to MQTT subscribers at once
-  (``accept``, ``fan_out``); authentication and ACL come from ``access``; every reader waits on
-  one gate that closes while a route's backlog is full (backpressure towards the devices; a
-  route full of QoS 0 messages overflows after its ``drop_after`` and drops them instead, so a
-  device's PINGREQ behind them is still answered).
-
-What the reader enforces that amqtt 0.12 does not:
-
-* Keep-alive: amqtt read each packet under a timeout of the client's keep-alive and then
-  ignored the timeout, so a device that vanished without closing its TCP connection kept its
-  session (and never had its will published). The reader ends such a connection after one and
-  a half times the keep-alive (MQTT 3.1.1, 3.1.2.10).
-* Topics: a PUBLISH topic with a wildcard (amqtt dropped the packet and kept the connection),
-  that is not UTF-8 (amqtt routed it as the text ``"b'...'"``), empty or starting with ``$``
-  ends the connection, as does a malformed packet, as MQTT requires.
-
-A device that reconnects while its unacknowledged message is still being handled resends it
-(DUP flag, same packet id): that copy is not routed again but acknowledged when the running
-instance ends.
+The behaviour (acknowledgement, backpressure, keep-alive, refused topics, redelivery) is in
+docs/mqtt.md.
 """
 
 from __future__ import annotations
