@@ -309,8 +309,9 @@ class SmsAdapter(Adapter):
     def _sent_one(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("sms.send.crashed", error=f"{type(task.exception()).__name__}: {task.exception()}")
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # a bug (ours or a provider plugin's): failed sends are handled inside the task
+            self.log.error("sms.send.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _abandoned(self, message: dict[str, Any]) -> None:
         label = message.get("account")
