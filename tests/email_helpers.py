@@ -356,6 +356,8 @@ namespace inbox {{
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
             self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # workers outlive the master for a moment
             try:

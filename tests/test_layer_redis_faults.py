@@ -296,8 +296,7 @@ async def test_a_killed_process_is_removed_within_dead_after(tmp_path: Any, own_
         await live.group_send("room", {"type": "m", "n": 0})
         assert (await read_line(doomed))["got"] == 0
         await live.receive(mine)
-        doomed.kill()
-        doomed.wait(5)
+        finish(doomed)  # SIGKILL, reaped, its pipes closed
         with capture_logs() as logs:
             for n in range(1, 21):  # its inbox fills: 5 queued, the rest refused as full, one warning
                 await live.group_send("room", {"type": "m", "n": n})
