@@ -38,6 +38,10 @@ class ImapError(Exception):
     """A command the server refused (the poller reconnects after a backoff)."""
 
 
+# What a server or a network can do to a session (the poller reconnects and says so in one line).
+_CONNECTION_FAILURES = (OSError, TimeoutError, ImapError, aioimaplib.AioImapException)
+
+
 def _check(response: Any, what: str) -> Any:
     if response.result != "OK":
         text = b" ".join(bytes(x) for x in response.lines).decode(errors="replace")
@@ -174,7 +178,9 @@ class MailboxPoller:
                     break
                 self.connected.clear()
                 self._health("degraded", f"{type(exc).__name__}: {exc}")
-                self.log.warning("imap.disconnected", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+                # what the network and the server do is one line; anything else is a bug: its traceback
+                trace = {} if isinstance(exc, _CONNECTION_FAILURES) else {"exc_info": exc}
+                self.log.warning("imap.disconnected", error=f"{type(exc).__name__}: {exc}", retry_in=delay, **trace)
                 await self._close()
                 await self._sleep(delay)
                 delay = min(delay * 2, cfg.max_backoff)
