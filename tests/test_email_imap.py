@@ -343,6 +343,6 @@ async def test_a_bug_in_the_session_is_logged_with_its_traceback_and_a_dropped_c
             await h.eventually(lambda: poller.connected.is_set(), 10)
             await asyncio.to_thread(dovecot.restart)
             await h.eventually(lambda: [e["event"] for e in logs].count("imap.connected") == 2, 15)
-    bug, dropped = [e for e in logs if e["event"] == "imap.disconnected"]
+    bug, *dropped = [e for e in logs if e["event"] == "imap.disconnected"]  # a retry may meet the restart too
     assert bug["error"] == "KeyError: 'a bug in the session'" and isinstance(bug.get("exc_info"), KeyError)
-    assert "exc_info" not in dropped, dropped
+    assert dropped and all("exc_info" not in e for e in dropped), dropped
