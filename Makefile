@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config/gateway.yaml
 
-.PHONY: run test test-floors test-compose check docs bench clean
+.PHONY: run test test-floors test-compose check check-config docs bench clean
 
 ## run: create the virtualenv and serve the showcase (demo/) on the embedded defaults; the first
 ## run migrates demo/var/db.sqlite3 and creates the admin / admin superuser (demo/README.md)
@@ -28,9 +28,21 @@ test-compose: $(VENV)/.test-deps
 	sh tests/compose/install.sh
 	$(BIN)/python -m pytest tests/compose/check_compose.py --timeout=1800 -v -s $(PYTEST_ARGS)
 
-## check: validate the config file without starting anything
-check: $(VENV)/.run-deps
+## check: lint (ruff) and type-check (mypy) gateway/, adapters/ and plugins/ with the settings in
+## pyproject.toml, lint tests/ and bench/, then validate the config file (check-config)
+check: $(VENV)/.test-deps $(VENV)/mypy-path/gateway_adapters
+	$(BIN)/ruff check gateway adapters plugins tests bench
+	$(BIN)/mypy
+	$(MAKE) --no-print-directory check-config
+
+## check-config: validate the config file without starting anything
+check-config: $(VENV)/.run-deps
 	$(BIN)/gateway check $(CONFIG)
+
+# mypy checks adapters/ under its installed name, gateway_adapters (see [tool.mypy] in pyproject.toml)
+$(VENV)/mypy-path/gateway_adapters: $(VENV)/.python
+	mkdir -p $(VENV)/mypy-path
+	ln -sfn ../../adapters $@
 
 ## docs: regenerate docs/config-reference.md from the config models
 docs: $(VENV)/.run-deps

@@ -108,7 +108,7 @@ def running(server: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{server}-"))
     shutil.copy(BENCH / "apps.py", workdir / "apps.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in [str(workdir), str(ROOT), os.environ.get("PYTHONPATH", "")] if p))
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed in the finally below
+    log = open(workdir / "server.log", "wb")  # closed in the finally below
     proc = subprocess.Popen(command(server, port, workdir), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_listening(port, proc, server, lambda: (workdir / "server.log").read_text(errors="replace"))

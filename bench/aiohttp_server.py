@@ -11,7 +11,6 @@ import sys
 
 import uvloop
 from aiohttp import web
-
 from apps import CHUNK, DOWNLOAD_SIZE, HELLO
 
 

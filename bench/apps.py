@@ -62,7 +62,7 @@ async def app(scope, receive, send):
                             if member is not send:
                                 try:
                                     await member(event)
-                                except Exception:  # noqa: BLE001, S110 - a departed client
+                                except Exception:  # noqa: BLE001 - a departed client
                                     pass
             finally:
                 _clients.discard(send)

@@ -160,7 +160,7 @@ def running(server: Server, db: Path, static_root: Path, tmp: Path) -> Iterator[
     port = common.free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{server.name.replace('+', '-')}-", dir=tmp))
     log_path = workdir / "server.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally below
+    log = open(log_path, "wb")  # closed in the finally below
     proc = subprocess.Popen(command(server, port, workdir), cwd=PROJECT,
                             env=project_env(db, static_root, server.whitenoise), stdout=log, stderr=subprocess.STDOUT)
     try:

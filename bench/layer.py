@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"] + [str(ROOT / "bench")]
 sys.path.insert(0, str(ROOT))
 
-import _common as common  # noqa: E402
+import _common as common
 
 CAPACITY = 1_000_000
 KINDS = ("channels_redis", "channels_redis_pubsub", "gateway")

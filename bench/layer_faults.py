@@ -36,8 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"] + [str(ROOT / "bench")]
 sys.path.insert(0, str(ROOT))
 
-import _common as common  # noqa: E402
-import urllib.request  # noqa: E402  (after the sys.path fix: it imports http and email)
+import urllib.request
+
+import _common as common
 
 LAYER_EVENTS = (
     "layer.redis_unreachable", "layer.redis_reconnected", "layer.memberships_restored", "layer.restore_window",

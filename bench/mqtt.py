@@ -14,7 +14,7 @@ paho echo client on Mosquitto (the ceiling) and through the gateway in both mode
 
 Every party runs in its own process (publishers, the subscriber, the gateway, Mosquitto), all on
 free loopback ports. The trivial app counts messages and publishes ``bench/done/<phase>`` when
-it has seen them all; throughput is messages / (done - start). Targets (issue 5): QoS 0 into
+it has seen them all; throughput is messages / (done - start). Targets: QoS 0 into
 apps >= 0.5x the ceiling; QoS 1 >= 5,000 msgs/s.
 """
 
@@ -27,24 +27,23 @@ _here = os.path.dirname(os.path.abspath(__file__))
 # bench/http.py and bench/email.py shadow the standard library: this folder goes last on sys.path
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here] + [_here]
 
-import argparse  # noqa: E402
-import multiprocessing as mp  # noqa: E402
-import queue  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import multiprocessing as mp
+import queue
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-import paho.mqtt.client as paho  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-
-import _common as common  # noqa: E402
+import _common as common
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 APPS = '''
 import time

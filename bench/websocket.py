@@ -24,6 +24,7 @@ import struct
 import time
 
 import _common as common
+
 MASK = b"\x00\x00\x00\x00"  # a zero mask keeps the client cheap; servers accept any mask
 
 
@@ -178,7 +179,7 @@ async def broadcast(port: int, n: int, timeout: float = 120.0) -> float | None:
         print(f"   broadcast to {n}: only {n - remaining} received within {timeout:g} s", file=sys.stderr)
         return None
     finally:
-        close_all(members + [trigger])
+        close_all([*members, trigger])
     return finished - started
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from .types import ASGIApp
+from .types import ASGIApp, Message, Scope
 
 log = structlog.get_logger("gateway.admin")
 
@@ -57,7 +57,7 @@ class AdminListener:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             status, headers, body = await self._answer(head)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             status, headers, body = 400, [], b"bad request\n"
         try:
             # HEAD gets the headers of the GET answer without its body
@@ -89,7 +89,7 @@ class AdminListener:
 
 async def _call(app: ASGIApp, method: str, path: str, target: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Run one of the gateway's own endpoints and collect its response."""
-    scope = {
+    scope: Scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
         "path": path, "raw_path": path.encode(), "query_string": target.partition("?")[2].encode(),
         "root_path": "", "headers": [], "client": None, "server": None,
@@ -97,10 +97,10 @@ async def _call(app: ASGIApp, method: str, path: str, target: str) -> tuple[int,
     started: dict[str, Any] = {}
     chunks: list[bytes] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(event: dict[str, Any]) -> None:
+    async def send(event: Message) -> None:
         if event["type"] == "http.response.start":
             started.update(event)
         elif event["type"] == "http.response.body":

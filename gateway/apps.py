@@ -38,7 +38,7 @@ def import_string(spec: str) -> Any:
         if exc.name and module_name.startswith(exc.name):
             raise AppLoadError(f"cannot import {spec!r}: no module named {exc.name!r}") from None
         raise AppLoadError(f"cannot import {spec!r}: {summarise_exception(exc)}") from None
-    except Exception as exc:  # the module raised while importing: show where
+    except Exception as exc:  # noqa: BLE001 - the module raised while importing: show where
         raise AppLoadError(f"cannot import {spec!r}: {summarise_exception(exc)}") from None
     obj: Any = module
     for part in attr.split("."):
@@ -135,7 +135,7 @@ def as_asgi3(obj: Any, spec: str = "") -> ASGIApp:
 def _is_async(obj: Any) -> bool:
     if inspect.iscoroutinefunction(obj):
         return True
-    call = getattr(obj, "__call__", None)
+    call = getattr(obj, "__call__", None)  # noqa: B004 - the method itself, to ask if it is a coroutine function
     return inspect.iscoroutinefunction(call)
 
 

@@ -15,8 +15,8 @@ from typing import TextIO
 
 from . import __version__, logs
 from .config import Plan, build, load
-from .yamlsource import Source
 from .errors import GatewayError
+from .yamlsource import Source
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=("console", "json"), help="overrides logging.format")
     run.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="event loop (auto: uvloop when installed)")
     run.add_argument("--reload", action="store_true",
-                     help="restart when a .py or .yaml file changes under the working directory, the config's folder or python_path (development)")
+                     help="restart when a .py or .yaml file changes under the working directory, the config's folder "
+                          "or python_path (development)")
     run.add_argument("--workers", type=int, default=1, metavar="N",
                      help="run N gateway processes sharing the listeners (reuse_port) and the layer (needs a shared layer, e.g. redis)")
     run.add_argument("--pid-file", metavar="PATH", help="write the process id here, for `gateway reload`")
@@ -77,8 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=_schema)
 
     version = sub.add_parser("version", help="print the version")
-    version.set_defaults(func=lambda args: print(f"asgi-gateway {__version__}") or 0)
+    version.set_defaults(func=_version)
     return parser
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(f"asgi-gateway {__version__}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -65,7 +65,9 @@ class PluginsSection(Section):
 
 class InstancesSection(Section):
     queue_size: int = Field(64, gt=0, description="Events queued for an application before the adapter waits (backpressure).")
-    app_close_timeout: PositiveFloat = Field(10.0, description="Seconds an app gets to return after its disconnect event before it is cancelled.")
+    app_close_timeout: PositiveFloat = Field(
+        10.0, description="Seconds an app gets to return after its disconnect event before it is cancelled.",
+    )
     message_timeout: PositiveFloat = Field(60.0, description="Default seconds a message-scope instance (mqtt, email, sms) may run.")
     sync_threads: int = Field(
         16, gt=0, description="Threads that run synchronous code (sync consumers' handlers, sync auth hooks); "
@@ -74,7 +76,9 @@ class InstancesSection(Section):
 
 
 class ShutdownSection(Section):
-    drain_timeout: float = Field(30.0, ge=0, description="On SIGTERM/SIGINT: seconds in-flight instances get to finish before they are cancelled.")
+    drain_timeout: float = Field(
+        30.0, ge=0, description="On SIGTERM/SIGINT: seconds in-flight instances get to finish before they are cancelled.",
+    )
 
 
 class LoggingSection(Section):
@@ -84,7 +88,9 @@ class LoggingSection(Section):
 
 class MetricsSection(Section):
     path: str | None = Field("/metrics", description="HTTP path of the Prometheus metrics (on the http adapter); null to disable.")
-    health_path: str | None = Field("/healthz", description="HTTP path of the JSON health report (200 unless a part is down); null to disable.")
+    health_path: str | None = Field(
+        "/healthz", description="HTTP path of the JSON health report (200 unless a part is down); null to disable.",
+    )
     live_path: str | None = Field("/livez", description="HTTP path of the liveness probe (200 while the process answers); null to disable.")
     ready_path: str | None = Field(
         "/readyz", description="HTTP path of the readiness probe: 200 while serving with every part ok, else 503 naming the "
@@ -108,7 +114,8 @@ class AdminSection(Section):
 
 class LifespanSection(Section):
     mode: Literal["auto", "on", "off"] = Field(
-        "auto", description="`auto`: apps that do not support lifespan are skipped quietly; `on`: such apps are an error; `off`: never send lifespan."
+        "auto", description="`auto`: apps that do not support lifespan are skipped quietly; `on`: such apps are an error; "
+        "`off`: never send lifespan."
     )
     startup_timeout: PositiveFloat = Field(30.0, description="Seconds every app gets to complete `lifespan.startup`.")
     shutdown_timeout: PositiveFloat = Field(30.0, description="Seconds every app gets to complete `lifespan.shutdown`.")
@@ -123,9 +130,15 @@ class GatewayConfig(Section):
         default_factory=list, description="Folders put in front of `sys.path` (relative to the config file) so `app:` strings "
         "import. The config file's own folder is always importable, as `manage.py` makes a Django project's folder.",
     )
-    plugins: PluginsSection = Field(default_factory=PluginsSection, description="Where adapter plugins are found besides installed entry points.")
-    adapters: dict[str, Any] = Field(default_factory=dict, description="One block per adapter, keyed by adapter name; see each adapter's keys below.")
-    routes: dict[str, list[dict[str, Any]]] = Field(default_factory=dict, description="Per scope type an ordered list of routes; first match wins.")
+    plugins: PluginsSection = Field(
+        default_factory=PluginsSection, description="Where adapter plugins are found besides installed entry points.",
+    )
+    adapters: dict[str, Any] = Field(
+        default_factory=dict, description="One block per adapter, keyed by adapter name; see each adapter's keys below.",
+    )
+    routes: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="Per scope type an ordered list of routes; first match wins.",
+    )
     bridges: dict[str, Any] = Field(
         default_factory=dict, description="Bridges between layer groups and adapters, keyed by bridge name (docs/bridges.md); "
         "see `bridges.<name>` below.",
@@ -307,9 +320,8 @@ def _routers(
         cls = served.get(protocol)
         if cls is None:
             if protocol in known:
-                raise source.error(
-                    where, f"routes for {protocol!r} need the {known[protocol].name!r} adapter: add 'adapters: {{{known[protocol].name}: ...}}'"
-                )
+                name = known[protocol].name
+                raise source.error(where, f"routes for {protocol!r} need the {name!r} adapter: add 'adapters: {{{name}: ...}}'")
             raise source.error(where, f"unknown protocol {protocol!r} (no adapter serves it; known: {', '.join(sorted(known)) or 'none'})")
         model = cls.route_models[protocol]
         routes: list[Route] = []

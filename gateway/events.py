@@ -81,7 +81,7 @@ class EventTable:
         specs = self._specs.get(scope_type)
         if specs is None:
             return  # a scope type nobody declared: nothing to hold the app to
-        spec = specs.get(etype)  # type: ignore[arg-type]
+        spec = specs.get(etype) if isinstance(etype, str) else None
         if spec is None:
             allowed = ", ".join(sorted(specs))
             raise InvalidEvent(

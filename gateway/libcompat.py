@@ -61,7 +61,7 @@ class Contract:
         that the class's own code assigns to ``self`` (instance state set in ``__init__``)."""
         self._note(name)
         def check() -> str | None:
-            if hasattr(owner, name) or (inspect.isclass(owner) and name in instance_attributes(owner)):
+            if hasattr(owner, name) or (isinstance(owner, type) and name in instance_attributes(owner)):
                 return None
             return f"{_where(owner, name)} is missing"
         self._checks.append(check)

@@ -15,6 +15,10 @@ from prometheus_client.utils import floatToGoString
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
+_Made = TypeVar("_Made", bound="Counter | Gauge | Histogram | LoopCounter | LoopHistogram")
+_Loop = TypeVar("_Loop", bound="LoopCounter | LoopHistogram")
+
+
 class Metrics:
     """Creates metrics on first use and hands back the same object afterwards."""
 
@@ -25,43 +29,37 @@ class Metrics:
         self._made: dict[str, Counter | Gauge | Histogram | LoopCounter | LoopHistogram] = {}
 
     def counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
-        return self._get(Counter, name, doc, labels)  # type: ignore[return-value]
+        return self._once(Counter, name, lambda: Counter(name, doc, labels, registry=self.registry))
 
     def gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
-        return self._get(Gauge, name, doc, labels)  # type: ignore[return-value]
+        return self._once(Gauge, name, lambda: Gauge(name, doc, labels, registry=self.registry))
 
     def histogram(self, name: str, doc: str, labels: Sequence[str] = ()) -> Histogram:
-        made = self._made.get(name)
-        if made is None:
-            made = self._made[name] = Histogram(
-                name, doc, labels, registry=self.registry, buckets=DURATION_BUCKETS
-            )
-        return made  # type: ignore[return-value]
+        return self._once(
+            Histogram, name, lambda: Histogram(name, doc, labels, registry=self.registry, buckets=DURATION_BUCKETS)
+        )
 
     def loop_counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> LoopCounter:
         """A counter for the hot path, updated from the event loop's thread only (see ``LoopCounter``)."""
-        return self._get_loop(LoopCounter, name, doc, labels)  # type: ignore[return-value]
+        return self._once(LoopCounter, name, lambda: self._registered(LoopCounter(name, doc, labels)))
 
     def loop_histogram(self, name: str, doc: str, labels: Sequence[str] = ()) -> LoopHistogram:
         """A duration histogram (``DURATION_BUCKETS``) for the hot path, event-loop thread only."""
-        return self._get_loop(LoopHistogram, name, doc, labels)  # type: ignore[return-value]
+        return self._once(LoopHistogram, name, lambda: self._registered(LoopHistogram(name, doc, labels)))
 
-    def _get_loop(self, kind: type, name: str, doc: str, labels: Sequence[str]) -> LoopCounter | LoopHistogram:
+    def _once(self, kind: type[_Made], name: str, make: Callable[[], _Made]) -> _Made:
+        """The metric called ``name``, made on first use; asking for it as another kind is a bug."""
         made = self._made.get(name)
         if made is None:
-            made = self._made[name] = kind(name, doc, labels)
-            self.registry.register(made)
-        elif not isinstance(made, kind):
+            new = self._made[name] = make()
+            return new
+        if not isinstance(made, kind):
             raise ValueError(f"metric {name!r} already exists as a {type(made).__name__}")
-        return made  # type: ignore[return-value]
+        return made
 
-    def _get(self, kind: type, name: str, doc: str, labels: Sequence[str]) -> Counter | Gauge:
-        made = self._made.get(name)
-        if made is None:
-            made = self._made[name] = kind(name, doc, labels, registry=self.registry)
-        elif not isinstance(made, kind):
-            raise ValueError(f"metric {name!r} already exists as a {type(made).__name__}")
-        return made  # type: ignore[return-value]
+    def _registered(self, collector: _Loop) -> _Loop:
+        self.registry.register(collector)
+        return collector
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -80,7 +80,7 @@ class Pattern:
             compiled = re.compile(source)
         except re.error as exc:
             raise PatternError(f"invalid regex {text!r}: {exc}") from None
-        return cls(source, {name: str for name in compiled.groupindex}, text)
+        return cls(source, dict.fromkeys(compiled.groupindex, str), text)
 
     def join(self, child: Pattern) -> Pattern:
         overlap = set(self.converters) & set(child.converters)

@@ -142,7 +142,7 @@ class Adapter(abc.ABC):
         """What the adapter actually bound once started (port 0 resolved), for logs and tests."""
         return []
 
-    async def routes_changed(self) -> None:
+    async def routes_changed(self) -> None:  # noqa: B027 - optional: most adapters derive nothing from routes
         """A reload replaced the routes (the settings are unchanged): an adapter that derives
         something from them at start (MQTT client mode: its subscriptions) updates it here."""
 

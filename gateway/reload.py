@@ -85,7 +85,7 @@ class Reloader:
             if name not in changed:
                 try:
                     await adapter.routes_changed()
-                except Exception as exc:  # noqa: BLE001 - the routes are swapped; say what did not follow
+                except Exception as exc:  # the routes are swapped; say what did not follow
                     log.error("gateway.reload_adapter_failed", adapter=name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
         self.count += 1
         log.info("gateway.reloaded", routes=len(new_routes), adapters_restarted=changed)
@@ -134,7 +134,7 @@ class Reloader:
         kept = {id(route.endpoint) for route in keep}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + gw.plan.config.shutdown.drain_timeout
-        while loop.time() < deadline and any(
+        while loop.time() < deadline and any(  # noqa: ASYNC110 - a poll bounded by the drain timeout
             id(i.match.route.endpoint) not in kept for i in gw.runner.active
         ):
             await asyncio.sleep(0.1)

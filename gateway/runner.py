@@ -4,7 +4,7 @@ Every adapter hands its scopes here, so queues, send-side validation, exception 
 timeouts, the application-close timeout, cancellation, the per-instance log line and metrics
 behave the same for an HTTP request, a WebSocket connection, an MQTT message or an e-mail.
 
-Two styles, as DESIGN.md describes:
+Two styles, one per kind of scope:
 
 * connection scopes (``websocket``, ``http``): the adapter creates an ``Instance``, runs it
   (``run()`` in its own task, or ``start()`` for a new task), feeds events with ``put()`` and
@@ -22,6 +22,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -146,9 +147,9 @@ class Runner:
         Waits on the instances, not their tasks: an inline instance's task is the adapter's
         connection task, which may go on after the instance ended.
         """
-        left = [i for i in self.active if i.task is not None and not i.task.done()]
-        for inst in left:
-            inst.task.cancel()  # type: ignore[union-attr]
+        left = [task for task in (i.task for i in self.active) if task is not None and not task.done()]
+        for task in left:
+            task.cancel()
         if self.active:
             try:
                 async with asyncio.timeout(5):
@@ -229,7 +230,8 @@ class Instance:
         self.number = number
         self._queue: asyncio.Queue[Message] | None = None  # made on first use: HTTP pulls its body
         self.timeout = timeout
-        self.task: asyncio.Task[Result] | None = None
+        # the task to cancel at the deadline: start()'s own, or the adapter's when run() is awaited inline
+        self.task: asyncio.Task[Any] | None = None
         self.result: Result | None = None
         self._send = send
         self._receive = receive or self._get
@@ -255,8 +257,8 @@ class Instance:
 
     def start(self) -> asyncio.Task[Result]:
         """Run the app in a task of its own (connection scopes)."""
-        self.task = asyncio.get_running_loop().create_task(self.run())
-        return self.task
+        task = self.task = asyncio.get_running_loop().create_task(self.run())
+        return task
 
     async def close(self, disconnect: Message) -> Result:
         """The peer went away: tell the app, wait the app-close timeout, then cancel it."""
@@ -301,7 +303,9 @@ class Instance:
         runner = self.runner
         task = self.task
         if task is None:  # run inline in the adapter's task (if it did not say which): that is the task to cancel
-            task = self.task = asyncio.current_task()  # type: ignore[assignment]
+            task = self.task = asyncio.current_task()
+            if task is None:
+                raise RuntimeError("Instance.run() must be awaited in an asyncio task")
         adapter = self.adapter
         runner.active.add(self)
         running = runner._running
@@ -311,7 +315,8 @@ class Instance:
             runner._first_of(adapter)
         token = logs.current_instance.set((adapter, self.route_label, self.number))
         start = time.perf_counter()
-        outcome, error = _OK, None
+        outcome: Outcome = _OK
+        error: BaseException | None = None
         # Only the deadline sets ``expired`` and cancels, and only an instance with a timeout has
         # one: the task's count of pending cancels is needed, and read, only then.
         cancelling = 0
@@ -332,7 +337,7 @@ class Instance:
                 logs.current_instance.reset(token)
                 raise
             outcome, error = Outcome.TIMEOUT, self._timeout_error()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the app's failure is the instance's outcome, logged by _finish
             outcome, error = Outcome.FAILED, exc
         if self.expired:  # the app swallowed the cancellation: it still timed out
             task.uncancel()

@@ -23,18 +23,18 @@ from . import fdlimit, preflight, threads
 from .admin import AdminListener
 from .bridges.runtime import Runtime, Stats
 from .bridges.service import BridgeService
-from .errors import StartupError
 from .django.layers import ChannelsBinding
+from .errors import StartupError
 from .events import core_table
 from .health import Health
 from .layers import set_channel_layer
 from .layers.base import BaseChannelLayer
 from .lifespan import Lifespan
-from .reload import Reloader
 from .metrics import Metrics
 from .mounts import Mounts
 from .outbound import OutboundRelay
 from .plugins import Adapter, AdapterContext
+from .reload import Reloader
 from .runner import Runner, RunnerSettings
 from .types import ASGIApp
 
@@ -98,7 +98,9 @@ class Gateway:
         return cls(config_mod.loads(text, base_dir=Path(base_dir) if base_dir else None))
 
     @classmethod
-    def from_app(cls, app: ASGIApp, *, listen: str | list[str] = "127.0.0.1:0", http: Mapping[str, Any] | None = None, **top: Any) -> Gateway:
+    def from_app(
+        cls, app: ASGIApp, *, listen: str | list[str] = "127.0.0.1:0", http: Mapping[str, Any] | None = None, **top: Any
+    ) -> Gateway:
         """Serve one ASGI application for every HTTP and WebSocket path, the way ``uvicorn.run(app)`` does."""
         from .routing import MatchAll, Route, Router
 
@@ -116,7 +118,6 @@ class Gateway:
     async def start(self) -> None:
         if self.started:
             raise RuntimeError("this gateway is already started")
-        cfg = self.plan.config
         self._stop_requested = asyncio.Event()
         self.layer = self.plan.layer_class(**self.plan.layer_options)
         self._watch_layer(self.layer)

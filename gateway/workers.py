@@ -59,13 +59,13 @@ def _for_worker(plan: Plan) -> Plan:
     return plan
 
 
-def _worker(config: str, level: str, fmt: str, loop: str, number: int, reports: Any) -> None:
+def _worker(config: str, level: str, fmt: logs.LogFormat, loop: str, number: int, reports: Any) -> None:
     import asyncio
 
     from .cli import install_loop
     from .server import Gateway
 
-    logs.configure(level, fmt)  # type: ignore[arg-type]
+    logs.configure(level, fmt)
     structlog.contextvars.bind_contextvars(worker=number)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; SIGTERM drains
     install_loop(loop)
@@ -86,7 +86,7 @@ def _worker(config: str, level: str, fmt: str, loop: str, number: int, reports: 
         raise SystemExit(1) from None
 
 
-def run_workers(config: str | Path, workers: int, level: str, fmt: str, loop: str) -> int:
+def run_workers(config: str | Path, workers: int, level: str, fmt: logs.LogFormat, loop: str) -> int:
     """Start ``workers`` processes and supervise them; returns the exit status."""
     plan = load(config)
     check_shareable(plan, workers)

@@ -75,7 +75,7 @@ class Source:
 
 def _present(data: Any, path: KeyPath) -> bool:
     for part in path:
-        if isinstance(data, dict) and part in data:
+        if isinstance(data, dict) and part in data:  # noqa: SIM114 - each branch narrows `data` for its own index
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
             data = data[part]

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from gateway.errors import StartupError
+from gateway.events import EventSpec
 from gateway.plugins import Adapter
 from gateway.schema import Listen, RouteConfig, Section, parse_listen
+from gateway.types import Message
 
 _PRI = re.compile(rb"^<(\d{1,3})>")
 
@@ -38,14 +41,16 @@ class SyslogConfig(Section):
     listen: Listen = Field(default_factory=lambda: ["127.0.0.1:5514"], description="host:port, or a list of them, to listen on.")
     transport: Literal["udp", "tcp"] = Field("udp", description="`udp` (datagrams) or `tcp` (newline-delimited stream).")
     max_line: int = Field(8192, gt=0, description="Longest line accepted, in bytes; longer lines are dropped and counted.")
-    max_in_flight: int = Field(64, gt=0, description="UDP: lines handled at once; beyond it datagrams are dropped and counted (UDP has no backpressure).")
+    max_in_flight: int = Field(
+        64, gt=0, description="UDP: lines handled at once; beyond it datagrams are dropped and counted (UDP has no backpressure).",
+    )
 
 
 class RegexMatcher:
     def __init__(self, pattern: str | None) -> None:
         self.pattern = re.compile(pattern) if pattern else None
 
-    def match(self, scope: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    def match(self, scope: Mapping[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
         if self.pattern is None:
             return (), {}
         m = self.pattern.search(scope["line"])
@@ -85,8 +90,8 @@ class SyslogAdapter(Adapter):
     name = "syslog"
     config_model = SyslogConfig
     scope_types = ("syslog",)
-    route_models = {"syslog": SyslogRoute}
-    send_events = {"syslog": {}}  # applications only listen
+    route_models: ClassVar[dict[str, type[SyslogRoute]]] = {"syslog": SyslogRoute}
+    send_events: ClassVar[dict[str, dict[str, EventSpec]]] = {"syslog": {}}  # applications only listen
 
     def __init__(self, config: SyslogConfig, context: Any) -> None:
         super().__init__(config, context)
@@ -183,5 +188,5 @@ class _Datagrams(asyncio.DatagramProtocol):
         task.add_done_callback(adapter._tasks.discard)
 
 
-async def _no_send(event: dict[str, Any]) -> None:
+async def _no_send(event: Message) -> None:
     raise RuntimeError("syslog applications cannot send events")

@@ -110,6 +110,8 @@ class GatewayProcess:
                 self.p.kill()
                 self.p.wait()
         self._reader.join(5)
+        if not self._reader.is_alive() and self.p.stdout is not None:
+            self.p.stdout.close()
         return self.p.returncode
 
 

@@ -21,9 +21,9 @@ from unittest import mock
 
 import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP
+from gateway_helpers import eventually, free_port, require  # noqa: F401 - re-exported for the e-mail tests
 
 import gateway.config as gateway_config
-from gateway_helpers import eventually, free_port, require  # noqa: F401 - re-exported for the e-mail tests
 from gateway.server import Gateway
 from gateway_adapters.email import EmailAdapter
 
@@ -333,7 +333,7 @@ namespace inbox {{
         cmd = [require("dovecot-lda", "/usr/lib/dovecot/dovecot-lda"), "-c", str(self.conf), "-d", self.user, "-f", "sender@example.org"]
         if folder:
             cmd += ["-m", folder]
-        done = subprocess.run(cmd, input=raw, timeout=10, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        done = subprocess.run(cmd, input=raw, timeout=10, capture_output=True)
         if done.returncode != 0:
             raise RuntimeError(f"dovecot-lda failed ({done.returncode}): {done.stderr.decode(errors='replace')}")
 
@@ -356,6 +356,8 @@ namespace inbox {{
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
             self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:  # workers outlive the master for a moment
             try:
@@ -402,7 +404,7 @@ async def dynamic(scope, receive, send):
 
 
 # -- a Channels-style consumer ------------------------------------------------------------------
-from gateway.consumers import AsyncEmailConsumer  # noqa: E402
+from gateway.consumers import AsyncEmailConsumer
 
 
 class SupportConsumer(AsyncEmailConsumer):
@@ -427,7 +429,7 @@ async def auth_hook(username, password):
 
 
 # -- Redis (for the per-mailbox lock): the layer tests' throwaway redis-server -------------------
-from test_layer_redis_helpers import RedisServer as Redis  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer as Redis  # noqa: F401
 
 
 # -- crafted messages ----------------------------------------------------------------------------

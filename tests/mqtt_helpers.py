@@ -287,7 +287,7 @@ async def device_auth(client_id: str, username: str, password: str | None) -> bo
 
 
 # -- a consumer for tests/test_mqtt_consumer.py --------------------------------------------------
-from gateway.consumers import AsyncMqttConsumer  # noqa: E402
+from gateway.consumers import AsyncMqttConsumer
 
 CONSUMED: list[Any] = []
 

@@ -21,12 +21,12 @@ import httpx
 import jwt
 import pytest
 from aiohttp import web
+from gateway_helpers import eventually  # noqa: F401 - re-exported for the sms tests
 from nacl.signing import SigningKey
 from twilio.request_validator import RequestValidator
 from vonage_http_client.auth import Auth as VonageAuth
 
 from gateway.server import Gateway
-from gateway_helpers import eventually  # noqa: F401 - re-exported for the sms tests
 
 TWILIO_SID = "AC0123456789abcdef0123456789abcdef"
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
@@ -326,7 +326,7 @@ def twilio_account(api_url: str = "http://127.0.0.1:9", extra: str = "") -> str:
 
 
 # -- a consumer ------------------------------------------------------------------------------------
-from gateway.consumers import AsyncSmsConsumer  # noqa: E402 - after the plain apps it sits beside
+from gateway.consumers import AsyncSmsConsumer  # after the plain apps it sits beside
 
 
 class TextConsumer(AsyncSmsConsumer):
@@ -346,7 +346,7 @@ class TextConsumer(AsyncSmsConsumer):
 
 
 # -- a provider plugin, written as docs/sms.md shows ----------------------------------------------
-from gateway_adapters.sms import Inbound, Provider, RestRequest, SignatureError, StatusReport  # noqa: E402
+from gateway_adapters.sms import Inbound, Provider, RestRequest, SignatureError, StatusReport
 
 
 class AcmeProvider(Provider):

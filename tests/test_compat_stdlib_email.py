@@ -43,4 +43,4 @@ def test_mail_arguments_parse_as_aiosmtpd_expects() -> None:
 def test_no_module_but_stdlib_compat_uses_a_private_name_of_the_email_package() -> None:
     assert CONTRACT.private_names == {"_header_value_parser", "_headers"}
     assert private_uses(CONTRACT.private_names, "adapters/email", "adapters/email/stdlib_compat.py", r"email\b") == []
-    assert Message()._headers == []  # noqa: SLF001 - the attribute the contract checks on the class's source
+    assert Message()._headers == []  # the attribute the contract checks on the class's source

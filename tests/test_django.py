@@ -49,7 +49,7 @@ def sms_cloud():
     posts: list[dict] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the stdlib's name
+        def do_POST(self):  # the stdlib's name
             posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             answer = json.dumps({"id": f"out-{len(posts)}"}).encode()
             self.send_response(200)

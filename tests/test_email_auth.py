@@ -8,11 +8,10 @@ import base64
 import threading
 
 import aiosmtplib
-import pytest
-from structlog.testing import capture_logs
-
 import email_helpers as h
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
+from structlog.testing import capture_logs
 from tls_helpers import self_signed
 
 pytestmark = pytest.mark.timeout(30)

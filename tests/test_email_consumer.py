@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import aiosmtplib
-import pytest
-
 import email_helpers as h
-from gateway.testing import EmailCommunicator, Harness
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
+
+from gateway.testing import EmailCommunicator, Harness
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import email_helpers as h
 import pytest
 import uvloop
-
-import email_helpers as h
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from test_email_smtp import ROUTES, Raw, config
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import imaplib
 
-import pytest
-
 import email_helpers as h
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
@@ -294,9 +293,9 @@ def test_a_dropped_connection_under_uvloop_logs_one_clean_line(dovecot):
         loop.set_exception_handler(lambda _, context: problems.append(str(context.get("message"))))
         for n in range(40):
             await asyncio.to_thread(dovecot.deliver, message(f"m{n}", n))
-        async with h.email_gateway(config(dovecot, ", idle: true, poll_interval: 20", app="email_helpers:slow")) as gw:
+        async with h.email_gateway(config(dovecot, ", idle: true, poll_interval: 20", app="email_helpers:slow")):
             for handled in (5, 20):  # restarts in the middle of the stream
-                await h.eventually(lambda: len(h.RECEIVED) >= handled, 15)
+                await h.eventually(lambda: len(h.RECEIVED) >= handled, 15)  # noqa: B023 - awaited in its iteration
                 await asyncio.to_thread(dovecot.restart)
             await h.eventually(lambda: len({e["message"]["subject"] for _, e in h.RECEIVED}) == 40, 20)
             await asyncio.sleep(0.5)
@@ -319,3 +318,31 @@ def test_a_dropped_connection_under_uvloop_logs_one_clean_line(dovecot):
     assert len(drops) >= 2
     assert all("RuntimeError" not in e["error"] for e in drops), drops
     assert problems == []
+
+
+async def test_a_bug_in_the_session_is_logged_with_its_traceback_and_a_dropped_connection_is_not(dovecot, monkeypatch):
+    """A failure nobody expected (here, a bug planted in the session) keeps its traceback in the
+    reconnect line; a connection the server dropped stays one line."""
+    from structlog.testing import capture_logs
+
+    from gateway_adapters.email.imap import MailboxPoller
+
+    session = MailboxPoller._session
+    planted = []
+
+    async def buggy(self):
+        if not planted:
+            planted.append(True)
+            raise KeyError("a bug in the session")
+        await session(self)
+
+    monkeypatch.setattr(MailboxPoller, "_session", buggy)
+    with capture_logs() as logs:
+        async with h.email_gateway(config(dovecot, ", idle: false")) as gw:
+            poller = gw.adapters["email"].pollers[0]
+            await h.eventually(lambda: poller.connected.is_set(), 10)
+            await asyncio.to_thread(dovecot.restart)
+            await h.eventually(lambda: [e["event"] for e in logs].count("imap.connected") == 2, 15)
+    bug, *dropped = [e for e in logs if e["event"] == "imap.disconnected"]  # a retry may meet the restart too
+    assert bug["error"] == "KeyError: 'a bug in the session'" and isinstance(bug.get("exc_info"), KeyError)
+    assert dropped and all("exc_info" not in e for e in dropped), dropped

@@ -8,11 +8,10 @@ import asyncio
 import smtplib
 import threading
 
-import pytest
-from structlog.testing import capture_logs
-
 import email_helpers as h
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
+from structlog.testing import capture_logs
 from test_email_imap import message, state
 from test_email_smtp import ROUTES, Raw, config
 

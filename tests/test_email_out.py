@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import aiosmtplib
-import pytest
-
 import email_helpers as h
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
+from tls_helpers import self_signed
+
 from gateway.layers import get_channel_layer
 from gateway_adapters.email import DeliveryError, build_message
 from gateway_adapters.email.config import RelayConfig
 from gateway_adapters.email.smtp_out import Relay
-from tls_helpers import self_signed
 
 pytestmark = pytest.mark.timeout(30)
 

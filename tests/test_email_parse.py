@@ -51,11 +51,11 @@ def test_a_bad_charset_is_a_defect_not_a_failure() -> None:
 
 
 # -- the cost of parsing is bounded: nesting depth, part count, header count ------------------------
-import pytest  # noqa: E402
+import pytest
+from email_helpers import nested
 
-from email_helpers import nested  # noqa: E402
-from gateway_adapters.email.config import MimeLimits  # noqa: E402
-from gateway_adapters.email.parse import TooComplex  # noqa: E402
+from gateway_adapters.email.config import MimeLimits
+from gateway_adapters.email.parse import TooComplex
 
 
 def parts(n: int) -> bytes:

@@ -8,10 +8,10 @@ import subprocess
 from email.message import EmailMessage
 
 import aiosmtplib
-import pytest
-
 import email_helpers as h
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
+
 from gateway.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-
 import aiosmtplib
-import pytest
-
 import email_helpers as h
+import pytest
 from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 

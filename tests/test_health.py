@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
 
 from gateway import Gateway
-from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
 
 
 async def test_health_shows_the_layer_down_while_redis_is_down(own_redis: RedisServer):
@@ -28,7 +28,7 @@ adapters:
         own_redis.stop()
         states: list[tuple[str, str]] = []
 
-        async def down() -> bool:  # not ready: the health endpoint answers 503 (issue 12)
+        async def down() -> bool:  # not ready: the health endpoint answers 503
             states.append(await layer_status())
             return states[-1] == ("down", "down")
 

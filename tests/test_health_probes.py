@@ -8,11 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from mqtt_helpers import mosquitto
+from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
 
 from gateway import Gateway
 from gateway.errors import StartupError
-from mqtt_helpers import mosquitto
-from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
 
 CATCH_ALL = "tests.testapps.basic:hello"
 
@@ -144,7 +144,7 @@ async def test_an_admin_address_in_use_is_a_startup_error_naming_the_key():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        address = "127.0.0.1:%d" % taken.getsockname()[1]
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
         gw = Gateway.from_text(f'admin: {{listen: "{address}"}}\n')
         with pytest.raises(StartupError, match=f"admin.listen {address}"):
             await gw.start()

@@ -1,5 +1,5 @@
-"""Point 1 of the http adapter issue: ASGI HTTP 2.5 scopes and the request/response cycle,
-driven by real clients (httpx, aiohttp) and raw sockets."""
+"""ASGI HTTP 2.5 scopes and the request/response cycle, driven by real clients (httpx, aiohttp)
+and raw sockets."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""Issue 13: with `nofile` at 1024, most of 5,000 simultaneous connections got EOF and nobody said
-why. At start the gateway compares the open-file limit with the adapters' connection limits, raises
-the soft limit where the hard one allows, and warns once where it does not. Run as real
+"""The open-file limit against the connection limits: at start the gateway compares the two,
+raises the soft limit where the hard one allows, and warns once where it does not. Run as real
 `gateway run` processes started with a low limit."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Point 5 (limits, each at its boundary) and malformed requests, with raw sockets."""
+"""The HTTP limits, each at its boundary, and malformed requests, with raw sockets."""
 
 from __future__ import annotations
 

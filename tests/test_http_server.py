@@ -13,10 +13,10 @@ import pytest
 import structlog
 import websockets
 from http_helpers import addr, hello, host_port, raw, read_response, serve
+from tls_helpers import make_ca
 
 from gateway.errors import StartupError
 from gateway.server import Gateway
-from tls_helpers import make_ca
 
 pytestmark = pytest.mark.timeout(30)
 

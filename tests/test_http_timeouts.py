@@ -1,5 +1,5 @@
-"""Issue 13, point 8: a slow request body, a client that does not read its response, and a full
-connection table each end in a bounded time, with a log line and a counter; clients that are slow
+"""A slow request body, a client that does not read its response, and a full connection table
+each end in a bounded time, with a log line and a counter; clients that are slow
 only because the server or the app holds them back are never cut."""
 
 from __future__ import annotations

@@ -13,13 +13,14 @@ from structlog.testing import capture_logs
 pytest.importorskip("redis")
 pytest.importorskip("msgpack")
 
-from gateway import config as config_mod  # noqa: E402
-from gateway.layers import BACKENDS, ChannelFull, InvalidChannelName  # noqa: E402
-from gateway.layers.base import BaseChannelLayer  # noqa: E402
-from gateway.layers.redis import LayerUnavailable, RedisChannelLayer, RedisLayerOptions  # noqa: E402
-from gateway.layers.redis_scripts import glob_to_lua  # noqa: E402
-from gateway.errors import ConfigError  # noqa: E402
-from test_layer_redis_helpers import RedisServer, own_redis, prefix, redis_server  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, own_redis, prefix, redis_server  # noqa: F401
+
+from gateway import config as config_mod
+from gateway.errors import ConfigError
+from gateway.layers import BACKENDS, ChannelFull, InvalidChannelName
+from gateway.layers.base import BaseChannelLayer
+from gateway.layers.redis import LayerUnavailable, RedisChannelLayer, RedisLayerOptions
+from gateway.layers.redis_scripts import glob_to_lua
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -316,7 +317,7 @@ async def test_normal_channel_capacity_boundary(make: Any) -> None:
         await layer.send("small", {"type": "x"})
     await layer.receive("small")
     await layer.send("small", {"type": "x"})  # room again
-    for i in range(5):
+    for _ in range(5):
         await layer.send("big.one", {"type": "x"})
     with pytest.raises(ChannelFull):
         await layer.send("big.one", {"type": "x"})

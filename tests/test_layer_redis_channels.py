@@ -1,9 +1,8 @@
 """Channels' ``get_channel_layer()`` with our backend behaves as with channels_redis, run the way
-Channels users run it: one script, two backends, the same observations (issue 12)."""
+Channels users run it: one script, two backends, the same observations."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 pytest.importorskip("redis")
 pytest.importorskip("channels_redis")
 
-from test_layer_redis_helpers import RedisServer, finish, read_line, redis_server, run_script  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, finish, read_line, redis_server, run_script  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
 

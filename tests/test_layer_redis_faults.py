@@ -11,8 +11,9 @@ from structlog.testing import capture_logs
 
 pytest.importorskip("redis")
 
-from gateway.layers.redis import LayerUnavailable, RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, free_port, own_redis, prefix  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, free_port, own_redis, prefix  # noqa: F401
+
+from gateway.layers.redis import LayerUnavailable, RedisChannelLayer
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -142,7 +143,7 @@ async def test_redis_without_blmpop_falls_back_to_blpop(prefix: str) -> None:
         server.stop()
 
 
-# -- issue 12, point 3: connections opened before a restart ------------------------------------
+# -- connections opened before a restart ---------------------------------------------------------
 
 
 async def restarted(server: RedisServer, *layers: RedisChannelLayer) -> None:
@@ -182,7 +183,7 @@ async def test_connections_opened_before_a_restart_work_after_it(own_redis: Redi
         await sender.close()
 
 
-# -- issue 12, point 4: the window between Redis coming back empty and the restore ---------------
+# -- the window between Redis coming back empty and the restore ------------------------------------
 
 
 async def test_group_send_after_a_restart_reaches_every_member_or_fails(own_redis: RedisServer, prefix: str) -> None:
@@ -278,12 +279,11 @@ async def test_a_process_that_cannot_restore_holds_group_send_for_restore_timeou
         await sender.close()
 
 
-# -- issue 12, point 5: a process killed with SIGKILL ------------------------------------------------
+# -- a process killed with SIGKILL ---------------------------------------------------------------------
 
 
 async def test_a_killed_process_is_removed_within_dead_after(tmp_path: Any, own_redis: RedisServer, prefix: str) -> None:
     import redis.asyncio as aioredis
-
     from test_layer_redis_helpers import finish, read_line, run_script
 
     doomed = run_script(tmp_path, "member.py", STOPPABLE_MEMBER, own_redis.url, prefix, "2")
@@ -296,8 +296,7 @@ async def test_a_killed_process_is_removed_within_dead_after(tmp_path: Any, own_
         await live.group_send("room", {"type": "m", "n": 0})
         assert (await read_line(doomed))["got"] == 0
         await live.receive(mine)
-        doomed.kill()
-        doomed.wait(5)
+        finish(doomed)  # SIGKILL, reaped, its pipes closed
         with capture_logs() as logs:
             for n in range(1, 21):  # its inbox fills: 5 queued, the rest refused as full, one warning
                 await live.group_send("room", {"type": "m", "n": n})

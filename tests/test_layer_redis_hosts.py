@@ -16,11 +16,12 @@ import pytest
 
 pytest.importorskip("redis")
 
-from gateway.layers.redis import LayerUnavailable, RedisChannelLayer  # noqa: E402
-from gateway.layers.redis_hosts import HashRing, decode_hosts, host_label  # noqa: E402
-from gateway_helpers import require  # noqa: E402
-from test_layer_redis_helpers import RedisServer, free_port, prefix  # noqa: E402,F401
-from tls_helpers import make_ca  # noqa: E402
+from gateway_helpers import require
+from test_layer_redis_helpers import RedisServer, free_port, prefix  # noqa: F401
+from tls_helpers import make_ca
+
+from gateway.layers.redis import LayerUnavailable, RedisChannelLayer
+from gateway.layers.redis_hosts import HashRing, decode_hosts, host_label
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -34,14 +35,14 @@ def test_adding_a_host_moves_few_keys() -> None:
     four = HashRing(["redis://a:6379/0", "redis://b:6379/0", "redis://c:6379/0", "redis://d:6379/0"])
     before = [three.index(k) for k in keys]
     after = [four.index(k) for k in keys]
-    moved = sum(1 for x, y in zip(before, after) if x != y) / len(keys)
+    moved = sum(1 for x, y in zip(before, after, strict=True) if x != y) / len(keys)
     assert 0.15 < moved < 0.35  # ideal: 1/4, and every moved key went to the new host
-    assert all(y == 3 for x, y in zip(before, after) if x != y)
+    assert all(y == 3 for x, y in zip(before, after, strict=True) if x != y)
     shares = Counter(after)
     assert all(0.15 < shares[i] / len(keys) < 0.35 for i in range(4))
     # channels_redis's crc32 split, for comparison, moves about half of them
     crc = [int((binascii.crc32(k.encode()) & 0xFFF) / (4096 / n)) for n in (3, 4) for k in keys]
-    crc_moved = sum(1 for x, y in zip(crc[: len(keys)], crc[len(keys) :]) if x != y) / len(keys)
+    crc_moved = sum(1 for x, y in zip(crc[: len(keys)], crc[len(keys) :], strict=True) if x != y) / len(keys)
     assert crc_moved > moved * 1.5
 
 
@@ -243,7 +244,7 @@ async def test_sentinel_host(sentinel: tuple[RedisServer, int], prefix: str) -> 
         await b.close()
 
 
-# -- faults on Sentinel and sharded hosts (issue 12) ------------------------------------------------
+# -- faults on Sentinel and sharded hosts ------------------------------------------------
 
 
 async def wait_until(predicate: Any, timeout: float = 20.0) -> None:

@@ -1,5 +1,5 @@
 """The Redis layer as Channels code drives it: sync callers, one event loop after another, loops
-closed without ``close()``, and names it must refuse at once (issue 12, points 1, 2, 6 and 7)."""
+closed without ``close()``, and names it must refuse at once."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from asgiref.sync import async_to_sync
 
 pytest.importorskip("redis")
 
-from gateway.layers.redis import RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, prefix, redis_server  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, prefix, redis_server  # noqa: F401
+
+from gateway.layers.redis import RedisChannelLayer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,8 +87,8 @@ def test_closing_loops_without_close_never_hangs(redis_server: RedisServer, pref
             async def start() -> None:
                 name = await layer.new_channel()
                 names.append(name)
-                await asyncio.wait_for(layer.receive(name), 5) if round_ else None
-                asyncio.ensure_future(layer.receive(name))  # a receiver still waiting at close
+                await asyncio.wait_for(layer.receive(name), 5) if round_ else None  # noqa: B023 - run within its round
+                asyncio.ensure_future(layer.receive(name))  # noqa: RUF006 - a receiver still waiting at close
 
             if round_ == 1:
                 flooder.start()

@@ -18,10 +18,10 @@ import pytest
 pytest.importorskip("redis")
 channels_redis_core = pytest.importorskip("channels_redis.core")
 
-from channels.exceptions import ChannelFull as ChannelsChannelFull  # noqa: E402
+from channels.exceptions import ChannelFull as ChannelsChannelFull
+from test_layer_redis_helpers import RedisServer, redis_server  # noqa: F401
 
-from gateway.layers.redis import RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, redis_server  # noqa: E402,F401
+from gateway.layers.redis import RedisChannelLayer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -149,7 +149,7 @@ async def message_expiry(make: Factory) -> Any:
     await asyncio.sleep(1.3)
     gone = [await within(b.receive("plain")), await within(b.receive(ch))]
     await a.send("plain", {"type": "new"})
-    return gone + [await within(b.receive("plain"), 2)]
+    return [*gone, await within(b.receive("plain"), 2)]
 
 
 async def group_expiry(make: Factory) -> Any:

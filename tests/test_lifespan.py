@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from testapps import lifespans
 
 from gateway import Gateway
 from gateway.errors import StartupError
-from testapps import lifespans
 
 from .gateway_helpers import eventually, send_lines, syslog_yaml
 

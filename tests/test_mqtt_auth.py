@@ -8,7 +8,17 @@ from typing import Any
 
 import pytest
 from mqtt_helpers import (  # noqa: F401
-    APPS, HOOK_CALLS, DeviceUser, Peer, broker_yaml, clean_apps, connack, only_mqtt, port_of, route, wait_for,
+    APPS,
+    HOOK_CALLS,
+    DeviceUser,
+    Peer,
+    broker_yaml,
+    clean_apps,
+    connack,
+    only_mqtt,
+    port_of,
+    route,
+    wait_for,
 )
 from structlog.testing import capture_logs
 
@@ -105,7 +115,7 @@ async def test_failed_logins_are_logged_and_throttled_per_address() -> None:
     with capture_logs() as logs:
         async with Gateway.from_text(yaml) as gw:
             port = port_of(gw)
-            codes = [await asyncio.to_thread(connack, port, "device-3", "guess-%d" % i) for i in range(30)]
+            codes = [await asyncio.to_thread(connack, port, "device-3", f"guess-{i}") for i in range(30)]
             # the right password is refused too while the address is throttled, without asking the hook
             throttled_ok = await asyncio.to_thread(connack, port, "device-3", "token-3")
             hook_calls = len(HOOK_CALLS)

@@ -310,8 +310,10 @@ async def _closes_that_connection_only(data: bytes, event: str) -> tuple[str, li
 
 @pytest.mark.parametrize("topic", [b"a/+/b", b"a/#", b"\xff\xfe/bad-utf8", b"$SYS/fake", b""])
 async def test_bad_publish_topics_close_that_connection_only(topic: bytes) -> None:
-    text, _ = await _closes_that_connection_only(_raw_publish(topic, b"x"), "mqtt.invalid_publish")
+    text, logs = await _closes_that_connection_only(_raw_publish(topic, b"x"), "mqtt.invalid_publish")
     assert 'gateway_mqtt_messages_total{outcome="invalid"} 1.0' in text
+    # the topic as the client sent it, in bytes' own notation (not the reader's bytearray buffer)
+    assert [e["topic"] for e in logs if e["event"] == "mqtt.invalid_publish"] == [repr(topic)]
 
 
 @pytest.mark.parametrize("data", [

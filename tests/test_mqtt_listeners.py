@@ -12,9 +12,9 @@ import paho.mqtt.client as paho
 import pytest
 from mqtt_helpers import APPS, Peer, broker_yaml, free_port, mosquitto, only_mqtt, wait_for  # noqa: F401
 from paho.mqtt.enums import CallbackAPIVersion
+from tls_helpers import make_ca
 
 from gateway.server import Gateway
-from tls_helpers import make_ca
 
 pytestmark = [pytest.mark.usefixtures("only_mqtt"), pytest.mark.timeout(30)]
 QUICK = "shutdown: {drain_timeout: 1}"

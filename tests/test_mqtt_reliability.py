@@ -1,4 +1,4 @@
-"""Nothing accepted is lost, nothing stalls (issue 13): session loss, failed and oversized QoS 1
+"""Nothing accepted is lost, nothing stalls: session loss, failed and oversized QoS 1
 messages, one slow route, drain and keep-alive under backpressure, truthful disconnect reasons."""
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 from mqtt_helpers import (  # noqa: F401
-    APPS, Mosquitto, Peer, broker_yaml, clean_apps, client_yaml, mosquitto, only_mqtt, port_of, route, wait_for,
+    APPS,
+    Mosquitto,
+    Peer,
+    broker_yaml,
+    clean_apps,
+    client_yaml,
+    mosquitto,
+    only_mqtt,
+    port_of,
+    route,
+    wait_for,
 )
 from structlog.testing import capture_logs
 

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from testapps import basic
 
 from gateway import Gateway
 from gateway.errors import ConfigError, PluginError, StartupError
 from gateway.plugins import discover
-from testapps import basic
 
 from .gateway_helpers import eventually, send_lines, syslog_yaml
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
-
 from mqtt_helpers import clean_apps  # noqa: F401 - fixture
 
 from .django_helpers import GatewayProcess
@@ -152,9 +150,9 @@ def test_reload_without_a_running_gateway_is_a_clear_error(tmp_path):
 
 
 async def test_a_reload_subscribes_mqtt_client_mode_to_new_topic_routes(tmp_path, clean_apps):
-    from gateway import Gateway
-
     from mqtt_helpers import APPS, Peer, client_yaml, mosquitto, route  # the module app: strings name
+
+    from gateway import Gateway
 
     got: asyncio.Queue[str] = asyncio.Queue()
 

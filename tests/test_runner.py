@@ -11,7 +11,7 @@ import structlog
 from gateway.errors import InvalidEvent
 from gateway.events import HTTP_SEND, EventSpec, core_table
 from gateway.metrics import Metrics
-from gateway.routing import MatchAll, Match, Route
+from gateway.routing import Match, MatchAll, Route
 from gateway.runner import Outcome, Runner, RunnerSettings
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 import sms_helpers as h
-from gateway.testing import Harness, SmsCommunicator, SmsStatusCommunicator
 from sms_helpers import clean_state  # noqa: F401 - autouse
+
+from gateway.testing import Harness, SmsCommunicator, SmsStatusCommunicator
 
 pytestmark = pytest.mark.timeout(30)
 

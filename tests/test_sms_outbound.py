@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 import sms_helpers as h
-from gateway_adapters.sms.numbers import segments
 from sms_helpers import Planned, clean_state  # noqa: F401 - autouse
+
+from gateway_adapters.sms.numbers import segments
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -267,3 +267,19 @@ async def test_outbound_concurrency_bounds_sends_in_flight_and_shutdown_counts_t
         # the one in flight and the one waiting for a slot: both taken from the channel, neither lost silently
         assert h.metric(gw, "gateway_sms_sent_total", account="twilio", outcome="abandoned") == 2
         held.set()
+
+
+async def test_a_provider_bug_in_a_channel_send_is_logged_with_its_traceback():
+    from structlog.testing import capture_logs
+
+    def broken(sms):
+        raise RuntimeError("the provider plugin has a bug")
+
+    async with h.running(h.config(h.twilio_account(), ROUTES)) as (gw, base):
+        gw.adapters["sms"].accounts["twilio"].provider.send_request = broken
+        with capture_logs() as logs:
+            await gw.layer.send("sms.send", {"type": "sms.send", "to": h.UK_SENDER, "body": "never sent"})
+            await h.eventually(lambda: any(e["event"] == "sms.send.crashed" for e in logs))
+    [crashed] = [e for e in logs if e["event"] == "sms.send.crashed"]
+    assert crashed["error"] == "RuntimeError: the provider plugin has a bug"
+    assert isinstance(crashed.get("exc_info"), RuntimeError)  # rendered as a traceback by the log processors

@@ -10,10 +10,9 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
-from telnyx.lib.webhook_verification import verify_webhook_signature
-
 import sms_helpers as h
 from sms_helpers import Planned, clean_state  # noqa: F401 - autouse
+from telnyx.lib.webhook_verification import verify_webhook_signature
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 
 import pytest
-
 import sms_helpers as h
 from sms_helpers import clean_state  # noqa: F401 - autouse
 from test_layer_redis_helpers import own_redis, prefix, redis_server  # noqa: F401 - fixtures
@@ -27,7 +26,7 @@ async def two_gateways(server, prefix, api_url):
         yield one, two
 
 
-async def test_dedup_and_opt_outs_hold_across_processes(redis_server, prefix):  # noqa: F811
+async def test_dedup_and_opt_outs_hold_across_processes(redis_server, prefix):
     async with h.cloud() as cloud, two_gateways(redis_server, prefix, cloud.url) as ((gw1, base1), (gw2, base2)):
         params = h.twilio_message(body="once")
         assert (await h.post_twilio(base1, params)).status_code == 200
@@ -45,7 +44,7 @@ async def test_dedup_and_opt_outs_hold_across_processes(redis_server, prefix):  
         assert [e["provider_status"] for s, e in h.RECEIVED if s["kind"] == "status"] == ["opted_out"]
 
 
-async def test_each_channel_send_is_sent_by_exactly_one_process(redis_server, prefix):  # noqa: F811
+async def test_each_channel_send_is_sent_by_exactly_one_process(redis_server, prefix):
     async with h.cloud() as cloud, two_gateways(redis_server, prefix, cloud.url) as ((gw1, _), (gw2, _)):
         for i in range(6):
             await gw1.layer.send("sms.send", {"type": "sms.send", "to": h.US_SENDER, "body": f"n{i}"})
@@ -56,7 +55,7 @@ async def test_each_channel_send_is_sent_by_exactly_one_process(redis_server, pr
         assert total == 6
 
 
-async def test_redis_away_gets_503_and_the_text_is_not_lost(own_redis, prefix):  # noqa: F811
+async def test_redis_away_gets_503_and_the_text_is_not_lost(own_redis, prefix):
     layer = f'layer: {{backend: redis, hosts: ["{own_redis.url}"], prefix: {prefix}}}\n'
     async with h.running(h.config(h.twilio_account(), ROUTES, layer)) as (gw, base):
         own_redis.stop()

@@ -9,10 +9,10 @@ import json
 from urllib.parse import urlencode
 
 import pytest
-
 import sms_helpers as h
-from gateway.errors import ConfigError
 from sms_helpers import clean_state  # noqa: F401 - autouse
+
+from gateway.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 

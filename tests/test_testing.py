@@ -20,7 +20,11 @@ import gateway.testing
 from gateway.errors import InvalidEvent
 from gateway.runner import Outcome
 from gateway.testing import (
-    EmailCommunicator, Harness, HttpCommunicator, MqttCommunicator, SmsCommunicator, SmsStatusCommunicator,
+    EmailCommunicator,
+    Harness,
+    MqttCommunicator,
+    SmsCommunicator,
+    SmsStatusCommunicator,
     WebsocketCommunicator,
 )
 from gateway.testing.fixtures import free_ports

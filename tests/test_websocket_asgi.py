@@ -1,5 +1,5 @@
-"""Point 2 of the http adapter issue (ASGI WebSocket 2.5) and the WebSocket limits of point 5,
-driven by the `websockets` library, aiohttp's client and raw sockets."""
+"""ASGI WebSocket 2.5 and the WebSocket limits, driven by the `websockets` library, aiohttp's
+client and raw sockets."""
 
 from __future__ import annotations
 
@@ -578,7 +578,7 @@ async def test_fragments_with_control_frames_between_them_and_split_reads():
     """Pings may come between the fragments of a message; every byte arrives in its own write."""
     async with serve(ws_app(hello)) as gw:
         reader, writer = await raw_ws(gw)
-        data = frame(0x1, "hé".encode(), fin=False) + frame(0x9, b"ping!") + frame(0x0, "llo".encode())
+        data = frame(0x1, "hé".encode(), fin=False) + frame(0x9, b"ping!") + frame(0x0, b"llo")
         for k in range(len(data)):
             writer.write(data[k:k + 1])
             await writer.drain()

@@ -8,9 +8,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from gateway.errors import StartupError
+from gateway.events import EventSpec
 from gateway.plugins import Adapter, AdapterContext
 from gateway.routing import Match
 from gateway.schema import parse_listen
+from gateway.types import Message
 
 from .bridge import EmailBridgeTarget
 from . import aiosmtpd_compat, stdlib_compat
@@ -26,8 +28,8 @@ class EmailAdapter(Adapter):
     name: ClassVar[str] = "email"
     config_model = EmailConfig
     scope_types = ("email",)
-    route_models = {"email": EmailRoute}
-    send_events = {"email": {"email.send": SEND_SPEC, "email.reject": REJECT_SPEC}}
+    route_models: ClassVar[dict[str, type[EmailRoute]]] = {"email": EmailRoute}
+    send_events: ClassVar[dict[str, dict[str, EventSpec]]] = {"email": {"email.send": SEND_SPEC, "email.reject": REJECT_SPEC}}
     outbound_channels = ("email.send",)
     bridge_target = EmailBridgeTarget
 
@@ -115,10 +117,7 @@ class EmailAdapter(Adapter):
         """Run every (match, scope) for one message; the SMTP replies, one per job.
 
         The work runs in a task of its own, so a client that hangs up does not cancel it."""
-        if len(jobs) == 1:
-            work = self._one(*jobs[0], event)
-        else:
-            work = _gather(*(self.run_inbound(m, s, event) for m, s in jobs))
+        work = self._one(*jobs[0], event) if len(jobs) == 1 else _gather(*(self.run_inbound(m, s, event) for m, s in jobs))
         task = asyncio.get_running_loop().create_task(work)
         self._inbound.add(task)
         task.add_done_callback(self._inbound.discard)
@@ -131,7 +130,7 @@ class EmailAdapter(Adapter):
         """Run one instance; its SMTP reply: 250, 451 4.3.0, or the app's ``email.reject``."""
         rejected: list[Mapping[str, Any]] = []
 
-        async def send(out: dict[str, Any]) -> None:
+        async def send(out: Message) -> None:
             kind = out["type"]
             if kind == "email.reject":
                 rejected.append(out)

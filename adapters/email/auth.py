@@ -69,7 +69,7 @@ class SmtpAuth:
             try:
                 user = await self._ask_hook(username, password)
                 reason = "invalid"
-            except Exception as exc:  # noqa: BLE001 - a failing hook refuses the login
+            except Exception as exc:  # a failing hook refuses the login
                 self.log.error("smtp.auth_hook_failed", client=client, username=username,
                                error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 user, reason = None, "hook_error"

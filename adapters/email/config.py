@@ -19,7 +19,9 @@ class SmtpUser(Section):
 class LoginThrottle(Section):
     """Failed SMTP AUTH attempts allowed per client address before AUTH is refused for a while."""
 
-    max_failures: int = Field(5, ge=0, description="Failed logins per client address within `window`; then AUTH gets `454 4.7.0`. 0: no throttling.")
+    max_failures: int = Field(
+        5, ge=0, description="Failed logins per client address within `window`; then AUTH gets `454 4.7.0`. 0: no throttling.",
+    )
     window: PositiveFloat = Field(60.0, description="Seconds a failed login counts against its address (a sliding window).")
 
 
@@ -46,7 +48,8 @@ class SmtpConfig(Section):
     smtputf8: bool = Field(True, description="Announce and accept SMTPUTF8 (UTF-8 addresses and headers).")
     bare_lf: Literal["reject", "accept"] = Field(
         "reject",
-        description="Messages with bare LF line endings: `reject` (`550 5.6.0`, the SMTP-smuggling-safe default) or `accept` them as they are.",
+        description="Messages with bare LF line endings: `reject` (`550 5.6.0`, the SMTP-smuggling-safe default) "
+        "or `accept` them as they are.",
     )
     reject_nul: bool = Field(True, description="Refuse messages that contain a NUL byte (`550 5.6.0`).")
     tls_cert: str | None = Field(None, description="PEM certificate chain file; enables STARTTLS.")
@@ -60,7 +63,9 @@ class SmtpConfig(Section):
         "or `async`; `None`/`False` refuses, anything else accepts and (unless it is `True`) becomes `scope['user']`. "
         "Used when `auth_users` does not know the user."
     )
-    login_throttle: LoginThrottle = Field(default_factory=LoginThrottle, description="Throttling of failed AUTH attempts per client address.")
+    login_throttle: LoginThrottle = Field(
+        default_factory=LoginThrottle, description="Throttling of failed AUTH attempts per client address.",
+    )
     auth_required: bool = Field(False, description="Refuse MAIL before a successful AUTH (`530 5.7.0`).")
     lmtp_replies: bool = Field(
         False,
@@ -124,15 +129,20 @@ class ImapMailbox(Section):
     )
     idle: bool = Field(True, description="Wait with IDLE when the server supports it (else poll).")
     poll_interval: PositiveFloat = Field(30.0, description="Seconds between polls when IDLE is not used; also the IDLE renewal bound.")
-    after: Literal["seen", "move", "delete"] = Field("seen", description="What happens to a handled message: flag `\\Seen`, `move` to `move_to`, or `delete`.")
+    after: Literal["seen", "move", "delete"] = Field(
+        "seen", description="What happens to a handled message: flag `\\Seen`, `move` to `move_to`, or `delete`.",
+    )
     move_to: str | None = Field(None, description="Folder for handled messages when `after: move`.")
     max_attempts: int = Field(3, gt=0, description="Attempts per message before it goes to `error_folder`.")
     error_folder: str = Field("Errors", description="Folder for messages that failed `max_attempts` times (created if missing).")
-    reconnect_backoff: PositiveFloat = Field(1.0, description="Seconds before reconnecting after a dropped connection; doubles up to `max_backoff`.")
+    reconnect_backoff: PositiveFloat = Field(
+        1.0, description="Seconds before reconnecting after a dropped connection; doubles up to `max_backoff`.",
+    )
     max_backoff: PositiveFloat = Field(60.0, description="Upper bound of the reconnect wait.")
     timeout: PositiveFloat = Field(30.0, description="Seconds for connecting and for each IMAP command.")
     lock_ttl: PositiveFloat = Field(
-        30.0, description="With a Redis layer: seconds the per-mailbox poller lock lives unless renewed (another process takes over after that)."
+        30.0, description="With a Redis layer: seconds the per-mailbox poller lock lives unless renewed "
+        "(another process takes over after that)."
     )
 
     @model_validator(mode="after")

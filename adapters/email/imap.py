@@ -38,6 +38,10 @@ class ImapError(Exception):
     """A command the server refused (the poller reconnects after a backoff)."""
 
 
+# What a server or a network can do to a session (the poller reconnects and says so in one line).
+_CONNECTION_FAILURES = (OSError, TimeoutError, ImapError, aioimaplib.AioImapException)
+
+
 def _check(response: Any, what: str) -> Any:
     if response.result != "OK":
         text = b" ".join(bytes(x) for x in response.lines).decode(errors="replace")
@@ -174,7 +178,9 @@ class MailboxPoller:
                     break
                 self.connected.clear()
                 self._health("degraded", f"{type(exc).__name__}: {exc}")
-                self.log.warning("imap.disconnected", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+                # what the network and the server do is one line; anything else is a bug: its traceback
+                trace = {} if isinstance(exc, _CONNECTION_FAILURES) else {"exc_info": exc}
+                self.log.warning("imap.disconnected", error=f"{type(exc).__name__}: {exc}", retry_in=delay, **trace)
                 await self._close()
                 await self._sleep(delay)
                 delay = min(delay * 2, cfg.max_backoff)
@@ -273,14 +279,10 @@ class MailboxPoller:
 
         self._lost = lost
         self._abandoned = False
-        context = None
-        if cfg.tls != "none":
-            context = ssl.create_default_context()
-            if not cfg.verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
         if cfg.tls == "implicit":
-            client = aioimaplib.IMAP4(cfg.host, cfg.real_port, timeout=cfg.timeout, conn_lost_cb=on_lost, ssl_context=context)
+            client = aioimaplib.IMAP4(
+                cfg.host, cfg.real_port, timeout=cfg.timeout, conn_lost_cb=on_lost, ssl_context=self._tls_context(),
+            )
         else:
             client = aioimaplib.IMAP4(cfg.host, cfg.real_port, timeout=cfg.timeout, conn_lost_cb=on_lost)
         self.client = client
@@ -289,10 +291,17 @@ class MailboxPoller:
         except TimeoutError:
             raise ImapError(f"no greeting from the server within {cfg.timeout:g} s") from None
         if cfg.tls == "starttls":
-            await self._starttls(client, context)
+            await self._starttls(client, self._tls_context())
         return client
 
-    async def _starttls(self, client: aioimaplib.IMAP4, context: ssl.SSLContext | None) -> None:
+    def _tls_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        if not self.config.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def _starttls(self, client: aioimaplib.IMAP4, context: ssl.SSLContext) -> None:
         protocol = client.protocol
         if "STARTTLS" not in protocol.capabilities:
             raise ImapError("the server does not offer STARTTLS")
@@ -347,7 +356,7 @@ class MailboxPoller:
         try:
             waiter = asyncio.ensure_future(client.wait_server_push(self.config.poll_interval + 5))
             wake = asyncio.ensure_future(self._wake_wait())
-            done, pending = await asyncio.wait({waiter, wake, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, wake, self._lost}, return_when=asyncio.FIRST_COMPLETED)
             for task in (waiter, wake):
                 task.cancel()
             await asyncio.gather(waiter, wake, return_exceptions=True)
@@ -437,7 +446,7 @@ class MailboxPoller:
             await self._to_error_folder(client, uid)
             self._count("too_complex")
             return
-        except Exception as exc:  # noqa: BLE001 - the message's failure, never the connection's
+        except Exception as exc:  # the message's failure, never the connection's
             self.log.error("imap.parse_failed", uid=uid, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             await self._failed(client, uid, "the message could not be parsed")
             return

@@ -10,12 +10,12 @@ with the depth, so a crafted message could otherwise hold a CPU for seconds or b
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 import email.message
 import email.policy
+import email.utils
 import functools
 import re
-import email.utils
+from concurrent.futures import ThreadPoolExecutor
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesParser

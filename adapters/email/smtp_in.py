@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, cast
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from .aiosmtpd_compat import CompatSMTP
-
 from .auth import THROTTLED, Login, SmtpAuth
 from .library_logs import quiet_library
 from .parse import TooComplex, read_message, scope_headers
@@ -138,9 +137,15 @@ for _name in ("smtp_HELO", "smtp_EHLO", "smtp_NOOP", "smtp_RSET", "smtp_MAIL", "
     setattr(GatewaySMTP, _name, _guarded(_name))
 
 
+def _peer(session: Session) -> object:
+    """``Session.peer``, which aiosmtpd annotates as a string: it holds the transport's
+    ``peername``, a tuple on TCP (and a path on a Unix socket)."""
+    return session.peer
+
+
 def _client(session: Session) -> str:
     """The client's address (no port): what failed logins are counted and throttled by."""
-    peer = session.peer
+    peer = _peer(session)
     return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
@@ -212,8 +217,9 @@ class SmtpHandler:
             mail_from = ""
         transport = server.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
-        peer = session.peer
-        login = session.auth_data if session.authenticated and isinstance(session.auth_data, Login) else None
+        peer = _peer(session)
+        auth_data: object = session.auth_data  # annotated None by aiosmtpd: it holds what the authenticator returned
+        login = auth_data if session.authenticated and isinstance(auth_data, Login) else None
         return {
             "type": "email",
             "asgi": ASGI,
@@ -255,7 +261,7 @@ class SmtpHandler:
         finally:
             server.resume_timeout()
         # The one INFO line per mail (no addresses: those are in the app's hands and at debug level).
-        peer = session.peer
+        peer = _peer(session)
         self.log.info("smtp.message", client=peer[0] if isinstance(peer, tuple) else None,
                       size=len(envelope.original_content or b""), recipients=len(envelope.rcpt_tos),
                       reply=" ".join(reply.split(" ", 2)[:2]))
@@ -417,7 +423,7 @@ class SmtpServer:
         for session in list(self.sessions):
             if not session.in_data:
                 session.close_now(SHUTTING_DOWN)
-        while any(s.in_data for s in self.sessions) and loop.time() < deadline:
+        while any(s.in_data for s in self.sessions) and loop.time() < deadline:  # noqa: ASYNC110 - a poll bounded by the drain deadline
             await asyncio.sleep(0.02)
         for session in list(self.sessions):
             session.close_now(SHUTTING_DOWN)

@@ -44,11 +44,11 @@ def mail_argument(arg: str) -> tuple[str, str] | None:
 
 def raw_headers(msg: Message) -> Headers:
     """The message's header fields as parsed: names and raw values, in order, duplicates kept."""
-    return msg._headers  # type: ignore[no-any-return]
+    return msg._headers  # type: ignore[attr-defined]
 
 
 def replace_raw_headers(msg: Message, headers: Headers) -> None:
-    msg._headers = headers
+    msg._headers = headers  # type: ignore[attr-defined]
 
 
 CONTRACT = Contract("Python", SUPPORTED, version=platform.python_version)

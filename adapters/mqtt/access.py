@@ -40,7 +40,7 @@ def load_hook(target: str) -> Hook:
     """``module:callable`` as a coroutine function: sync callables run in a worker thread."""
     fn = import_string(target)
     if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):  # noqa: B004
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     async def in_thread(*args: Any) -> Any:
         result = await asyncio.to_thread(fn, *args)
@@ -83,7 +83,7 @@ class Access:
         elif self.auth_app is not None:
             try:
                 result = await self.auth_app(session.client_id, username, password)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.error("mqtt.auth_app_failed", client=address, client_id=session.client_id, username=username,
                                error=f"{type(exc).__name__}: {exc}", exc_info=exc)
                 result, reason = None, "hook_error"
@@ -123,7 +123,7 @@ class Access:
         name = "publish" if action == Action.PUBLISH else "subscribe"
         try:
             verdict = bool(await self.acl_app(self.user(session), topic, name))
-        except Exception as exc:  # noqa: BLE001 - a broken hook denies, it never allows
+        except Exception as exc:  # a broken hook denies, it never allows
             self.log.error("mqtt.acl_app_failed", client_id=session.client_id, topic=topic, action=name,
                            error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             return False

@@ -23,7 +23,7 @@ class MqttAdapter(Adapter):
     name = "mqtt"
     config_model = MqttConfig
     scope_types = ("mqtt",)
-    route_models: ClassVar[dict[str, type[MqttRoute]]] = {"mqtt": MqttRoute}  # type: ignore[misc]
+    route_models: ClassVar[dict[str, type[MqttRoute]]] = {"mqtt": MqttRoute}
     send_events = SEND_EVENTS
     outbound_channels = ("mqtt.publish",)
     bridge_target = MqttBridgeTarget

@@ -125,7 +125,7 @@ class CompatHandler(BrokerProtocolHandler):
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._gw_pending()[app_message.packet_id] = fut
         try:
-            await self.session.delivered_message_queue.put(app_message)  # type: ignore[union-attr]
+            await self.session.delivered_message_queue.put(app_message)
             return await fut
         finally:
             self._gw_pending().pop(app_message.packet_id, None)
@@ -218,7 +218,9 @@ class CompatBroker(Broker):
         raise NotImplementedError
 
     # -- amqtt's private steps, forwarded to the hooks -------------------------------------------
-    async def _handle_client_session(self, reader: Any, writer: Any, client_session: Any, handler: Any, server: Any, listener_name: str) -> None:
+    async def _handle_client_session(
+        self, reader: Any, writer: Any, client_session: Any, handler: Any, server: Any, listener_name: str
+    ) -> None:
         if type(handler) is BrokerProtocolHandler:
             handler.__class__ = CompatHandler
         _connection.set((self, client_session))  # inherited by the reader task amqtt starts below
@@ -246,7 +248,9 @@ class CompatBroker(Broker):
                                  handler.settle(app_message.packet_id))
         return True
 
-    async def _broadcast_message(self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None) -> None:
+    async def _broadcast_message(
+        self, session: Any, topic: str | None, data: bytes | bytearray | None, force_qos: int | None = None
+    ) -> None:
         # amqtt calls this for wills (and its plugins' broadcasts); it would queue them for its
         # broadcast task. Without a QoS amqtt delivers at each subscription's own: the highest
         # QoS, which fan_out lowers to the subscription's.
@@ -302,7 +306,7 @@ def stream_read(reader: ReaderAdapter) -> Callable[[int], Awaitable[bytes]] | No
     """The ``read`` of the asyncio ``StreamReader`` inside amqtt's TCP/TLS reader adapter
     (whatever has arrived, up to n bytes); ``None`` for any other adapter."""
     if isinstance(reader, StreamReaderAdapter):
-        return reader._reader.read  # type: ignore[no-any-return]
+        return reader._reader.read
     return None
 
 
@@ -329,6 +333,7 @@ def _application_message_fields() -> str | None:
 
 
 CONTRACT = Contract("amqtt", SUPPORTED)
+_params: tuple[str, ...]
 for _name, _params in (
     ("_handle_client_session", ("self", "reader", "writer", "client_session", "handler", "server", "listener_name")),
     ("_initialize_client_session", ("self", "reader", "writer", "remote_address", "remote_port")),

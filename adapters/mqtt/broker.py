@@ -1,35 +1,14 @@
 """Broker mode: an embedded amqtt broker whose PUBLISH handling feeds the router.
 
-amqtt cannot make a PUBACK wait for an application and its per-packet machinery costs about two
-thirds of the broker's time, so the broker subclasses amqtt's ``Broker`` and protocol handler;
-every private name of amqtt that this needs is in ``amqtt_compat`` (checked when the broker
-starts), and ``_Broker`` here implements its public hooks:
+Why amqtt is subclassed rather than used as it comes: amqtt cannot make a PUBACK (or a PUBREC)
+wait for the application, so "acknowledged" could not mean "handled"; its per-packet machinery
+costs about two thirds of the broker's time; and 0.12 does not enforce the keep-alive or the
+PUBLISH topic rules. So the gateway reads each connection itself (``broker_reader``), routes
+PUBLISHes as they are decoded and hands the other packets to amqtt's handler methods; every
+private name of amqtt this needs is in ``amqtt_compat``, checked when the broker starts.
 
-* each connection is read by the gateway's own reader (``broker_reader``): QoS 0 and 1
-  PUBLISHes are checked and routed as they are decoded, everything else goes to amqtt's handler
-  methods. A QoS 1 message gets its PUBACK only when the routed app returned normally; for QoS 2
-  the PUBREC is held back the same way (then PUBREL/PUBCOMP as usual). A failed message stays
-  unacknowledged while the dispatcher runs it again; after its last attempt it is dead-lettered
-  or the device's connection is closed (``close_connection``) so that the device resends it.
-* every accepted PUBLISH is routed to the gateway and fanned out to MQTT subscribers at once
-  (``accept``, ``fan_out``); authentication and ACL come from ``access``; every reader waits on
-  one gate that closes while a route's backlog is full (backpressure towards the devices; a
-  route full of QoS 0 messages overflows after its ``drop_after`` and drops them instead, so a
-  device's PINGREQ behind them is still answered).
-
-What the reader enforces that amqtt 0.12 does not:
-
-* Keep-alive: amqtt read each packet under a timeout of the client's keep-alive and then
-  ignored the timeout, so a device that vanished without closing its TCP connection kept its
-  session (and never had its will published). The reader ends such a connection after one and
-  a half times the keep-alive (MQTT 3.1.1, 3.1.2.10).
-* Topics: a PUBLISH topic with a wildcard (amqtt dropped the packet and kept the connection),
-  that is not UTF-8 (amqtt routed it as the text ``"b'...'"``), empty or starting with ``$``
-  ends the connection, as does a malformed packet, as MQTT requires.
-
-A device that reconnects while its unacknowledged message is still being handled resends it
-(DUP flag, same packet id): that copy is not routed again but acknowledged when the running
-instance ends.
+The behaviour (acknowledgement, backpressure, keep-alive, refused topics, redelivery) is in
+docs/mqtt.md.
 """
 
 from __future__ import annotations
@@ -84,7 +63,7 @@ class _Broker(CompatBroker):
             self.mode.log.info("mqtt.connection_refused", client=f"{remote_address}:{remote_port}", why=f"{why}; closed")
             try:
                 await writer.close()
-            except Exception:  # noqa: BLE001, S110 - gone already
+            except Exception:  # noqa: BLE001 - gone already
                 pass
             raise AMQTTError(why) from None
 
@@ -106,7 +85,8 @@ class _Broker(CompatBroker):
         refuse = partial(self.refuse_oversized, session, handler)
         try:
             limit = mode.max_packet
-            await read_packets(handler, chunk_source(handler.reader, limit), publish, refuse, mode.gate, session.keep_alive or None, limit, tasks)
+            source = chunk_source(handler.reader, limit)
+            await read_packets(handler, source, publish, refuse, mode.gate, session.keep_alive or None, limit, tasks)
         except TimeoutError:
             mode.log.info("mqtt.keepalive_expired", client_id=session.client_id, timeout_s=session.keep_alive,
                           why="no packet from the client within 1.5 x its keep-alive; connection closed")
@@ -132,7 +112,7 @@ class _Broker(CompatBroker):
         reader to await); QoS 2 goes through amqtt's four-packet flow, with ``CompatHandler``
         holding the PUBREC back, returned for the reader to run."""
         if qos == 2:
-            return handler.receive_qos2(topic, payload, packet_id, dup, retain)  # type: ignore[return-value]
+            return handler.receive_qos2(topic, payload, packet_id, dup, retain)
         done = _ignore if packet_id is None else partial(handler.acknowledge, packet_id)
         allowed = self.mode.access.cached(session, topic, Action.PUBLISH)
         if allowed is None:
@@ -159,7 +139,7 @@ class _Broker(CompatBroker):
         if qos == 1 and packet_id is not None:
             handler.acknowledge(packet_id, True)
         elif qos == 2 and packet_id is not None:
-            return handler.complete_qos2(packet_id)  # type: ignore[no-any-return]
+            return handler.complete_qos2(packet_id)
         return None
 
     async def received_qos2(self, session: Any, handler: CompatHandler, topic: str, payload: bytes, qos: int,
@@ -173,8 +153,8 @@ class _Broker(CompatBroker):
         mode = self.mode
         if not allowed:
             mode.dispatcher.count("denied")
-            mode.log.info("mqtt.publish_denied", client_id=session.client_id, username=session.username, topic=topic, qos=qos,
-                          why="not allowed by the ACL: dropped" + (" (acknowledged: MQTT 3.1.1 has no negative acknowledgement)" if qos else ""))
+            why = "not allowed by the ACL: dropped" + (" (acknowledged: MQTT 3.1.1 has no negative acknowledgement)" if qos else "")
+            mode.log.info("mqtt.publish_denied", client_id=session.client_id, username=session.username, topic=topic, qos=qos, why=why)
             done(True)  # as Mosquitto does
             return
         if len(payload) > mode.config.max_payload:
@@ -291,7 +271,7 @@ class BrokerMode:
         if self.broker is not None:
             try:
                 await self.broker.shutdown()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self.log.warning("mqtt.broker_shutdown_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             self.broker = None
         self.gate.set()

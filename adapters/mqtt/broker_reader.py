@@ -38,9 +38,9 @@ class BadPacket(ValueError):
 class InvalidPublish(BadPacket):
     """A PUBLISH whose topic is empty, not UTF-8, holds a wildcard or starts with ``$``."""
 
-    def __init__(self, why: str, raw_topic: bytes) -> None:
+    def __init__(self, why: str, raw_topic: bytes | bytearray) -> None:
         super().__init__(why)
-        self.raw_topic = raw_topic
+        self.raw_topic = bytes(raw_topic)  # a packet split across reads is parsed from a bytearray
 
 
 class PacketTooLarge(BadPacket):
@@ -79,7 +79,7 @@ def chunk_source(reader: ReaderAdapter, max_packet: int) -> Chunks:
         return partial(read, READ_SIZE)
     read_some = getattr(reader, "read_some", None)
     if read_some is not None:
-        return read_some  # type: ignore[no-any-return]
+        return read_some
     return partial(_one_packet, reader, max_packet)
 
 

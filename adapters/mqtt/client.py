@@ -108,6 +108,7 @@ class ClientMode:
         self.config = cfg = adapter.config
         self.context = adapter.context
         self.log = adapter.context.log
+        assert cfg.url is not None, "MqttConfig requires url in client mode"
         self.broker = broker_url(cfg.url)
         self.client_id = cfg.client_id or f"asgi-gateway-{socket.gethostname()}-{os.getpid()}-{next(_ids)}"
         self.persistent = cfg.persistent
@@ -118,7 +119,7 @@ class ClientMode:
         exhausted = Exhausted(self.context, cfg.retry, self.publish, why)
         self.dispatcher = Dispatcher(self.context, adapter.send_for, self._resume, retry=cfg.retry, give_up=exhausted)
         exhausted.dispatcher = self.dispatcher
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop  # start() sets it: every other method runs after start()
         self.client: CompatClient | None = None
         self.generation = 0  # connections lost so far
         # Per-session state, keyed by packet id: valid only while the broker keeps the session.
@@ -224,9 +225,7 @@ class ClientMode:
         if gone:
             self.client.unsubscribe(gone)
         if added:
-            rc, mid = self.client.subscribe([(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in added])
-            if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._sub_mid[mid] = [f for f, _ in added]
+            self._subscribe(self.client, added)
         self.log.info("mqtt.subscriptions_changed", subscribed=[f for f, _ in added], unsubscribed=gone)
 
     async def stop(self, drain: float) -> None:
@@ -237,7 +236,7 @@ class ClientMode:
         client = self.client
         if client is not None and self.connected:
             deadline = time.monotonic() + 2
-            while client.want_write() and time.monotonic() < deadline:
+            while client.want_write() and time.monotonic() < deadline:  # noqa: ASYNC110 - paho has no event for an empty buffer
                 await asyncio.sleep(0.01)
             client.disconnect()
             deadline = time.monotonic() + 2
@@ -260,7 +259,6 @@ class ClientMode:
         return [str(self.broker)]
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        assert self.loop is not None
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -268,7 +266,6 @@ class ClientMode:
 
     # -- socket plumbing ---------------------------------------------------------------------
     def _in_loop(self, fn: Any) -> None:
-        assert self.loop is not None
         if threading.get_ident() == self._loop_thread:
             fn()
         else:
@@ -285,7 +282,7 @@ class ClientMode:
                 return
             self._watched = sock
             if not self.paused:
-                self.loop.add_reader(sock, self._on_readable)  # type: ignore[union-attr]
+                self.loop.add_reader(sock, self._on_readable)
         self._in_loop(register)
 
     def _on_socket_close(self, client: Any, userdata: Any, sock: Any) -> None:
@@ -293,8 +290,8 @@ class ClientMode:
             if self._watched is sock:
                 self._watched = None
             try:
-                self.loop.remove_reader(sock)  # type: ignore[union-attr]
-                self.loop.remove_writer(sock)  # type: ignore[union-attr]
+                self.loop.remove_reader(sock)
+                self.loop.remove_writer(sock)
             except (ValueError, OSError):
                 pass
         # must run before paho closes the fd, so never deferred when we are in the loop thread
@@ -303,13 +300,13 @@ class ClientMode:
     def _on_register_write(self, client: Any, userdata: Any, sock: Any) -> None:
         def register() -> None:
             if sock.fileno() != -1:
-                self.loop.add_writer(sock, self._on_writable)  # type: ignore[union-attr]
+                self.loop.add_writer(sock, self._on_writable)
         self._in_loop(register)
 
     def _on_unregister_write(self, client: Any, userdata: Any, sock: Any) -> None:
         def unregister() -> None:
             if sock.fileno() != -1:
-                self.loop.remove_writer(sock)  # type: ignore[union-attr]
+                self.loop.remove_writer(sock)
         self._in_loop(unregister)
 
     def _on_readable(self) -> None:
@@ -334,7 +331,7 @@ class ClientMode:
         """Buffered bytes never wake the selector: read them on the next loop turn."""
         client = self.client
         if client is not None and client.socket() is not None and not self.paused and client.has_buffered():
-            self.loop.call_soon(self._on_readable)  # type: ignore[union-attr]
+            self.loop.call_soon(self._on_readable)
 
     def _on_writable(self) -> None:
         assert self.client is not None
@@ -344,13 +341,13 @@ class ClientMode:
         if not self.paused:
             self.paused = True
             if self._watched is not None:
-                self.loop.remove_reader(self._watched)  # type: ignore[union-attr]
+                self.loop.remove_reader(self._watched)
 
     def _resume(self) -> None:
         if self.paused:
             self.paused = False
             if self._watched is not None and self._watched.fileno() != -1:
-                self.loop.add_reader(self._watched, self._on_readable)  # type: ignore[union-attr]
+                self.loop.add_reader(self._watched, self._on_readable)
                 self._maybe_read_soon()
 
     async def _misc_loop(self) -> None:
@@ -388,10 +385,16 @@ class ClientMode:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
-        topics = [(f, SubscribeOptions(qos=q) if self.v5 else q) for f, q in self._filters]
-        rc, mid = client.subscribe(topics)
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._sub_mid[mid] = [f for f, _ in self._filters]
+        self._subscribe(client, self._filters)
+
+    def _subscribe(self, client: paho.Client, filters: list[tuple[str, int]]) -> None:
+        """Ask for ``filters``; the SUBACK of that request's mid is checked against them."""
+        if self.v5:
+            rc, mid = client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in filters])
+        else:
+            rc, mid = client.subscribe(filters)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._sub_mid[mid] = [f for f, _ in filters]
 
     def _session_lost(self) -> None:
         """The broker has no session for us (a clean session, a broker restarted without
@@ -412,7 +415,7 @@ class ClientMode:
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
         filters = self._sub_mid.pop(mid, [])
-        refused = [f for f, r in zip(filters, reasons) if r.is_failure]
+        refused = [f for f, r in zip(filters, reasons, strict=False) if r.is_failure]
         if refused:
             msg = f"mqtt: the broker at {self.broker} refused the subscription to {', '.join(refused)}"
             self.log.error("mqtt.subscribe_refused", broker=str(self.broker), filters=refused)
@@ -444,7 +447,7 @@ class ClientMode:
             self._reconnect_task = self._spawn(self._reconnect())
 
     async def _reconnect(self) -> None:
-        assert self.loop is not None and self.client is not None
+        assert self.client is not None
         while not self.stopping:
             delay = self._backoff
             self._backoff = min(self._backoff * 2, self.config.reconnect.max_delay)
@@ -474,7 +477,7 @@ class ClientMode:
             self.dispatcher.count("duplicate")
             self.log.debug("mqtt.redelivered_in_flight", topic=topic, mid=mid)
             return
-        payload = msg.payload
+        payload = bytes(msg.payload)  # bytes already: no copy, only the type narrowed
         if len(payload) > self.config.max_payload:
             self.dispatcher.count("oversized")
             self.log.warning(
@@ -535,12 +538,12 @@ class ClientMode:
         client = self.client
         if client is None or self.stopping:
             raise ConnectionError("the mqtt adapter is not running")
-        info = client.publish(out.topic, out.payload, out.qos, out.retain, properties=dict_to_properties(out.properties) if self.v5 else None)
+        properties = dict_to_properties(out.properties) if self.v5 else None
+        info = client.publish(out.topic, out.payload, out.qos, out.retain, properties=properties)
         if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             raise ConnectionError(f"not connected to the broker at {self.broker}: QoS 0 message to {out.topic!r} not sent")
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS,):
             raise ConnectionError(f"publish to {out.topic!r} failed: {paho.error_string(info.rc)}")
         if wait and out.qos > 0 and not info.is_published():
-            assert self.loop is not None
             fut = self._pub_waiters[info.mid] = self.loop.create_future()
             await fut

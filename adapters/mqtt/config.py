@@ -127,7 +127,9 @@ class MqttConfig(Section):
         description="Broker mode: TCP addresses the embedded broker listens on (`host:port`, port 0 = any free port).",
     )
     tls_listen: OptionalListen = Field(default_factory=list, description="Broker mode: TLS listeners (needs `tls.cert_file`/`key_file`).")
-    ws_listen: OptionalListen = Field(default_factory=list, description="Broker mode: MQTT-over-WebSocket listeners on ports of their own (`host:port`).")
+    ws_listen: OptionalListen = Field(
+        default_factory=list, description="Broker mode: MQTT-over-WebSocket listeners on ports of their own (`host:port`).",
+    )
     ws_path: str | None = Field(
         None, description="Broker mode: also accept MQTT over WebSocket on the HTTP adapter's listeners at this path "
         "(e.g. `/mqtt`), sharing their port, TLS and limits. Needs `adapters.http`."
@@ -157,13 +159,15 @@ class MqttConfig(Section):
         "Used in addition to `acl`."
     )
     login_throttle: LoginThrottleSection = Field(
-        default_factory=LoginThrottleSection, description="Broker mode: failed logins per client address before that address is refused for a while."
+        default_factory=LoginThrottleSection,
+        description="Broker mode: failed logins per client address before that address is refused for a while.",
     )
     # -- both ---------------------------------------------------------------------------------
     retry: RetrySection = Field(default_factory=RetrySection, description="Failed QoS 1/2 messages: retries by the gateway, then what.")
     tls: TlsSection | None = Field(None, description="TLS settings (client mode: towards the broker; broker mode: for `tls_listen`).")
     max_payload: int = Field(
-        1_048_576, ge=1, description="Largest inbound payload in bytes; larger messages are refused (counted and logged) and never reach an app."
+        1_048_576, ge=1,
+        description="Largest inbound payload in bytes; larger messages are refused (counted and logged) and never reach an app.",
     )
 
     @field_validator("url")

@@ -196,7 +196,7 @@ class Dispatcher:
                     pending.done(True)
                 else:
                     self._failed(lane, pending)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("mqtt.ack_failed", topic=scope["topic"])
             lane.running -= 1
             self._next(lane)

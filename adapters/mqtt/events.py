@@ -53,7 +53,9 @@ def publish_event(
         if payload is not None:
             raise ValueError("pass either payload or json, not both")
         payload = encode_json(json)
-    event: dict[str, Any] = {"type": "mqtt.publish", "topic": topic, "payload": payload if payload is not None else b"", "qos": qos, "retain": retain}
+    event: dict[str, Any] = {
+        "type": "mqtt.publish", "topic": topic, "payload": payload if payload is not None else b"", "qos": qos, "retain": retain,
+    }
     if properties:
         event["properties"] = properties
     return event

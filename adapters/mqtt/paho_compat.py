@@ -96,7 +96,7 @@ class CompatClient(paho.Client):
         if on_message is not None:
             try:
                 on_message(self, self._userdata, message)
-            except Exception:  # a bug of ours must not end the connection's read loop
+            except Exception:  # noqa: BLE001 - a bug of ours must not end the connection's read loop
                 _log.exception("mqtt.on_message_failed", mid=message.mid)
 
     def _send_pubrec(self, mid: int) -> MQTTErrorCode:

@@ -97,7 +97,7 @@ class TopicMatcher:
         elif len(parts) != n:
             return None
         kwargs: dict[str, str] = {}
-        for (kind, value), part in zip(levels, parts):
+        for (kind, value), part in zip(levels, parts, strict=False):
             if kind == "lit":
                 if part != value:
                     return None

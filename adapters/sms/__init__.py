@@ -4,7 +4,17 @@ Providers are plugins too: subclass ``Provider`` (see ``providers/base.py``).
 """
 
 from .adapter import SmsAdapter
-from .providers import Inbound, MalformedWebhook, OutboundSms, Provider, RestRequest, SendFailed, SignatureError, StatusReport, WebhookRequest
+from .providers import (
+    Inbound,
+    MalformedWebhook,
+    OutboundSms,
+    Provider,
+    RestRequest,
+    SendFailed,
+    SignatureError,
+    StatusReport,
+    WebhookRequest,
+)
 from .sender import OptedOut, SmsSendError
 
 __all__ = [

@@ -34,7 +34,7 @@ class SmsAdapter(Adapter):
     name: ClassVar[str] = "sms"
     config_model = SmsConfig
     scope_types = ("sms",)
-    route_models = {"sms": SmsRoute}
+    route_models: ClassVar[dict[str, type[SmsRoute]]] = {"sms": SmsRoute}
     send_events = SEND_EVENTS
     outbound_channels = ("sms.send",)
     bridge_target = SmsBridgeTarget
@@ -262,7 +262,8 @@ class SmsAdapter(Adapter):
         if limit is not None and running >= limit:
             self.count(account, kind, "busy")
             self.log.warning("sms.webhook.busy", account=account.label, route=route.name or route.target, limit=limit)
-            return Answer(503, b"busy: too many messages for this route at once, retry later\n", headers=((b"retry-after", BUSY_RETRY_AFTER),))
+            busy = b"busy: too many messages for this route at once, retry later\n"
+            return Answer(503, busy, headers=((b"retry-after", BUSY_RETRY_AFTER),))
         self._running[id(route)] = running + 1
         self._busy += 1
         try:
@@ -310,11 +311,13 @@ class SmsAdapter(Adapter):
     def _sent_one(self, task: asyncio.Task[None]) -> None:
         self._sending.discard(task)
         self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("sms.send.crashed", error=f"{type(task.exception()).__name__}: {task.exception()}")
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:  # a bug (ours or a provider plugin's): failed sends are handled inside the task
+            self.log.error("sms.send.crashed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _abandoned(self, message: dict[str, Any]) -> None:
-        account = self.accounts.get(message.get("account")) or next(iter(self.accounts.values()))  # type: ignore[arg-type]
+        label = message.get("account")
+        account = (self.accounts.get(label) if isinstance(label, str) else None) or next(iter(self.accounts.values()))
         self.sender.count(account, "abandoned")
         self.log.error("sms.send.abandoned", account=account.label, to=message.get("to"),
                        note="taken from the sms.send channel, cancelled at shutdown before it was sent")

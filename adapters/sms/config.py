@@ -18,9 +18,15 @@ from .numbers import InvalidNumber, to_e164
 class AccountConfig(Section):
     """One provider account (or one number of it): its webhook path, credentials and sending settings."""
 
-    name: str | None = Field(None, description="Name in logs, metrics, `scope['account']` and `sms.send`'s `account` (default: the provider name).")
-    provider: str = Field(description="`twilio`, `vonage`, `telnyx`, `generic`, a plugin's provider name, or a `module:Class` import string.")
-    webhook: str = Field(description="Path on the `http` adapter's listener where the provider posts messages and status reports, e.g. `/sms/twilio`.")
+    name: str | None = Field(
+        None, description="Name in logs, metrics, `scope['account']` and `sms.send`'s `account` (default: the provider name).",
+    )
+    provider: str = Field(
+        description="`twilio`, `vonage`, `telnyx`, `generic`, a plugin's provider name, or a `module:Class` import string.",
+    )
+    webhook: str = Field(
+        description="Path on the `http` adapter's listener where the provider posts messages and status reports, e.g. `/sms/twilio`.",
+    )
     public_url: str | None = Field(
         None,
         description="The public origin the provider calls, e.g. `https://gw.example.com` (the webhook URL is this plus the path "
@@ -28,7 +34,9 @@ class AccountConfig(Section):
         "sees them (correct behind its `trusted_proxies`). Also used for status callback URLs of outbound sends.",
     )
     numbers: list[str] = Field(default_factory=list, description="Our numbers on this account (E.164); the first is the default sender.")
-    default_from: str | None = Field(None, description="Sender of `sms.send` events that name none and answer no message (default: the first of `numbers`).")
+    default_from: str | None = Field(
+        None, description="Sender of `sms.send` events that name none and answer no message (default: the first of `numbers`).",
+    )
     account_id: str | None = Field(None, description="Twilio: the Account SID. Vonage: the API key.")
     auth_token: SecretStr | None = Field(
         None, description="Twilio: the auth token (signs webhooks, authenticates REST). Vonage: the API secret. Telnyx: the API key. "
@@ -42,13 +50,22 @@ class AccountConfig(Section):
         "md5hash", description="Vonage SMS API: how `sig` is made (as set in the Vonage dashboard)."
     )
     public_key: str | None = Field(None, description="Telnyx: the base64 Ed25519 public key of the account.")
-    api_url: str | None = Field(None, description="Base URL of the provider's REST API (default: the provider's; generic: required for sending).")
-    replay_window: PositiveFloat = Field(300.0, description="Seconds a signed timestamp may be away from now (Telnyx, Vonage, generic) before the webhook is refused as a replay.")
+    api_url: str | None = Field(
+        None, description="Base URL of the provider's REST API (default: the provider's; generic: required for sending).",
+    )
+    replay_window: PositiveFloat = Field(
+        300.0, description="Seconds a signed timestamp may be away from now (Telnyx, Vonage, generic) "
+        "before the webhook is refused as a replay.",
+    )
     timeout: PositiveFloat = Field(10.0, description="Seconds for one REST attempt.")
     retries: int = Field(3, ge=0, description="Further attempts after 429, 5xx, a timeout or a network error.")
-    backoff: PositiveFloat = Field(0.5, description="Seconds before the first retry; doubles with each one, with jitter (`Retry-After` wins).")
+    backoff: PositiveFloat = Field(
+        0.5, description="Seconds before the first retry; doubles with each one, with jitter (`Retry-After` wins).",
+    )
     max_backoff: PositiveFloat = Field(30.0, description="Upper bound of one wait between attempts.")
-    rate_limit: float = Field(1.0, ge=0, description="Messages per second per sender number (0: no limit); sends beyond it wait their turn.")
+    rate_limit: float = Field(
+        1.0, ge=0, description="Messages per second per sender number (0: no limit); sends beyond it wait their turn.",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Settings for a plugin provider (read by the plugin).")
 
     @property
@@ -103,7 +120,9 @@ class OptOutConfig(Section):
         "You have been unsubscribed and will get no more messages. Reply START to resubscribe.",
         description="Answer to a stop word (null: none).",
     )
-    start_reply: str | None = Field("You have been resubscribed. Reply STOP to unsubscribe.", description="Answer to a start word (null: none).")
+    start_reply: str | None = Field(
+        "You have been resubscribed. Reply STOP to unsubscribe.", description="Answer to a start word (null: none).",
+    )
     help_reply: str | None = Field(None, description="Answer to a help word (null: none, and the message goes to the routes).")
     pass_to_app: bool = Field(False, description="Route stop and start messages to the applications too (after the list is updated).")
 
@@ -122,7 +141,9 @@ class SmsConfig(Section):
         None, description="Region (ISO 3166 code, e.g. `GB`) for numbers written without `+`; none: every number must be E.164."
     )
     max_body_size: int = Field(64 * 1024, gt=0, description="Largest webhook body in bytes; a larger one gets `413`.")
-    max_segments: int = Field(10, gt=0, description="Longest outbound text in SMS parts (GSM-7: 153 characters a part, UCS-2: 67); longer ones are refused.")
+    max_segments: int = Field(
+        10, gt=0, description="Longest outbound text in SMS parts (GSM-7: 153 characters a part, UCS-2: 67); longer ones are refused.",
+    )
     dedup_window: float = Field(
         86400.0, ge=0, description="Seconds a handled message id is remembered, so a provider's retry is acknowledged without "
         "running the app again (in Redis when the layer is Redis). 0: off."

@@ -28,7 +28,9 @@ def _listed(value: str | list[str] | None) -> list[str]:
 class SmsMatcher:
     """Matches an ``sms`` scope; every key given must match."""
 
-    def __init__(self, kind: str, account: str | None, to: list[str], prefixes: list[str], keywords: list[str], body: re.Pattern[str] | None) -> None:
+    def __init__(
+        self, kind: str, account: str | None, to: list[str], prefixes: list[str], keywords: list[str], body: re.Pattern[str] | None
+    ) -> None:
         self.kind = kind
         self.account = account
         self.to = frozenset(to)
@@ -74,7 +76,9 @@ class SmsRoute(RouteConfig):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    events: Literal["message", "status"] = Field("message", description="Which scopes the route takes: inbound texts (`message`) or delivery reports (`status`).")
+    events: Literal["message", "status"] = Field(
+        "message", description="Which scopes the route takes: inbound texts (`message`) or delivery reports (`status`).",
+    )
     account: str | None = Field(None, description="Only traffic of this account (its `name`).")
     to: str | list[str] | None = Field(None, description="Our number(s) the text was sent to, E.164 (`+15005550006`).")
     from_: str | list[str] | None = Field(None, alias="from", description="Sender prefix(es), E.164 style: `+44`, `+1415`.")

@@ -44,7 +44,7 @@ class Webhook:
             return
         try:
             answer = await self.handle(scope, receive)
-        except Exception as exc:  # noqa: BLE001 - e.g. Redis away: the provider must retry, not lose the text
+        except Exception as exc:  # e.g. Redis away: the provider must retry, not lose the text
             self.adapter.count(self.account, "unknown", "error")
             self.log.error("sms.webhook.error", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             answer = Answer(503, b"temporarily unable to take this webhook, retry later\n", headers=((b"retry-after", b"1"),))

@@ -30,7 +30,7 @@ def application(static: StaticMode = "auto", handler: Handler = "asgi") -> ASGIA
     if settings.DEBUG:
         from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-        return ASGIStaticFilesHandler(app)  # type: ignore[no-any-return]
+        return ASGIStaticFilesHandler(app)
     root = getattr(settings, "STATIC_ROOT", None)
     if not root:
         log.warning("django.static_not_served", reason="DEBUG is off and STATIC_ROOT is not set",
@@ -57,10 +57,10 @@ def _handler(kind: Handler) -> ASGIApp:
         from asgiref.wsgi import WsgiToAsgi
         from django.core.wsgi import get_wsgi_application
 
-        return WsgiToAsgi(get_wsgi_application())  # type: ignore[no-any-return]
+        return WsgiToAsgi(get_wsgi_application())
     from django.core.asgi import get_asgi_application
 
-    return get_asgi_application()  # type: ignore[no-any-return]
+    return get_asgi_application()
 
 
 def _local(url: str | None) -> bool:

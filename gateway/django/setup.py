@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from ..apps import AppLoadError, summarise_exception
+from ..apps import summarise_exception
 
 ENV = "DJANGO_SETTINGS_MODULE"
 
@@ -47,7 +47,7 @@ def setup(module: str | None, origin: str) -> None:
     if module is None:
         if not settings.configured:
             raise DjangoSetupError(
-                f"DJANGO_SETTINGS_MODULE is not set: name the project's settings, e.g. django: {{settings: mysite.settings}}"
+                "DJANGO_SETTINGS_MODULE is not set: name the project's settings, e.g. django: {settings: mysite.settings}"
             )
         _setup(django)
         return
@@ -68,7 +68,7 @@ def setup(module: str | None, origin: str) -> None:
                 "run the gateway from the project's folder or add it to python_path"
             ) from None
         raise DjangoSetupError(f"the settings module {module!r} failed to import: {summarise_exception(exc)}") from None
-    except Exception as exc:  # the settings module itself raised
+    except Exception as exc:  # noqa: BLE001 - the settings module itself raised
         raise DjangoSetupError(f"the settings module {module!r} failed to import: {summarise_exception(exc)}") from None
     os.environ[ENV] = module
     _setup(django)
@@ -80,5 +80,5 @@ def _setup(django: object) -> None:
     if not apps.ready:
         try:
             django.setup(set_prefix=False)  # type: ignore[attr-defined]  # the ASGI handler sets the prefix per request
-        except Exception as exc:  # ImproperlyConfigured, an INSTALLED_APPS entry that does not import, ...
+        except Exception as exc:  # noqa: BLE001 - ImproperlyConfigured, an INSTALLED_APPS entry that does not import, ...
             raise DjangoSetupError(f"Django set-up failed: {summarise_exception(exc)}") from None

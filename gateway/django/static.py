@@ -19,12 +19,12 @@ from servestatic.middleware import ServeStaticMiddleware
 from ..types import ASGIApp, Receive, Scope, Send
 
 
-class StaticFiles(ServeStaticMiddleware):  # type: ignore[misc]
+class StaticFiles(ServeStaticMiddleware):
     def __init__(self, app: ASGIApp) -> None:
         super().__init__(get_response=_never_called)
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             path: str = scope["path"]
             root_path: str = scope.get("root_path", "")
@@ -32,7 +32,7 @@ class StaticFiles(ServeStaticMiddleware):  # type: ignore[misc]
                 path = path[len(root_path):]  # the middleware matches Django's path_info
             found = self.find_file(path) if self.autorefresh else self.files.get(path)
             if found is not None:
-                await FileServerASGI(found)(scope, receive, send)  # type: ignore[arg-type]
+                await FileServerASGI(found)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -25,13 +25,17 @@ _CHANNEL_NAME = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
 _GROUP_NAME = re.compile(r"^[a-zA-Z\d\-_.]+$")
 
 
+# ``channel_capacity``: glob strings, or compiled regexes as channels_redis also takes them.
+ChannelCapacities = Mapping[str, int] | Mapping[str | re.Pattern[str], int]
+
+
 try:  # Channels code catches channels.exceptions.ChannelFull: raise something both catch.
     from channels.exceptions import ChannelFull as _ChannelsFull
 except ImportError:  # channels is optional
-    _ChannelsFull = Exception  # type: ignore[assignment,misc]
+    _ChannelsFull = Exception
 
 
-class ChannelFull(_ChannelsFull):  # type: ignore[misc,valid-type]
+class ChannelFull(_ChannelsFull):
     """The channel is at capacity; the message was not queued.
 
     Also a ``channels.exceptions.ChannelFull`` when Channels is installed, so Channels code that
@@ -88,7 +92,7 @@ class BaseChannelLayer(abc.ABC):
         expiry: float = 60,
         group_expiry: float = 86400,
         capacity: int = 100,
-        channel_capacity: Mapping[str, int] | None = None,
+        channel_capacity: ChannelCapacities | None = None,
         on_full: FullHook | None = None,
         on_health: HealthHook | None = None,
         on_drop: DropHook | None = None,
@@ -97,7 +101,7 @@ class BaseChannelLayer(abc.ABC):
         self.on_full = on_full
         self.on_health = on_health
         self.on_drop = on_drop
-        self.drops: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+        self.drops: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
         """Messages dropped so far, by reason (``DROP_REASONS``)."""
         self._incidents = Incidents()
         self.expiry = expiry
@@ -124,7 +128,7 @@ class BaseChannelLayer(abc.ABC):
         if self.on_drop is not None:
             try:
                 self.on_drop(reason, number)
-            except Exception as exc:  # noqa: BLE001 - a broken hook must not break the layer
+            except Exception as exc:  # a broken hook must not break the layer
                 log.error("layer.drop_hook_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _drop(self, reason: str, number: int, event: str, subject: Any, /, **fields: Any) -> None:
@@ -200,7 +204,7 @@ class BaseChannelLayer(abc.ABC):
     @abc.abstractmethod
     async def flush(self) -> None: ...
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: a layer with nothing to release keeps it
         """Release connections and tasks; called once when the gateway stops."""
 
 

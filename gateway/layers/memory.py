@@ -20,12 +20,11 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base import BaseChannelLayer, ChannelFull
+from .base import BaseChannelLayer, ChannelCapacities, ChannelFull
 
 
 @dataclass(slots=True, eq=False)
@@ -49,7 +48,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         expiry: float = 60,
         group_expiry: float = 86400,
         capacity: int = 100,
-        channel_capacity: Mapping[str, int] | None = None,
+        channel_capacity: ChannelCapacities | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(

@@ -159,7 +159,7 @@ class EmailCommunicator:
         server = GatewaySMTP(handler, data_timeout=60.0, on_close=lambda _: None, draining=lambda: False, auth=None,
                              hostname="gateway.testing", loop=asyncio.get_running_loop())
         session = Session(asyncio.get_running_loop())
-        session.peer = self.client
+        session.peer = self.client  # type: ignore[assignment]  # aiosmtpd annotates a str; it holds the peername tuple
         session.host_name = self.helo
         envelope = Envelope()
         envelope.smtp_utf8 = self.smtputf8

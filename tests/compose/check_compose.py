@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import smtplib
 import sys
 import threading
@@ -21,8 +22,6 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
-import logging
-
 import httpx
 import paho.mqtt.client as paho
 import pytest
@@ -30,8 +29,8 @@ import websockets
 from websockets.sync.client import connect as ws_connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compose_stack import IMAGES, Compose, Dockerd, build_standins, log  # noqa: E402
-from gateway_helpers import free_port  # noqa: E402
+from compose_stack import IMAGES, Compose, Dockerd, build_standins, log
+from gateway_helpers import free_port
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the gateways' logs
 PORTS = ("GATEWAY1_HTTP_PORT", "GATEWAY2_HTTP_PORT", "GATEWAY1_SMTP_PORT", "GATEWAY2_SMTP_PORT",
@@ -81,9 +80,12 @@ def stack() -> Iterator[Compose]:
         log("docker-compose up")
         compose("up", "-d")
         for name in ("GATEWAY1_ADMIN_PORT", "GATEWAY2_ADMIN_PORT"):
-            wait_until(lambda: ready(int(env[name])), 180, f"{name} /readyz 200")
+            wait_until(lambda: ready(int(env[name])), 180, f"{name} /readyz 200")  # noqa: B023 - called in its iteration
         for service in ("gateway-1", "gateway-2"):  # the image's HEALTHCHECK, run by dockerd
-            wait_until(lambda: compose.container(service)["State"]["Health"]["Status"] == "healthy", 120, f"{service} healthy")
+            wait_until(  # the lambda is called within its iteration
+                lambda: compose.container(service)["State"]["Health"]["Status"] == "healthy",  # noqa: B023
+                120, f"{service} healthy",
+            )
         log(f"stack ready after {time.monotonic() - started:.0f} s")
         yield compose
     finally:
@@ -306,4 +308,4 @@ def test_readyz_names_a_shared_service_while_it_is_down_and_recovers(stack: Comp
     finally:
         stack("start", service)
     for each in admin:
-        wait_until(lambda: ready(each), 90, f"{service} back: /readyz 200 on :{each}", every=0.5)
+        wait_until(lambda: ready(each), 90, f"{service} back: /readyz 200 on :{each}", every=0.5)  # noqa: B023 - called in its iteration

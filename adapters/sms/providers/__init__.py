@@ -12,7 +12,14 @@ from importlib import import_module
 from importlib.metadata import entry_points
 
 from .base import (
-    Inbound, MalformedWebhook, OutboundSms, Provider, RestRequest, SendFailed, SignatureError, StatusReport,
+    Inbound,
+    MalformedWebhook,
+    OutboundSms,
+    Provider,
+    RestRequest,
+    SendFailed,
+    SignatureError,
+    StatusReport,
     WebhookRequest,
 )
 

@@ -20,8 +20,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from .base import (
-    STATUSES, Inbound, MalformedWebhook, OutboundSms, Provider, RestRequest, SendFailed, SignatureError,
-    StatusReport, WebhookRequest, check_timestamp,
+    STATUSES,
+    Inbound,
+    MalformedWebhook,
+    OutboundSms,
+    Provider,
+    RestRequest,
+    SendFailed,
+    SignatureError,
+    StatusReport,
+    WebhookRequest,
+    check_timestamp,
 )
 
 

@@ -18,8 +18,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..config import AccountConfig
 from .base import (
-    Inbound, MalformedWebhook, OutboundSms, Provider, RestRequest, SendFailed, SignatureError, StatusReport,
-    WebhookRequest, check_timestamp,
+    Inbound,
+    MalformedWebhook,
+    OutboundSms,
+    Provider,
+    RestRequest,
+    SendFailed,
+    SignatureError,
+    StatusReport,
+    WebhookRequest,
+    check_timestamp,
 )
 
 _STATUS = {

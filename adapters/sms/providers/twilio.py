@@ -21,8 +21,17 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
 
 from .base import (
-    Inbound, MalformedWebhook, OutboundSms, Provider, RestRequest, SendFailed, SignatureError, StatusReport,
-    WebhookRequest, first, flat,
+    Inbound,
+    MalformedWebhook,
+    OutboundSms,
+    Provider,
+    RestRequest,
+    SendFailed,
+    SignatureError,
+    StatusReport,
+    WebhookRequest,
+    first,
+    flat,
 )
 
 _ALGORITHMS = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}

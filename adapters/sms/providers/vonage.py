@@ -22,8 +22,16 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .base import (
-    Inbound, MalformedWebhook, OutboundSms, Provider, RestRequest, SendFailed, SignatureError, StatusReport,
-    WebhookRequest, check_timestamp,
+    Inbound,
+    MalformedWebhook,
+    OutboundSms,
+    Provider,
+    RestRequest,
+    SendFailed,
+    SignatureError,
+    StatusReport,
+    WebhookRequest,
+    check_timestamp,
 )
 
 _DIGESTS = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -124,7 +132,8 @@ class VonageProvider(Provider):
             raise MalformedWebhook("missing 'message_uuid'")
         if "status" in data:
             status = str(data["status"])
-            error = data.get("error") if isinstance(data.get("error"), dict) else {}
+            found = data.get("error")
+            error: dict[str, Any] = found if isinstance(found, dict) else {}
             return StatusReport(
                 message_id=uuid, status=_STATUS.get(status, "unknown"), provider_status=status,
                 sender=_plus(data.get("from")), recipient=_plus(data.get("to")), raw=data,
@@ -133,11 +142,12 @@ class VonageProvider(Provider):
         for key in ("from", "to"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise MalformedWebhook(f"missing {key!r}")
-        sms = data.get("sms") if isinstance(data.get("sms"), dict) else {}
+        found = data.get("sms")
+        sms: dict[str, Any] = found if isinstance(found, dict) else {}
         parts = sms.get("num_messages")
         return Inbound(
             sender=_plus(data["from"]) or "", recipient=_plus(data["to"]) or "", body=str(data.get("text") or ""),
-            message_id=uuid, raw=data, segments=int(parts) if str(parts or "").isdigit() else None,
+            message_id=uuid, raw=data, segments=int(parts) if parts and str(parts).isdigit() else None,
         )
 
     # -- sending -----------------------------------------------------------------------------

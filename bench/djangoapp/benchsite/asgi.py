@@ -9,11 +9,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchsite.settings")
 django_asgi = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402 - after Django is set up
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.urls import path  # noqa: E402
-
-from benchapp.consumers import EchoConsumer  # noqa: E402
+from benchapp.consumers import EchoConsumer
+from channels.routing import ProtocolTypeRouter, URLRouter  # after Django is set up
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import path
 
 application = ProtocolTypeRouter({
     "http": django_asgi,

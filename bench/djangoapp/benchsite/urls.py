@@ -1,5 +1,4 @@
-from django.urls import path
-
 from benchapp import views
+from django.urls import path
 
 urlpatterns = [path("item/<int:pk>/", views.item)]

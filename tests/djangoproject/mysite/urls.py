@@ -1,7 +1,6 @@
+from chat import views
 from django.contrib import admin
 from django.urls import path
-
-from chat import views
 
 urlpatterns = [
     path("", views.index, name="index"),

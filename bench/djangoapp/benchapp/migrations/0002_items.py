@@ -4,7 +4,7 @@ from decimal import Decimal
 
 from django.db import migrations
 
-WORDS = "sturdy oak table with two drawers brass handles and a waxed finish".split()
+WORDS = ["sturdy", "oak", "table", "with", "two", "drawers", "brass", "handles", "and", "a", "waxed", "finish"]
 
 
 def add_items(apps, schema_editor):
