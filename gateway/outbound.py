@@ -73,7 +73,7 @@ class OutboundRelay:
             except asyncio.CancelledError:
                 self._abandoned(message)
                 raise
-            except Exception as exc:  # noqa: BLE001 - logged, counted, and the relay goes on
+            except Exception as exc:  # logged, counted, and the relay goes on
                 self._counted["failed"].inc()
                 log.error("outbound.failed", adapter=self.adapter.name, channel=self.channel,
                           error=f"{type(exc).__name__}: {exc}", exc_info=exc)

@@ -14,8 +14,8 @@ from gateway.routing import Match
 from gateway.schema import parse_listen
 from gateway.types import Message
 
-from .bridge import EmailBridgeTarget
 from . import aiosmtpd_compat, stdlib_compat
+from .bridge import EmailBridgeTarget
 from .config import EmailConfig
 from .matching import EmailRoute
 from .smtp_in import SmtpServer, reply_text

@@ -23,8 +23,8 @@ from typing import Any
 from amqtt.contexts import Action
 
 from gateway.apps import import_string
-from gateway.throttle import LoginThrottle
 from gateway.plugins import AdapterContext
+from gateway.throttle import LoginThrottle
 
 from .config import MqttConfig
 from .topics import TopicMatcher

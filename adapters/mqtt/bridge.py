@@ -33,7 +33,7 @@ class MqttBridgeTarget(BridgeTarget):
     @classmethod
     def _topic_ok(cls, value: str) -> str:
         template = Template(value)  # raises ValueError naming the problem
-        problem = check_topic_name(template.fill({f: "x" for f in template.fields}))
+        problem = check_topic_name(template.fill(dict.fromkeys(template.fields, "x")))
         if problem:
             raise ValueError(f"topic {value!r}: {problem}")
         return value

@@ -43,8 +43,8 @@ def load_callable(spec: str) -> Callable[..., Any]:
     except app_loading.AppLoadError as exc:
         raise ValueError(str(exc)) from None
     if not callable(func):
-        raise ValueError(f"{spec!r} is not callable")  # noqa: TRY004 - pydantic reports ValueError as the key's error
-    return func  # type: ignore[no-any-return]
+        raise ValueError(f"{spec!r} is not callable")
+    return func
 
 
 async def call(func: Callable[..., Any], *args: Any) -> Any:
