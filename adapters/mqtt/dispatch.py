@@ -237,7 +237,7 @@ class Dispatcher:
         if pending.attempt < retry.attempts:
             delay = min(retry.delay * 2 ** (pending.attempt - 1), retry.max_delay)
             log.warning(
-                "mqtt.not_acknowledged", topic=scope["topic"], qos=qos, route=route, attempt=pending.attempt,
+                "mqtt.not_acknowledged", topic=scope["topic"], qos=qos, route=route, attempt=pending.attempt, retry_in=delay,
                 why=f"the application did not return normally; attempt {pending.attempt + 1} of {retry.attempts} in {delay:g} s",
             )
             pending.attempt += 1
