@@ -27,6 +27,7 @@ from .gateway_helpers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "demo"
 CONFIG = "config/gateway.yaml"   # relative, from the root, as the Makefile's run target gives it
+ONCALL = "+15005550177"         # the alerts bridge texts it (not the default: the variable reaches the YAML and Django)
 LIVE = 15_000                    # ms the page gets to show an event (Playwright's waits)
 
 
@@ -52,7 +53,7 @@ def start_showcase(tmp_path: Path, relay_port: int | None = None) -> GatewayProc
     ports = {"http": free_port(), "mqtt": free_port(), "smtp": free_port()}
     env = {**_clean_env(), "DEMO_SQLITE": str(db), "GATEWAY_HTTP_LISTEN": f"127.0.0.1:{ports['http']}",
            "GATEWAY_MQTT_LISTEN": f"127.0.0.1:{ports['mqtt']}", "GATEWAY_SMTP_LISTEN": f"127.0.0.1:{ports['smtp']}",
-           "GATEWAY_MAIL_RELAY_PORT": str(relay_port or ports["smtp"])}
+           "GATEWAY_MAIL_RELAY_PORT": str(relay_port or ports["smtp"]), "DEMO_ONCALL_PHONE": ONCALL}
     init = subprocess.run([sys.executable, "manage.py", "demo_init"], check=False, cwd=DEMO, env=env, capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stdout + init.stderr
     assert f"open http://127.0.0.1:{ports['http']}/" in init.stdout and "admin / admin" in init.stdout, init.stdout
@@ -122,7 +123,9 @@ async def test_every_protocol_shows_up_live_on_the_dashboard_and_replies_leave_t
                     pass
             assert ("lobby", "on the dashboard, live") in rows(showcase.db, "select room, text from chat_message")
 
-            # -- MQTT: readings published to the embedded broker, drawn on the chart; one above the threshold alerts
+            # -- MQTT: readings published to the embedded broker, drawn on the chart; one above the threshold alerts,
+            # and config/gateway.yaml's bridges relay the alert to alerts/<device> and to the on-call phone
+            alerts = _subscriber(showcase.ports["mqtt"], "alerts/#")
             device = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="kitchen-sensor")
             device.connect("127.0.0.1", showcase.ports["mqtt"])
             device.loop_start()
@@ -138,6 +141,15 @@ async def test_every_protocol_shows_up_live_on_the_dashboard_and_replies_leave_t
             assert points is not None and len(points.split()) == 3
             await page.wait_for_function("document.querySelector('#alerts').textContent.includes('kitchen at 35.0 °C')", timeout=LIVE)
             assert await page.text_content("#stat-readings") == "3"
+            await _until(lambda: alerts.messages, "the alert on alerts/kitchen")
+            (topic, payload, qos), = alerts.messages
+            assert topic == "alerts/kitchen" and qos == 1
+            assert json.loads(payload) == {"device": "kitchen", "celsius": 35.0, "threshold": 30.0, "at": json.loads(payload)["at"]}
+            oncall = "Alert: kitchen at 35.0 °C (threshold 30.0 °C)"
+            await page.wait_for_selector(f"#oncall-screen .bubble.theirs >> text={oncall}", timeout=LIVE)
+            assert ONCALL in await page.text_content("#oncall-label") and ONCALL in await page.text_content("#alerts-bridged")
+            # a text to on-call is not one to the customer's phone
+            assert await page.locator("#phone-screen .bubble").count() == 0
             assert rows(showcase.db, "select device, celsius from sensors_reading order by id") == [
                 ("kitchen", 21.5), ("kitchen", 22.25), ("kitchen", 35.0)]
 
@@ -177,6 +189,10 @@ async def test_every_protocol_shows_up_live_on_the_dashboard_and_replies_leave_t
             assert rows(showcase.db, "select direction, author, body from texts_text order by id")[::2] == [
                 ("in", "", "Is my parcel coming today?"), ("out", "admin", "Yes, between 2 and 4 pm.")]
 
+            # by now (mail and texts later) a second copy of the alert would have arrived: one group_send, one
+            # publish, one text
+            assert len(alerts.messages) == 1 and await page.locator("#oncall-screen .bubble").count() == 1
+
             # -- the Django admin over the same rows
             await page.goto(f"{base}/admin/texts/text/")
             await page.wait_for_selector("text=Yes, between 2 and 4 pm.", timeout=LIVE)
@@ -184,6 +200,7 @@ async def test_every_protocol_shows_up_live_on_the_dashboard_and_replies_leave_t
             assert await page.input_value("#id_subject") == "Printer on fire"
             assert failed == []
         finally:
+            alerts.close()
             await browser.close()
 
 
@@ -198,6 +215,25 @@ async def test_replies_need_a_staff_login(showcase):
         assert refused.status_code == 403 and "staff" in refused.json()["error"]
         without_csrf = await client.post("/tickets/1/reply/", data={"body": "hi"})
         assert without_csrf.status_code == 403
+
+
+class _subscriber:
+    """A paho client of the embedded broker that keeps (topic, payload, qos) of what it receives."""
+
+    def __init__(self, port: int, topic: str) -> None:
+        self.messages: list[tuple[str, bytes, int]] = []
+        subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="alerts-watcher")
+        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, m.payload, m.qos))
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert subscribed.wait(15), f"no SUBACK for {topic}"
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 async def _until(predicate, what: str, timeout: float = 20) -> None:

@@ -27,11 +27,13 @@ def index(request: HttpRequest) -> HttpResponse:
             "room": CHAT_ROOM,
             "canReply": request.user.is_staff,
             "smsNumber": settings.SMS_NUMBER,
+            "oncallPhone": settings.ONCALL_PHONE,
             "support": settings.SUPPORT_ADDRESS,
         },
         "simulators": settings.DEMO_SIMULATORS,
         "support": settings.SUPPORT_ADDRESS,
         "sms_number": settings.SMS_NUMBER,
+        "oncall_phone": settings.ONCALL_PHONE,
         "mqtt_port": settings.DEMO_MQTT_PORT,
         "smtp_port": settings.DEMO_SMTP.rsplit(":", 1)[-1],
     })

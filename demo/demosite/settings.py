@@ -27,6 +27,9 @@ DEMO_MQTT_PORT = os.environ.get("GATEWAY_MQTT_LISTEN", os.environ.get("MQTT_PUBL
 SUPPORT_ADDRESS = "support@" + os.environ.get("MAIL_DOMAIN", "example.com")
 # The number customers text (the SMS adapter's `numbers:`); replies go out from it.
 SMS_NUMBER = os.environ.get("SMS_NUMBER", "+15005550006")
+# Who is texted a sensor alert: the `alerts-to-oncall` bridge of config/gateway.yaml and
+# config/compose.yaml reads the same variable; the page names it (and, locally, shows its texts).
+ONCALL_PHONE = os.environ.get("DEMO_ONCALL_PHONE", "+15005550100")
 # A reading above this many degrees raises an alert: group_send("alerts", {"type": "sensor.alert", ...}).
 SENSOR_ALERT_CELSIUS = float(os.environ.get("SENSOR_ALERT_CELSIUS", "30"))
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]

@@ -7,7 +7,8 @@ adapter's ``api_url`` back at it, so no provider account is needed:
   provider signs and posted to the gateway's own webhook, so verification, routing, dedup and
   acknowledgement run exactly as for a real provider;
 * ``POST /phone/outbound`` (the SMS adapter's REST send, as to a provider): the signature is
-  checked, the text shown on the dashboard's phone, and a message id returned as a provider does.
+  checked, the text shown on the dashboard (the page puts it on the phone it is addressed to: the
+  customer's, or the on-call phone of the alerts bridge), and a message id returned as a provider does.
 """
 
 from __future__ import annotations

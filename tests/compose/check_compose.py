@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import smtplib
 import sys
 import threading
@@ -33,6 +34,7 @@ from compose_stack import IMAGES, Compose, Dockerd, build_standins, log
 from gateway_helpers import free_port
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the gateways' logs
+ONCALL = "+15005550199"   # not docker-compose.yml's default: the variable reaches config/compose.yaml
 PORTS = ("GATEWAY1_HTTP_PORT", "GATEWAY2_HTTP_PORT", "GATEWAY1_SMTP_PORT", "GATEWAY2_SMTP_PORT",
          "GATEWAY1_ADMIN_PORT", "GATEWAY2_ADMIN_PORT", "MQTT_PUBLISHED_PORT")
 
@@ -67,6 +69,7 @@ def stack() -> Iterator[Compose]:
         POSTGRES_USER="demo", POSTGRES_DB="demo", DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         SMTP_RELAY_HOST="mailcatcher", SMTP_RELAY_PORT="2525", MAIL_DOMAIN="example.com",
         SMS_SIGNING_SECRET=uuid.uuid4().hex, SMS_API_URL="http://smscatcher:8080/v1/messages", SMS_NUMBER="+15005550006",
+        DEMO_ONCALL_PHONE=ONCALL, SENSOR_ALERT_CELSIUS="30",
     )
     dockerd = Dockerd().start()
     compose = Compose(dockerd, env)
@@ -182,6 +185,76 @@ async def test_an_mqtt_reading_lands_in_postgresql_and_reaches_the_dashboard(sta
     assert page["count"] == 1 and page["readings"][0]["celsius"] == 21.5
 
 
+class Subscriber:
+    """A paho client of Mosquitto that keeps what it receives on ``topic``."""
+
+    def __init__(self, stack: Compose, topic: str) -> None:
+        self.messages: list[paho.MQTTMessage] = []
+        subscribed = threading.Event()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"watcher-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = lambda client, *_: client.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.on_message = lambda _c, _u, message: self.messages.append(message)
+        self.client.connect("127.0.0.1", port(stack, "MQTT_PUBLISHED_PORT"))
+        self.client.loop_start()
+        assert subscribed.wait(30), f"no SUBACK for {topic}"
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def bridged(stack: Compose, bridge: str) -> int:
+    """Messages ``bridge`` forwarded, summed over both gateways' /metrics."""
+    total = 0
+    for name in ("GATEWAY1_ADMIN_PORT", "GATEWAY2_ADMIN_PORT"):
+        text = httpx.get(f"http://127.0.0.1:{port(stack, name)}/metrics", timeout=10).text
+        found = re.search(rf'^gateway_bridge_messages_total{{[^}}]*bridge="{bridge}"[^}}]*outcome="forwarded"[^}}]*}} (\S+)$', text, re.MULTILINE)
+        assert found, f"no forwarded series of {bridge} on {name}"
+        total += int(float(found.group(1)))
+    return total
+
+
+def oncall_texts(stack: Compose) -> list[dict]:
+    logs = stack.logs("smscatcher")
+    sent = [json.loads(line.split("sms-catcher: ", 1)[1]) for line in logs.splitlines() if "sms-catcher: {" in line]
+    return [text for text in sent if text["to"] == ONCALL]
+
+
+async def test_one_alert_reaches_the_dashboard_one_mqtt_message_and_one_text_across_two_gateways(stack: Compose):
+    """config/compose.yaml's bridges: both gateways run them on the Redis layer, yet the one
+    group_send("alerts") of a hot reading is published once on alerts/<device> and texted once."""
+    watcher = await dashboard_socket(stack, 1)
+    alerts = Subscriber(stack, "alerts/#")
+    device = mqtt_publisher(stack)
+    try:
+        device.publish("sensors/boiler/temperature", b"45.5", qos=1).wait_for_publish(30)
+        alert = await next_event(watcher, "alert", device="boiler")
+        assert (alert["celsius"], alert["threshold"]) == (45.5, 30.0)
+        wait_until(lambda: alerts.messages, 60, "the alert on alerts/boiler")
+        wait_until(lambda: oncall_texts(stack), 60, "the alert's text at the provider")
+        wait_until(lambda: bridged(stack, "alerts-to-mqtt") >= 1 and bridged(stack, "alerts-to-oncall") >= 1, 30,
+                   "both bridges' forwarded counts")
+        await asyncio.sleep(5)  # a second copy (a bridge run by each gateway) would have arrived by now
+        assert [(m.topic, m.qos) for m in alerts.messages] == [("alerts/boiler", 1)]
+        payload = json.loads(alerts.messages[0].payload)
+        assert (payload["device"], payload["celsius"], payload["threshold"]) == ("boiler", 45.5, 30.0) and "type" not in payload
+        (text,) = oncall_texts(stack)
+        assert text["body"] == "Alert: boiler at 45.5 °C (threshold 30.0 °C)" and text["from"] == "+15005550006", text
+        assert (bridged(stack, "alerts-to-mqtt"), bridged(stack, "alerts-to-oncall")) == (1, 1)
+    finally:
+        alerts.close()
+        device.loop_stop()
+        device.disconnect()
+        await watcher.close()
+    late = Subscriber(stack, "alerts/boiler")  # retained: who subscribes later still gets the last alert
+    try:
+        wait_until(lambda: late.messages, 30, "the retained alert")
+        assert late.messages[0].retain and json.loads(late.messages[0].payload)["celsius"] == 45.5
+    finally:
+        late.close()
+
+
 def test_a_mail_over_smtp_becomes_a_ticket_and_gets_its_reply(stack: Compose):
     mail = EmailMessage()
     mail["From"], mail["To"], mail["Subject"] = "ann@customer.test", "support@example.com", "printer on fire"
@@ -236,7 +309,8 @@ def test_stopping_one_gateway_drains_it_and_loses_nothing_while_the_other_serves
         client = mqtt_publisher(stack)
         try:
             for i in range(total):
-                client.publish(f"sensors/{device}/temperature", str(i).encode(), qos=1).wait_for_publish(30)
+                # below SENSOR_ALERT_CELSIUS: no alert (each would be texted) while gateway-1 drains
+                client.publish(f"sensors/{device}/temperature", str(i / 10).encode(), qos=1).wait_for_publish(30)
                 published.append(i)
                 time.sleep(0.02)
         finally:

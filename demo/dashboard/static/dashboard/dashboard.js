@@ -209,8 +209,7 @@ $("#chat-form").addEventListener("submit", (event) => {
 });
 
 // -- simulators (local run): the phone and the customer's mailbox ----------------------------------
-function phoneBubble(text, mine) {
-  const screen = $("#phone-screen");
+function phoneBubble(text, mine, screen = $("#phone-screen")) {
   screen.querySelector("p")?.remove();
   screen.append(el("div", {class: `bubble ${mine ? "mine" : "theirs"}`}, text));
   screen.scrollTop = screen.scrollHeight;
@@ -250,7 +249,10 @@ const handlers = {
   ticket: (d) => addTicket(d, true),
   ticket_reply: addTicketReply,
   text: (d) => addText(d, true),
-  phone: (d) => { if (d.to === $("#phone-from")?.value) phoneBubble(d.body, false); },
+  phone: (d) => {   // a text the SMS adapter sent: to the customer's phone, or the alerts bridge's to on-call
+    if (d.to === $("#phone-from")?.value) phoneBubble(d.body, false);
+    else if (d.to === initial.oncallPhone && $("#oncall-screen")) phoneBubble(d.body, false, $("#oncall-screen"));
+  },
   mail: (d) => { if ($("#mailbox")) addMail(d); },
 };
 
