@@ -353,7 +353,7 @@ async def test_backpressure_a_client_that_does_not_read_stalls_its_sender():
         except OSError:
             return
 
-    async with serve(ws_app(handler), limits={"ws_send_buffer": 65536}, ws_compression=False) as gw:
+    async with serve(ws_app(handler), limits={"send_buffer": 65536}, ws_compression=False) as gw:
         reader, writer = await raw_ws(gw)
         # do not read: after the kernel buffers fill up, the app's send must block
         last = -1
