@@ -12,6 +12,8 @@ import pytest
 from http_helpers import hello, status_of
 from protocol_helpers import frame, handshake, harness, read_close_code
 
+from gateway_adapters.http.websocket import ClientDisconnected
+
 pytestmark = pytest.mark.timeout(30)
 
 
@@ -201,3 +203,35 @@ async def test_frames_that_came_with_the_handshake_are_kept_for_the_session():
         wire.feed(handshake() + frame(0x1, b"early"))  # the client did not wait for the 101
         await wire.transport.until(lambda: wire.transport.data.endswith(b"\x81\x05early"))
     assert wire.transport.data.startswith(b"HTTP/1.1 101")
+
+
+async def test_a_websocket_send_waits_while_the_client_takes_nothing_and_raises_once_it_is_gone():
+    progress: dict[str, list[int]] = {"/stays": [], "/goes": []}
+    ended: dict[str, BaseException] = {}
+    done = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope["path"]
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            for i in range(3):
+                await send({"type": "websocket.send", "text": "m%d" % i})
+                progress[path].append(i)
+        except OSError as exc:
+            ended[path] = exc
+        if len(ended) + sum(len(p) == 3 for p in progress.values()) == 2:
+            done.set()
+
+    async with harness(app) as h:
+        stays, goes = h.connect(), h.connect()
+        for wire, path in ((stays, b"/stays"), (goes, b"/goes")):
+            wire.protocol.pause_writing()  # the transport's buffer is above send_buffer
+            wire.feed(handshake(path))
+            await wire.transport.until(lambda wire=wire: wire.transport.data.endswith(b"\x81\x02m0"))
+        assert progress == {"/stays": [], "/goes": []}  # the first frames are out; the sends wait
+        stays.protocol.resume_writing()
+        goes.lose()
+        await asyncio.wait_for(done.wait(), 5)
+    assert progress == {"/stays": [0, 1, 2], "/goes": []}
+    assert list(ended) == ["/goes"] and isinstance(ended["/goes"], ClientDisconnected)  # an OSError, as ASGI asks
