@@ -7,9 +7,8 @@ import pytest
 
 import email_helpers as h
 from gateway.testing import EmailCommunicator, Harness
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_email_state")]
 
 
 def config(port: int) -> str:

@@ -8,10 +8,10 @@ import imaplib
 import pytest
 
 import email_helpers as h
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
 pytestmark = [
+    pytest.mark.usefixtures("clean_email_state"),
     pytest.mark.timeout(45),
 ]
 

@@ -8,14 +8,13 @@ import aiosmtplib
 import pytest
 
 import email_helpers as h
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from gateway.layers import get_channel_layer
 from gateway_adapters.email import DeliveryError, build_message
 from gateway_adapters.email.config import RelayConfig
 from gateway_adapters.email.smtp_out import Relay
 from tls_helpers import self_signed
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_email_state")]
 
 
 def config(sink_port: int, relay_extra: str = "", routes: str = "") -> str:

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from gateway import Gateway
-from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
+from test_layer_redis_helpers import RedisServer
 
 
 async def test_health_shows_the_layer_down_while_redis_is_down(own_redis: RedisServer):

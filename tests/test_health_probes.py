@@ -12,7 +12,7 @@ import pytest
 from gateway import Gateway
 from gateway.errors import StartupError
 from mqtt_helpers import mosquitto
-from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
+from test_layer_redis_helpers import RedisServer
 
 CATCH_ALL = "tests.testapps.basic:hello"
 

@@ -19,7 +19,7 @@ from gateway.layers.base import BaseChannelLayer  # noqa: E402
 from gateway.layers.redis import LayerUnavailable, RedisChannelLayer, RedisLayerOptions  # noqa: E402
 from gateway.layers.redis_scripts import glob_to_lua  # noqa: E402
 from gateway.errors import ConfigError  # noqa: E402
-from test_layer_redis_helpers import RedisServer, own_redis, prefix, redis_server  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
 

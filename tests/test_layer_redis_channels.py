@@ -3,7 +3,6 @@ Channels users run it: one script, two backends, the same observations (issue 12
 
 from __future__ import annotations
 
-import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 pytest.importorskip("redis")
 pytest.importorskip("channels_redis")
 
-from test_layer_redis_helpers import RedisServer, finish, read_line, redis_server, run_script  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, finish, read_line, run_script  # noqa: E402
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 pytest.importorskip("redis")
 
 from gateway.layers.redis import LayerUnavailable, RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, free_port, own_redis, prefix  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(40)
 

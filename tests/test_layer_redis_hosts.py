@@ -19,7 +19,7 @@ pytest.importorskip("redis")
 from gateway.layers.redis import LayerUnavailable, RedisChannelLayer  # noqa: E402
 from gateway.layers.redis_hosts import HashRing, decode_hosts, host_label  # noqa: E402
 from gateway_helpers import require  # noqa: E402
-from test_layer_redis_helpers import RedisServer, free_port, prefix  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, free_port  # noqa: E402
 from tls_helpers import make_ca  # noqa: E402
 
 pytestmark = pytest.mark.timeout(40)

@@ -13,7 +13,7 @@ from asgiref.sync import async_to_sync
 pytest.importorskip("redis")
 
 from gateway.layers.redis import RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, prefix, redis_server  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

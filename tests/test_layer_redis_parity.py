@@ -21,7 +21,7 @@ channels_redis_core = pytest.importorskip("channels_redis.core")
 from channels.exceptions import ChannelFull as ChannelsChannelFull  # noqa: E402
 
 from gateway.layers.redis import RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, redis_server  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("redis")
 
 from gateway.layers.redis import RedisChannelLayer  # noqa: E402
-from test_layer_redis_helpers import RedisServer, finish, prefix, read_line, redis_server, run_script  # noqa: E402,F401
+from test_layer_redis_helpers import RedisServer, finish, read_line, run_script  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
 

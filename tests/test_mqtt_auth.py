@@ -7,8 +7,8 @@ import threading
 from typing import Any
 
 import pytest
-from mqtt_helpers import (  # noqa: F401
-    APPS, HOOK_CALLS, DeviceUser, Peer, broker_yaml, clean_apps, connack, only_mqtt, port_of, route, wait_for,
+from mqtt_helpers import (
+    APPS, HOOK_CALLS, DeviceUser, Peer, broker_yaml, connack, port_of, route, wait_for,
 )
 from structlog.testing import capture_logs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mqtt_helpers import Peer, broker_yaml, only_mqtt, port_of  # noqa: F401
+from mqtt_helpers import Peer, broker_yaml, port_of
 
 from gateway.server import Gateway
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqtt_helpers import (  # noqa: F401
-    APPS, Mosquitto, Peer, broker_yaml, clean_apps, client_yaml, mosquitto, only_mqtt, port_of, route, wait_for,
+from mqtt_helpers import (
+    APPS, Mosquitto, Peer, broker_yaml, client_yaml, mosquitto, port_of, route, wait_for,
 )
 from structlog.testing import capture_logs
 

@@ -6,9 +6,8 @@ import pytest
 
 import sms_helpers as h
 from gateway.testing import Harness, SmsCommunicator, SmsStatusCommunicator
-from sms_helpers import clean_state  # noqa: F401 - autouse
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {events: status, app: "sms_helpers:TextConsumer"}

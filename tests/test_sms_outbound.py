@@ -10,9 +10,9 @@ import pytest
 
 import sms_helpers as h
 from gateway_adapters.sms.numbers import segments
-from sms_helpers import Planned, clean_state  # noqa: F401 - autouse
+from sms_helpers import Planned
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {events: status, app: "sms_helpers:ok", name: status}

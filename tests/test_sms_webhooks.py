@@ -12,9 +12,8 @@ import pytest
 
 import sms_helpers as h
 from gateway.errors import ConfigError
-from sms_helpers import clean_state  # noqa: F401 - autouse
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {from: "+44", app: "sms_helpers:ok", name: uk}
