@@ -124,32 +124,29 @@ class RequestCycle:
                     failed = result.outcome is not _OK
         finally:
             conn.cycle = None
-        status = self._answer_for_the_app(failed, method, path)
+        # The app has returned: what it left unfinished is made a valid end here (written out:
+        # this runs for every request).
+        status = self.status
+        if self.silenced:
+            status = self.silenced
+        elif not self.head_sent:
+            # Nothing is on the wire yet (no start, or a start the body never followed): a clean 500.
+            if not self.started and not failed:
+                server.log.error("http.no_response", method=method, path=path,
+                                 error="the application returned without sending 'http.response.start'")
+            status = 500
+            conn.write_close(simple_response(500, date=server.date_header))
+            self.keep_alive = False
+        elif not self.done:
+            # The response is on the wire already: the only honest signal left is to close.
+            self.keep_alive = False
+            if conn.transport is not None:
+                conn.transport.close()
         if server.access_log:
             server.log_access(method, path, status, self.sent, started, client)
         if self.disconnect is not None:
             self.wake()
         return self.keep_alive and req.complete  # an unread body that was all read in is dropped
-
-    def _answer_for_the_app(self, failed: bool, method: str, path: str) -> int:
-        """The app has returned: make what it left unfinished a valid end; the status logged."""
-        if self.silenced:
-            return self.silenced
-        conn = self.conn
-        if not self.head_sent:
-            # Nothing is on the wire yet (no start, or a start the body never followed): a clean 500.
-            if not self.started and not failed:
-                conn.server.log.error("http.no_response", method=method, path=path,
-                                      error="the application returned without sending 'http.response.start'")
-            conn.write_close(simple_response(500, date=conn.server.date_header))
-            self.keep_alive = False
-            return 500
-        if not self.done:
-            # The response is on the wire already: the only honest signal left is to close.
-            self.keep_alive = False
-            if conn.transport is not None:
-                conn.transport.close()
-        return self.status
 
     def refuse_body(self, status: int) -> None:
         """The body being read breaks a limit: past ``max_body_size`` (413), too slow (408). The
