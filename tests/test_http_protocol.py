@@ -216,7 +216,7 @@ async def test_a_websocket_send_waits_while_the_client_takes_nothing_and_raises_
         await send({"type": "websocket.accept"})
         try:
             for i in range(3):
-                await send({"type": "websocket.send", "text": "m%d" % i})
+                await send({"type": "websocket.send", "text": f"m{i}"})
                 progress[path].append(i)
         except OSError as exc:
             ended[path] = exc
