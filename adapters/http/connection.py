@@ -14,9 +14,8 @@ the adapter's own (``flow_control``), on asyncio's public protocol callbacks.
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
@@ -33,21 +32,16 @@ if TYPE_CHECKING:
 _OWS = b" \t"
 _SLASH = 47  # "/" as a byte value (see head.LF)
 
-
-class Deadline(enum.IntEnum):
-    """Which clock runs on a connection (``HttpProtocol.deadline`` is when it runs out)."""
-
-    NONE = 0
-    IDLE = 1
-    """Keep-alive: no request yet, or between requests."""
-    HEADER = 2
-    """A request head started and is not complete: ``header_timeout``."""
-    BODY = 3
-    """A request body is arriving: ``body_timeout``, extended by ``body_min_rate``."""
-
-
-# Module names for the members: data_received reads them for every read.
-_NONE, _IDLE, _HEADER, _BODY = Deadline.NONE, Deadline.IDLE, Deadline.HEADER, Deadline.BODY
+# Which clock runs on a connection (``HttpProtocol.deadline_kind``; ``deadline`` is when it runs
+# out). Plain ints with names: data_received and the body callbacks compare them for every read,
+# and CPython specialises comparisons of exact ints only.
+DEADLINE_NONE: Final = 0
+DEADLINE_IDLE: Final = 1
+"""Keep-alive: no request yet, or between requests (``keepalive_timeout``)."""
+DEADLINE_HEADER: Final = 2
+"""A request head started and is not complete: ``header_timeout``."""
+DEADLINE_BODY: Final = 3
+"""A request body is arriving: ``body_timeout``, extended by ``body_min_rate``."""
 
 
 class ParseError:
@@ -127,7 +121,7 @@ class HttpProtocol(FlowControlled):
         self.ws: WebSocketSession | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
-        self.deadline_kind = _NONE
+        self.deadline_kind = DEADLINE_NONE
         self.stalled_since = 0.0  # when the client last took none of what waits for it (0: not stalled)
         self.stall_mark = 0  # bytes waiting for it then
         self.closing = False
@@ -157,13 +151,13 @@ class HttpProtocol(FlowControlled):
         self.transport.set_write_buffer_limits(high=server.limits.send_buffer)  # type: ignore[union-attr]
         server.connection_made(self)
         self.deadline = server.loop.time() + server.limits.keepalive_timeout
-        self.deadline_kind = _IDLE
+        self.deadline_kind = DEADLINE_IDLE
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.server.connection_lost(self)
         super().connection_lost(exc)
         self.closing = True
-        self.deadline_kind = _NONE
+        self.deadline_kind = DEADLINE_NONE
         if self.parsing is not None:
             self.parsing.fail(ConnectionResetError("client disconnected"))
         cycle = self.cycle
@@ -205,14 +199,14 @@ class HttpProtocol(FlowControlled):
             return
         if not self.got_head:
             kind = self.deadline_kind
-            if kind and kind != _BODY:  # body bytes are timed in on_body
+            if kind and kind != DEADLINE_BODY:  # body bytes are timed in on_body
                 self._reading_head(data)
             return
         self.head_size = 0
         if self.parsing is not None:
             self._start_body_clock()
         elif self.cycle is None:
-            self.deadline_kind = _NONE
+            self.deadline_kind = DEADLINE_NONE
         # _wake_serve, written out: this runs for every request
         waiter = self.waiter
         if waiter is not None:
@@ -228,12 +222,12 @@ class HttpProtocol(FlowControlled):
         keeps it waiting. The bytes of it that came with the head already earn their time."""
         server = self.server
         self.deadline = server.loop.time() + server.body_timeout + self.parsing.size * server.body_step  # type: ignore[union-attr]
-        self.deadline_kind = _BODY
+        self.deadline_kind = DEADLINE_BODY
 
     def restart_body_clock(self) -> None:
         """The server held the body back (it stopped reading, or owed a 100 Continue) and lets
         it come again: the client gets at least a whole ``body_timeout`` from now."""
-        if self.deadline_kind == _BODY:
+        if self.deadline_kind == DEADLINE_BODY:
             self.deadline = max(self.deadline, self.server.loop.time() + self.server.body_timeout)
 
     def _reading_head(self, data: bytes) -> None:
@@ -244,9 +238,9 @@ class HttpProtocol(FlowControlled):
         if not data:
             return
         server = self.server
-        if self.deadline_kind == _IDLE:
+        if self.deadline_kind == DEADLINE_IDLE:
             self.deadline = server.loop.time() + server.limits.header_timeout
-            self.deadline_kind = _HEADER
+            self.deadline_kind = DEADLINE_HEADER
         self.head_size += len(data)
         if self.head_size > server.max_head:
             self._parse_failed(431, "request head too large")
@@ -295,7 +289,7 @@ class HttpProtocol(FlowControlled):
         req = self.parsing
         if req is not None:
             req.feed(body)
-            if self.deadline_kind == _BODY:
+            if self.deadline_kind == DEADLINE_BODY:
                 self.deadline += len(body) * self.server.body_step
             if req.size > BODY_BUFFER and not self.read_held:
                 self.hold_reading()
@@ -305,8 +299,8 @@ class HttpProtocol(FlowControlled):
         if req is not None:
             self.parsing = None
             req.complete = True
-            if self.deadline_kind == _BODY:
-                self.deadline_kind = _NONE
+            if self.deadline_kind == DEADLINE_BODY:
+                self.deadline_kind = DEADLINE_NONE
             if req.waiter is not None:
                 req.wake()
 
@@ -411,7 +405,7 @@ class HttpProtocol(FlowControlled):
                         server.log_parse_error(self, req)
                     break
                 if req.upgrade and not queue:
-                    self.deadline_kind = _NONE  # a WebSocket has timers of its own
+                    self.deadline_kind = DEADLINE_NONE  # a WebSocket has timers of its own
                     await start_websocket(self, req)
                     return
                 if self.rejected:
@@ -424,7 +418,7 @@ class HttpProtocol(FlowControlled):
                     break
                 if not queue:
                     self.deadline = server.loop.time() + server.limits.keepalive_timeout
-                    self.deadline_kind = _IDLE
+                    self.deadline_kind = DEADLINE_IDLE
         except asyncio.CancelledError:
             if self.transport is not None:
                 self.transport.abort()
@@ -447,14 +441,14 @@ class HttpProtocol(FlowControlled):
     def expire(self) -> None:
         """The header, body or keep-alive deadline passed."""
         kind = self.deadline_kind
-        if kind == _BODY:
+        if kind == DEADLINE_BODY:
             self._body_late()
             return
-        self.deadline_kind = _NONE
+        self.deadline_kind = DEADLINE_NONE
         transport = self.transport
         if transport is None:
             return
-        if kind == _HEADER:
+        if kind == DEADLINE_HEADER:
             self.broken = True
             self.server.timed_out(self, "header")
             transport.write(simple_response(408, date=self.server.date_header))
@@ -464,13 +458,13 @@ class HttpProtocol(FlowControlled):
         server = self.server
         req = self.parsing
         if req is None or self.transport is None:
-            self.deadline_kind = _NONE
+            self.deadline_kind = DEADLINE_NONE
             return
         if self.read_held or self._owes_continue(req):
             # the server is the one holding the body back: not the client's time
             self.deadline = server.loop.time() + server.body_timeout
             return
-        self.deadline_kind = _NONE
+        self.deadline_kind = DEADLINE_NONE
         server.timed_out(self, "body", body_bytes=req.size)
         cycle = self.cycle
         if cycle is not None and cycle.request is req:

@@ -8,9 +8,8 @@ server's to decide from what the app sent.
 
 from __future__ import annotations
 
-import enum
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from .cycle import RequestCycle
@@ -44,41 +43,36 @@ def simple_response(status: int, body: bytes | None = None, extra: bytes = b"", 
     ))
 
 
-class HeaderRole(enum.IntEnum):
-    """What the head writer does with a response header, by name: write it as is, take it over
-    (the server frames the body and decides on the connection), or refuse it."""
+# What the head writer does with a response header, by name: write it as is, take it over (the
+# server frames the body and decides on the connection), or refuse it. Plain ints with names: the
+# head writer compares them for every header, and CPython specialises comparisons of exact ints only.
+ROLE_PLAIN: Final = 0
+ROLE_LENGTH: Final = 1
+ROLE_FRAMING: Final = 2
+ROLE_CONNECTION: Final = 3
+ROLE_INVALID: Final = 4
 
-    PLAIN = 0
-    LENGTH = 1
-    FRAMING = 2
-    CONNECTION = 3
-    INVALID = 4
-
-
-# Module names for the members: the head writer reads them for every header.
-_PLAIN, _LENGTH, _FRAMING, _CONNECTION, _INVALID = (
-    HeaderRole.PLAIN, HeaderRole.LENGTH, HeaderRole.FRAMING, HeaderRole.CONNECTION, HeaderRole.INVALID,
-)
 # Apps send the same few names again and again, so the answer is remembered: the usual header
 # costs one lookup instead of lowering, comparing and checking its name every time.
-_ROLES: dict[bytes, HeaderRole] = {}
+_ROLES: dict[bytes, int] = {}
 _ROLES_MAX = 1024  # names an app makes up per response (a counter in the name) must not grow it without end
 
 
-def header_role(name: bytes) -> HeaderRole:
+def header_role(name: bytes) -> int:
+    """``name``'s ``ROLE_*``, remembered."""
     role = _ROLES.get(name)
     if role is None:
         lname = name.lower()
         if lname == b"content-length":
-            role = _LENGTH
+            role = ROLE_LENGTH
         elif lname == b"transfer-encoding":
-            role = _FRAMING
+            role = ROLE_FRAMING
         elif lname == b"connection":
-            role = _CONNECTION
+            role = ROLE_CONNECTION
         elif not name or LF in name or CR in name or COLON in name:
-            role = _INVALID
+            role = ROLE_INVALID
         else:
-            role = _PLAIN
+            role = ROLE_PLAIN
         if len(_ROLES) < _ROLES_MAX:
             _ROLES[name] = role
     return role
@@ -86,7 +80,7 @@ def header_role(name: bytes) -> HeaderRole:
 
 def check_header(name: bytes, value: bytes) -> None:
     """Refuse a header an app sent that would break the head (``RuntimeError``, the app's fault)."""
-    if LF in value or CR in value or header_role(name) == _INVALID:
+    if LF in value or CR in value or header_role(name) == ROLE_INVALID:
         raise RuntimeError(f"invalid response header {name!r}: {value!r}")
 
 
@@ -101,13 +95,13 @@ def write_head(cycle: RequestCycle, transport: Any, body: bytes, more: bool) -> 
         role = _ROLES.get(name)
         if role is None:
             role = header_role(name)
-        if role == _PLAIN and LF not in value and CR not in value:
+        if role == ROLE_PLAIN and LF not in value and CR not in value:
             lines += (name, b": ", value, b"\r\n")
-        elif role == _LENGTH:
+        elif role == ROLE_LENGTH:
             content_length = value
-        elif role == _FRAMING:
+        elif role == ROLE_FRAMING:
             has_te = True  # the server does the framing
-        elif role == _CONNECTION:
+        elif role == ROLE_CONNECTION:
             if value.lower() == b"close":
                 cycle.keep_alive = False
         else:

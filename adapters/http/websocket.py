@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import enum
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.routing import Match
 from gateway.runner import Outcome
@@ -41,24 +40,17 @@ if TYPE_CHECKING:
     from .request import Request
 
 
-
-class WsState(enum.IntEnum):
-    """Where a WebSocket connection is, from the upgrade request to the end."""
-
-    CONNECTING = 0
-    """The app has the ``websocket.connect``; neither accepted nor refused yet."""
-    RESPONDING = 1
-    """The app denies the handshake with an HTTP response of its own (being sent)."""
-    OPEN = 2
-    CLOSING = 3
-    """Our close frame is out; waiting for the client's (``CLOSE_TIMEOUT``)."""
-    CLOSED = 4
-
-
-# Module names for the members: every send and every frame reads them.
-CONNECTING, RESPONDING, OPEN, CLOSING, CLOSED = (
-    WsState.CONNECTING, WsState.RESPONDING, WsState.OPEN, WsState.CLOSING, WsState.CLOSED,
-)
+# Where a WebSocket connection is, from the upgrade request to the end (``WebSocketSession.state``).
+# Plain ints with names rather than an IntEnum: every frame and every send compares them, and
+# CPython specialises comparisons of exact ints only (an IntEnum costs a generic compare each time).
+CONNECTING: Final = 0
+"""The app has the ``websocket.connect``; neither accepted nor refused yet."""
+RESPONDING: Final = 1
+"""The app denies the handshake with an HTTP response of its own (being sent)."""
+OPEN: Final = 2
+CLOSING: Final = 3
+"""Our close frame is out; waiting for the client's (``CLOSE_TIMEOUT``)."""
+CLOSED: Final = 4
 WS_EXTENSIONS: dict[str, Any] = {"websocket.http.response": {}}
 _PACK_CODE = struct.Struct("!H").pack
 CLOSE_TIMEOUT = 5.0
@@ -174,7 +166,7 @@ class WebSocketSession:
         self.deflate = deflate  # the permessage-deflate agreed on: (header value, window bits, no takeover)
         self.deflater: Deflater | None = None
         self.inst: Any = None
-        self.state: WsState = CONNECTING
+        self.state = CONNECTING
         self.reader: FrameReader | None = None
         self.pending: deque[dict[str, Any]] | None = None
         self.pump: asyncio.Task[None] | None = None
