@@ -96,7 +96,7 @@ async def drive(factory: Callable[[], asyncio.Protocol], requests: int) -> None:
 
 async def gateway_factory(workdir: Path) -> tuple[Callable[[], asyncio.Protocol], Callable[[], Any]]:
     from gateway import Gateway, logs
-    from gateway_adapters.http.protocol import HttpProtocol
+    from gateway_adapters.http.connection import HttpProtocol
 
     logs.configure("warning")
     gw = Gateway.from_text(common.gateway_config(0, workdir))

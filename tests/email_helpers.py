@@ -13,13 +13,12 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import pytest
 from aiosmtpd.smtp import SMTP as AioSMTP
 from gateway_helpers import eventually, free_port, require  # noqa: F401 - re-exported for the e-mail tests
 
@@ -48,14 +47,6 @@ def email_only(app):
 def reset() -> None:
     RECEIVED.clear()
     CONTROL.clear()
-
-
-@pytest.fixture(autouse=True)
-def clean_state() -> Iterator[None]:
-    """Autouse in every test module that imports it: each test starts and ends with nothing recorded."""
-    reset()
-    yield
-    reset()
 
 
 @email_only

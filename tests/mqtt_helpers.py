@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-import pytest
 from gateway_helpers import require
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -32,14 +31,6 @@ ROOT = TESTS.parent
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 APPS: dict[str, App] = {}
-
-
-@pytest.fixture
-def clean_apps() -> Iterator[None]:
-    """Each test starts and ends with no per-route apps registered (``route_app`` looks them up)."""
-    APPS.clear()
-    yield
-    APPS.clear()
 
 
 async def route_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -57,13 +48,6 @@ def mqtt_entry_points(group: str) -> list[Any]:
     from importlib.metadata import entry_points
 
     return [ep for ep in entry_points(group=group) if ep.name == "mqtt"]
-
-
-@pytest.fixture
-def only_mqtt(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gateway.plugins
-
-    monkeypatch.setattr(gateway.plugins, "entry_points", mqtt_entry_points)
 
 
 def run_gateway_main(config: str) -> None:

@@ -12,14 +12,13 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
 import jwt
-import pytest
 from aiohttp import web
 from gateway_helpers import eventually  # noqa: F401 - re-exported for the sms tests
 from nacl.signing import SigningKey
@@ -44,11 +43,7 @@ RECEIVED: list[tuple[dict[str, Any], dict[str, Any]]] = []
 CONTROL: dict[str, Any] = {}
 
 
-@pytest.fixture(autouse=True)
-def clean_state() -> Iterator[None]:
-    RECEIVED.clear()
-    CONTROL.clear()
-    yield
+def reset() -> None:
     RECEIVED.clear()
     CONTROL.clear()
 

@@ -10,7 +10,7 @@ from amqtt.broker import Broker
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.protocol.handler import ProtocolHandler
 from compat_helpers import declared_range, private_uses
-from mqtt_helpers import broker_yaml, only_mqtt, route  # noqa: F401
+from mqtt_helpers import broker_yaml, route
 
 from gateway.errors import StartupError
 from gateway.server import Gateway

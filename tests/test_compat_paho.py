@@ -8,7 +8,7 @@ from importlib.metadata import version
 import paho.mqtt.client as paho
 import pytest
 from compat_helpers import declared_range, private_uses
-from mqtt_helpers import client_yaml, free_port, only_mqtt, route  # noqa: F401
+from mqtt_helpers import client_yaml, free_port, route
 
 from gateway.errors import StartupError
 from gateway.server import Gateway

@@ -10,11 +10,10 @@ import threading
 import aiosmtplib
 import email_helpers as h
 import pytest
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from structlog.testing import capture_logs
 from tls_helpers import self_signed
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_email_state")]
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import aiosmtplib
 import email_helpers as h
 import pytest
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 
 from gateway.testing import EmailCommunicator, Harness
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_email_state")]
 
 
 def config(port: int) -> str:

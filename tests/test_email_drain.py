@@ -8,10 +8,9 @@ import asyncio
 import email_helpers as h
 import pytest
 import uvloop
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from test_email_smtp import ROUTES, Raw, config
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_email_state")]
 
 DYNAMIC = '    - {to: "*@example.com", app: "email_helpers:dynamic", timeout: 60}\n'
 

@@ -7,10 +7,10 @@ import imaplib
 
 import email_helpers as h
 import pytest
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
 pytestmark = [
+    pytest.mark.usefixtures("clean_email_state"),
     pytest.mark.timeout(45),
 ]
 

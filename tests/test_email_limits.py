@@ -10,12 +10,11 @@ import threading
 
 import email_helpers as h
 import pytest
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from structlog.testing import capture_logs
 from test_email_imap import message, state
 from test_email_smtp import ROUTES, Raw, config
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("clean_email_state")]
 
 
 async def send_raw(gw, data: bytes, rcpt: str = "alice@example.com") -> str:

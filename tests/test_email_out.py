@@ -7,7 +7,6 @@ import asyncio
 import aiosmtplib
 import email_helpers as h
 import pytest
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
 from gateway.layers import get_channel_layer
@@ -15,7 +14,7 @@ from gateway_adapters.email import DeliveryError, build_message
 from gateway_adapters.email.config import RelayConfig
 from gateway_adapters.email.smtp_out import Relay
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_email_state")]
 
 
 def config(sink_port: int, relay_extra: str = "", routes: str = "") -> str:

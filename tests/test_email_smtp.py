@@ -10,11 +10,10 @@ from email.message import EmailMessage
 import aiosmtplib
 import email_helpers as h
 import pytest
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 
 from gateway.errors import ConfigError
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_email_state")]
 
 
 def config(routes: str, smtp: str = "") -> str:

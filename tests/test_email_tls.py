@@ -5,10 +5,10 @@ from __future__ import annotations
 import aiosmtplib
 import email_helpers as h
 import pytest
-from email_helpers import clean_state  # noqa: F401 - autouse: no mail recorded across tests
 from tls_helpers import self_signed
 
 pytestmark = [
+    pytest.mark.usefixtures("clean_email_state"),
     pytest.mark.timeout(30),
 ]
 

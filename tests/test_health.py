@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
+from test_layer_redis_helpers import RedisServer
 
 from gateway import Gateway
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 from mqtt_helpers import mosquitto
-from test_layer_redis_helpers import RedisServer, own_redis  # noqa: F401 - the fixture
+from test_layer_redis_helpers import RedisServer
 
 from gateway import Gateway
 from gateway.errors import StartupError

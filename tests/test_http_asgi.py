@@ -303,32 +303,6 @@ async def test_app_returns_without_responding_gives_500_and_a_log():
     assert any(e["event"] == "http.no_response" and e["path"] == "/quiet" for e in logs)
 
 
-async def test_client_disconnect_mid_body_gives_http_disconnect():
-    got: list[dict[str, Any]] = []
-    done = asyncio.Event()
-
-    async def app(scope, receive, send):
-        if scope["type"] != "http":
-            return
-        while True:
-            message = await receive()
-            got.append(message)
-            if message["type"] == "http.disconnect":
-                done.set()
-                return
-
-    async with serve(app) as gw:
-        host, port = host_port(gw)
-        _, writer = await asyncio.open_connection(host, port)
-        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-        await writer.drain()
-        await asyncio.sleep(0.1)
-        writer.close()
-        await asyncio.wait_for(done.wait(), 5)
-    assert got[0] == {"type": "http.request", "body": b"0123456789", "more_body": True}
-    assert got[-1] == {"type": "http.disconnect"}
-
-
 async def test_disconnect_while_streaming_response():
     """A long-poll/streaming app that waits on receive() learns the client went away."""
     done = asyncio.Event()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
+import structlog
 from http_helpers import (
     addr,
     hello,
@@ -16,6 +18,10 @@ from http_helpers import (
     serve,
     status_of,
 )
+from protocol_helpers import harness
+
+from gateway.config import loads
+from gateway.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,23 +36,6 @@ async def test_request_line_limit_boundary():
         too_long = await raw(gw, request(b"/" + b"a" * 100))
     assert status_of(ok) == 200
     assert status_of(too_long) == 414
-
-
-@pytest.mark.parametrize(("first", "rest", "status"), [
-    (b"GET /" + b"a" * 60, b"a" * 60 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\nX-Aa: " + b"v" * 60, b"v" * 60 + b"\r\nHost: x\r\n\r\n", 431),
-])
-async def test_limits_tell_414_from_431_when_the_head_arrives_in_pieces(first, rest, status):
-    async with serve(hello, limits={"max_request_line": 100, "max_header_size": 100}) as gw:
-        host, port = host_port(gw)
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(first)
-        await writer.drain()
-        await asyncio.sleep(0.1)  # a separate read on the server side
-        writer.write(rest)
-        out = await read_all(reader)
-        writer.close()
-    assert status_of(out) == status
 
 
 async def test_header_size_limit_boundary():
@@ -217,42 +206,6 @@ async def test_httpx_large_body_under_limit():
     assert r.status_code == 200 and len(r.content) == len("/big|") + 2_000_000
 
 
-async def test_an_endless_header_line_is_cut_at_the_largest_valid_head():
-    """llhttp keeps a header it has not seen the end of: the head as a whole is bounded, 431."""
-    limits = {"max_request_line": 100, "max_header_size": 100, "max_headers": 4}
-    bound = 100 + 4 * (2 * 100 + 4) + 64
-    async with serve(hello, limits=limits) as gw:
-        host, port = host_port(gw)
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
-        await writer.drain()
-        sent = 0
-        while sent <= bound:  # pieces each under the header limit, never a line end
-            await asyncio.sleep(0.01)
-            writer.write(b"v" * 90)
-            sent += 90
-        out = await read_all(reader)
-        writer.close()
-    assert status_of(out) == 431
-
-
-async def test_head_just_under_the_bound_is_parsed():
-    """The same bound admits the largest valid head: 4 fields with names and values at the limit."""
-    limits = {"max_request_line": 100, "max_header_size": 100, "max_headers": 4}
-    fields = b"Host: x\r\n" + b"".join(b"%s: %s\r\n" % (b"N" * 99 + b"%d" % i, b"v" * 100) for i in range(3))
-    async with serve(hello, limits=limits) as gw:
-        host, port = host_port(gw)
-        reader, writer = await asyncio.open_connection(host, port)
-        data = b"GET /" + b"a" * 99 + b" HTTP/1.1\r\n" + fields + b"\r\n"
-        for i in range(0, len(data), 50):  # in pieces: every read but the last leaves the head open
-            writer.write(data[i:i + 50])
-            await writer.drain()
-            await asyncio.sleep(0.005)
-        status, _, body = await read_response(reader)
-        writer.close()
-    assert status == 200 and body.startswith(b"/" + b"a" * 99)
-
-
 @pytest.mark.parametrize(("data", "status"), [
     (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
     (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
@@ -331,3 +284,34 @@ async def test_mangled_requests_are_answered_or_closed_never_crash_or_hang():
         assert out == b"" or status_line.match(out), (data, out[:80])
     assert status_of(after) == 200
     assert not [e for e in logs if e["event"] in ("http.connection_failed", "instance.finished") and e.get("log_level") == "error"]
+
+
+# -- send_buffer, and its old name ws_send_buffer ------------------------------------------------
+
+def _http_limits(yaml_limits: str) -> Any:
+    plan = loads(f"adapters:\n  http:\n    listen: 127.0.0.1:0\n    limits: {yaml_limits}\n")
+    return next(ap.config for ap in plan.adapters if ap.name == "http").limits
+
+
+async def test_send_buffer_is_the_transport_high_water_mark_of_every_connection():
+    async with harness(hello, limits={"send_buffer": 4096}) as h:
+        wire = h.connect()
+        assert wire.transport.high_water == 4096
+        assert _http_limits("{send_buffer: 8192}").send_buffer == 8192
+
+
+async def test_ws_send_buffer_is_read_as_send_buffer_with_one_deprecation_line():
+    with structlog.testing.capture_logs() as logs:
+        limits = _http_limits("{ws_send_buffer: 4096}")
+    assert limits.send_buffer == 4096
+    warnings = [e for e in logs if e["event"] == "config.deprecated_key"]
+    assert len(warnings) == 1
+    assert warnings[0]["key"] == "adapters.http.limits.ws_send_buffer" and warnings[0]["replacement"] == "send_buffer"
+    with structlog.testing.capture_logs() as logs:
+        assert _http_limits("{send_buffer: 4096}").send_buffer == 4096
+    assert not [e for e in logs if e["event"] == "config.deprecated_key"]
+
+
+async def test_send_buffer_and_ws_send_buffer_together_are_refused():
+    with pytest.raises(ConfigError, match="ws_send_buffer is the old name of send_buffer"):
+        _http_limits("{send_buffer: 4096, ws_send_buffer: 8192}")

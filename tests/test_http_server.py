@@ -262,16 +262,16 @@ async def test_access_log_can_be_switched_off():
 async def test_a_fault_in_the_server_ends_only_its_connection(monkeypatch):
     """A bug on the server's side of one request (not the app's) aborts that connection with a
     log line; the listener and other connections go on."""
-    from gateway_adapters.http.server import ServerState
+    from gateway_adapters.http.cycle import RequestCycle
 
-    real = ServerState.handle_http
+    real = RequestCycle.run
 
-    async def faulty(self, conn, req):
-        if req.target == b"/boom":
+    async def faulty(self):
+        if self.request.target == b"/boom":
             raise KeyError("simulated server fault")
-        return await real(self, conn, req)
+        return await real(self)
 
-    monkeypatch.setattr(ServerState, "handle_http", faulty)
+    monkeypatch.setattr(RequestCycle, "run", faulty)
     with structlog.testing.capture_logs() as logs:
         async with serve(hello) as gw:
             broken = await raw(gw, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -218,7 +218,7 @@ async def test_a_finished_response_nobody_reads_is_aborted_after_the_send_timeou
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % size)]})
         await send({"type": "http.response.body", "body": b"f" * size})
 
-    limits = {"send_timeout": 0.5, "ws_send_buffer": 64 * 1024 * 1024}  # the app's send never waits
+    limits = {"send_timeout": 0.5, "send_buffer": 64 * 1024 * 1024}  # the app's send never waits
     async with serve(app, limits=limits) as gw:
         state = gw.adapters["http"].state
         sock = stalled_client(*host_port(gw), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

@@ -9,11 +9,7 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-
-pytest.importorskip("redis")
-pytest.importorskip("msgpack")
-
-from test_layer_redis_helpers import RedisServer, own_redis, prefix, redis_server  # noqa: F401
+from test_layer_redis_helpers import RedisServer
 
 from gateway import config as config_mod
 from gateway.errors import ConfigError

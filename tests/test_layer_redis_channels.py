@@ -8,11 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("redis")
-pytest.importorskip("channels_redis")
-
-from test_layer_redis_helpers import RedisServer, finish, read_line, redis_server, run_script  # noqa: F401
+from test_layer_redis_helpers import RedisServer, finish, read_line, run_script
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-
-pytest.importorskip("redis")
-
-from test_layer_redis_helpers import RedisServer, free_port, own_redis, prefix  # noqa: F401
+from test_layer_redis_helpers import RedisServer, free_port
 
 from gateway.layers.redis import LayerUnavailable, RedisChannelLayer
 

@@ -9,18 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from gateway_helpers import free_port, require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,27 +71,6 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall((" ".join(args) + "\r\n").encode())
             return s.recv(65536)
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A redis-server shared by the tests that do not stop it (each test uses its own prefix)."""
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server for one test, which may stop and restart it."""
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return "t" + secrets.token_hex(4)
 
 
 def layer_kwargs(server: RedisServer, prefix: str, **extra: Any) -> dict[str, Any]:

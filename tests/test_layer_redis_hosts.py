@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("redis")
-
 from gateway_helpers import require
-from test_layer_redis_helpers import RedisServer, free_port, prefix  # noqa: F401
+from test_layer_redis_helpers import RedisServer, free_port
 from tls_helpers import make_ca
 
 from gateway.layers.redis import LayerUnavailable, RedisChannelLayer

@@ -9,10 +9,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-
-pytest.importorskip("redis")
-
-from test_layer_redis_helpers import RedisServer, prefix, redis_server  # noqa: F401
+from test_layer_redis_helpers import RedisServer
 
 from gateway.layers.redis import RedisChannelLayer
 

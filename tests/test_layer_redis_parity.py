@@ -13,13 +13,10 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import channels_redis.core as channels_redis_core
 import pytest
-
-pytest.importorskip("redis")
-channels_redis_core = pytest.importorskip("channels_redis.core")
-
 from channels.exceptions import ChannelFull as ChannelsChannelFull
-from test_layer_redis_helpers import RedisServer, redis_server  # noqa: F401
+from test_layer_redis_helpers import RedisServer
 
 from gateway.layers.redis import RedisChannelLayer
 

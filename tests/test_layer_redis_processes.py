@@ -10,10 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("redis")
-
-from test_layer_redis_helpers import RedisServer, finish, prefix, read_line, redis_server, run_script  # noqa: F401
+from test_layer_redis_helpers import RedisServer, finish, read_line, run_script
 
 from gateway.layers.redis import RedisChannelLayer
 
@@ -165,7 +162,7 @@ DJANGO = """
 
 
 async def test_django_channel_layers_backend_with_a_consumer(tmp_path: Path, redis_server: RedisServer, prefix: str) -> None:
-    pytest.importorskip("channels")
+    import channels  # noqa: F401 - a dev dependency: fail loudly if missing
     proc = run_script(tmp_path, "django_app.py", DJANGO, redis_server.url, prefix)
     try:
         out = await read_line(proc, timeout=30)

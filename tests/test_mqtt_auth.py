@@ -7,15 +7,13 @@ import threading
 from typing import Any
 
 import pytest
-from mqtt_helpers import (  # noqa: F401
+from mqtt_helpers import (
     APPS,
     HOOK_CALLS,
     DeviceUser,
     Peer,
     broker_yaml,
-    clean_apps,
     connack,
-    only_mqtt,
     port_of,
     route,
     wait_for,

@@ -7,7 +7,7 @@ import socket
 from typing import Any
 
 import pytest
-from mqtt_helpers import APPS, Peer, broker_yaml, clean_apps, connack, only_mqtt, port_of, route, wait_for  # noqa: F401
+from mqtt_helpers import APPS, Peer, broker_yaml, connack, port_of, route, wait_for
 
 from gateway.server import Gateway
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_helpers import APPS, Peer, clean_apps, client_yaml, mosquitto, only_mqtt, route, wait_for  # noqa: F401
+from mqtt_helpers import APPS, Peer, client_yaml, mosquitto, route, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from structlog.testing import capture_logs

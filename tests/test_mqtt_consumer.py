@@ -7,7 +7,7 @@ import json
 
 import mqtt_helpers
 import pytest
-from mqtt_helpers import Peer, broker_yaml, only_mqtt, port_of, wait_for  # noqa: F401
+from mqtt_helpers import Peer, broker_yaml, port_of, wait_for
 
 from gateway.server import Gateway
 

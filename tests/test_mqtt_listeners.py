@@ -10,7 +10,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
-from mqtt_helpers import APPS, Peer, broker_yaml, free_port, mosquitto, only_mqtt, wait_for  # noqa: F401
+from mqtt_helpers import APPS, Peer, broker_yaml, free_port, mosquitto, wait_for
 from paho.mqtt.enums import CallbackAPIVersion
 from tls_helpers import make_ca
 

@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqtt_helpers import (  # noqa: F401
+from mqtt_helpers import (
     APPS,
     Mosquitto,
     Peer,
     broker_yaml,
-    clean_apps,
     client_yaml,
     mosquitto,
-    only_mqtt,
     port_of,
     route,
     wait_for,

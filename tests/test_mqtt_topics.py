@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from mqtt_helpers import only_mqtt  # noqa: F401  (fixture)
 
 from gateway.errors import ConfigError
 from gateway.server import Gateway

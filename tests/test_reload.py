@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
-from mqtt_helpers import clean_apps  # noqa: F401 - fixture
 
 from .django_helpers import GatewayProcess
 from .gateway_helpers import ROOT, free_port

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import sms_helpers as h
-from sms_helpers import clean_state  # noqa: F401 - autouse
 
 from gateway.testing import Harness, SmsCommunicator, SmsStatusCommunicator
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {events: status, app: "sms_helpers:TextConsumer"}

@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 import sms_helpers as h
-from sms_helpers import Planned, clean_state  # noqa: F401 - autouse
+from sms_helpers import Planned
 
 from gateway_adapters.sms.numbers import segments
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {events: status, app: "sms_helpers:ok", name: status}

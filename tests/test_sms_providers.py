@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 import sms_helpers as h
-from sms_helpers import Planned, clean_state  # noqa: F401 - autouse
+from sms_helpers import Planned
 from telnyx.lib.webhook_verification import verify_webhook_signature
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {events: status, app: "sms_helpers:ok", name: status}

@@ -7,10 +7,8 @@ import contextlib
 
 import pytest
 import sms_helpers as h
-from sms_helpers import clean_state  # noqa: F401 - autouse
-from test_layer_redis_helpers import own_redis, prefix, redis_server  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {events: status, app: "sms_helpers:ok", name: status}

@@ -10,11 +10,10 @@ from urllib.parse import urlencode
 
 import pytest
 import sms_helpers as h
-from sms_helpers import clean_state  # noqa: F401 - autouse
 
 from gateway.errors import ConfigError
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.usefixtures("clean_sms_state")]
 
 ROUTES = """\
     - {from: "+44", app: "sms_helpers:ok", name: uk}

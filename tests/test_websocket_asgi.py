@@ -4,7 +4,6 @@ client and raw sockets."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import struct
 from typing import Any
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import websockets
 from http_helpers import addr, hello, host_port, read_all, serve
+from protocol_helpers import frame, handshake, read_close_code
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 pytestmark = pytest.mark.timeout(30)
@@ -192,43 +192,6 @@ async def test_compression_can_be_switched_off():
             assert "sec-websocket-extensions" not in ws.response.headers
 
 
-def handshake(path: bytes = b"/", extra: bytes = b"") -> bytes:
-    key = base64.b64encode(os.urandom(16))
-    return (b"GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n%s\r\n" % (path, key, extra))
-
-
-def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    mask = os.urandom(4)
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def read_close_code(data: bytes) -> int | None:
-    """The code of the first close frame (server frames are unmasked) in ``data``."""
-    i = 0
-    while i + 2 <= len(data):
-        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
-        i += 2
-        if n == 126:
-            n = struct.unpack("!H", data[i:i + 2])[0]
-            i += 2
-        elif n == 127:
-            n = struct.unpack("!Q", data[i:i + 8])[0]
-            i += 8
-        if opcode == 8:
-            return struct.unpack("!H", data[i:i + 2])[0]
-        i += n
-    return None
-
-
 async def raw_ws(gw, path: bytes = b"/"):
     host, port = host_port(gw)
     reader, writer = await asyncio.open_connection(host, port)
@@ -353,7 +316,7 @@ async def test_backpressure_a_client_that_does_not_read_stalls_its_sender():
         except OSError:
             return
 
-    async with serve(ws_app(handler), limits={"ws_send_buffer": 65536}, ws_compression=False) as gw:
+    async with serve(ws_app(handler), limits={"send_buffer": 65536}, ws_compression=False) as gw:
         reader, writer = await raw_ws(gw)
         # do not read: after the kernel buffers fill up, the app's send must block
         last = -1
@@ -478,24 +441,6 @@ routes:
             async with websockets.connect(f"ws://{addr(gw)}/elsewhere"):
                 pass
     assert info.value.response.status_code == 403
-
-
-async def test_frame_size_limit_boundary():
-    """ws_max_frame_size bounds each frame; a message in smaller frames may still be larger."""
-    async with serve(ws_app(hello), limits={"ws_max_frame_size": 100, "ws_max_message_size": 1000}) as gw:
-        reader, writer = await raw_ws(gw)
-        # 100-byte frames (at the limit), split across writes to exercise partial headers
-        data = frame(0x2, b"a" * 100, fin=False) + frame(0x0, b"b" * 100, fin=False) + frame(0x0, b"c" * 100)
-        for k in range(0, len(data), 7):
-            writer.write(data[k:k + 7])
-            await asyncio.sleep(0)
-        head = await asyncio.wait_for(reader.readexactly(4), 5)
-        assert head[0] == 0x82 and head[1] == 126 and struct.unpack("!H", head[2:])[0] == 300
-        assert await reader.readexactly(300) == b"a" * 100 + b"b" * 100 + b"c" * 100
-        writer.write(frame(0x2, b"x" * 101))
-        out = await read_all(reader)
-        writer.close()
-    assert read_close_code(out) == 1009
 
 
 async def test_frames_sent_right_behind_the_handshake_are_kept():

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+import structlog
+from pydantic import Field, field_validator, model_validator
 
 from gateway.schema import Listen, ListenAddress, Section, parse_listen
+
+log = structlog.get_logger("gateway.config")
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -57,7 +60,7 @@ class Limits(Section):
         "(slow-body guard). null: the whole body must arrive within `body_timeout`.",
     )
     send_timeout: PositiveFloat = Field(
-        30.0, description="Seconds a client may take none of the data waiting for it (more than `ws_send_buffer`, "
+        30.0, description="Seconds a client may take none of the data waiting for it (more than `send_buffer`, "
         "so the app's `send` waits; or the rest of a response on a connection being closed). Then the connection "
         "is aborted: an HTTP app's `send` returns and its `receive` gives `http.disconnect`; a WebSocket app's "
         "`send` raises OSError and it gets `websocket.disconnect` 1006.",
@@ -83,13 +86,30 @@ class Limits(Section):
         10_000, description="Open client connections (HTTP and WebSocket) per adapter. Beyond it a request gets 503 "
         "(a WebSocket handshake is refused with 503) and the connection is closed; accepted again below it.",
     )
-    ws_send_buffer: PositiveInt = Field(
-        64 * KiB, description="Bytes buffered for writing on one connection (beyond what the kernel accepted) before "
-        "the app's `send` waits (backpressure): a client that does not read stalls only its own sender.",
+    send_buffer: PositiveInt = Field(
+        64 * KiB, description="Bytes buffered for writing on one connection, HTTP or WebSocket (beyond what the kernel "
+        "accepted), before the app's `send` waits (backpressure): a client that does not read stalls only its own "
+        "sender. Formerly `ws_send_buffer` (still accepted, with a deprecation warning).",
     )
     max_pipelined: PositiveInt = Field(
         16, description="Pipelined requests parsed ahead of the one being answered before reading pauses."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        """``ws_send_buffer`` bounded HTTP writes too: it is ``send_buffer`` now, the old name still read."""
+        if not isinstance(data, dict) or "ws_send_buffer" not in data:
+            return data
+        if "send_buffer" in data:
+            raise ValueError("ws_send_buffer is the old name of send_buffer: give send_buffer only")
+        data = dict(data)
+        data["send_buffer"] = data.pop("ws_send_buffer")
+        log.warning(
+            "config.deprecated_key", key="adapters.http.limits.ws_send_buffer", replacement="send_buffer",
+            detail="ws_send_buffer bounds HTTP writes as well; rename it to send_buffer (the old name will go)",
+        )
+        return data
 
 
 class HttpConfig(Section):

@@ -169,7 +169,9 @@ def _parse_forwarded(text: str) -> list[dict[str, str]]:
 
 
 def _split_quoted(text: str, sep: str) -> list[str]:
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for ch in text:
         if ch == '"':
             quoted = not quoted

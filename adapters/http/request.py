@@ -1,7 +1,7 @@
 """One parsed HTTP/1.1 request: its head as the parser reported it, and its body as it arrives.
 
-The parser (httptools, in ``protocol.py``) fills a ``Request`` from its callbacks; the request's
-``Cycle`` reads the body out of it. Bodies are never buffered whole: the connection stops
+The parser (httptools, in ``connection.py``) fills a ``Request`` from its callbacks; the request's
+``RequestCycle`` reads the body out of it. Bodies are never buffered whole: the connection stops
 reading from the socket while a request holds more than ``BODY_BUFFER`` unread bytes.
 """
 

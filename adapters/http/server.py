@@ -1,5 +1,7 @@
-"""The adapter: listeners, the shared per-adapter state, the ASGI glue for one HTTP request, the
-timer sweep (header/keep-alive deadlines, WebSocket pings, the Date header) and graceful drain."""
+"""The adapter: listeners, the state its connections share (limits, scope building, logging and
+metrics), the timer sweep (header/keep-alive deadlines, WebSocket pings, the Date header) and
+graceful drain. One request is served by ``cycle.RequestCycle``, one connection by
+``connection.HttpProtocol``."""
 
 from __future__ import annotations
 
@@ -11,17 +13,15 @@ from functools import partial
 from typing import Any, ClassVar
 
 from gateway.plugins import Adapter, AdapterContext
-from gateway.routing import unmatched
-from gateway.runner import Outcome
 from gateway.schema import PathRoute
 
 from .config import HttpConfig
+from .connection import HttpProtocol, ParseError
 from .listeners import describe, open_socket, ssl_context
-from .protocol import ASGI, HTTP_EXTENSIONS, Cycle, HttpProtocol, simple_response
 from .proxies import TrustedProxies
 from .request import Request, split_target
 
-_OK = Outcome.OK  # read per request: a module global is cheaper than an enum attribute
+ASGI = {"version": "3.0", "spec_version": "2.5"}
 
 
 class ServerState:
@@ -149,88 +149,9 @@ class ServerState:
             "server": server,
         }
 
-    # -- one HTTP request ------------------------------------------------------------------
-    async def handle_http(self, conn: HttpProtocol, req: Request) -> bool:
-        """Serve one request; ``True`` if the connection may carry another one."""
-        started = time.perf_counter() if self.access_log else 0.0
-        scope = self.scope(conn, req, "http")
-        method = scope["method"] = req.method
-        scope["extensions"] = HTTP_EXTENSIONS
-        path = scope["path"]
-        client = scope["client"]
-        v11 = req.version == "1.1"
-        max_body = self.limits.max_body_size
-        expect_100 = False
-        if req.chunks or not req.complete:  # the request has a body
-            if max_body is not None:
-                length = req.header(b"content-length")
-                if length is not None and int(length) > max_body:
-                    conn._write_close(simple_response(413, date=self.date_header))
-                    self._access(method, path, 413, 0, started, client)
-                    return False
-            if v11:
-                expect = req.header(b"expect")
-                expect_100 = expect is not None and expect.lower() == b"100-continue"
-        cycle = Cycle(conn, req, method == "HEAD", v11, expect_100, max_body)
-        conn.cycle = cycle
-        failed = False
-        try:
-            mount = self.mounts.find(path) if self.mounts.items else None
-            if mount is not None:
-                try:
-                    await mount.app(scope, cycle.receive, cycle.send)
-                except Exception as exc:  # noqa: BLE001 - the mounted app's failure is this request's 500
-                    failed = True
-                    self.log.error("http.mount_failed", mount=mount.prefix, owner=mount.owner, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            else:
-                match = self.resolve_http(scope)
-                if match is None:
-                    await unmatched(scope, cycle.receive, cycle.send)
-                else:
-                    # Runs inline in this connection's task (the runner records it, so a second
-                    # stop signal or the end of the drain can cancel it). Saying which task that
-                    # is spares the runner looking it up for every request.
-                    inst = self.runner.instance(match, scope, cycle.send_now, adapter="http", receive=cycle.receive, fresh_scope=True)
-                    inst.task = conn.task  # type: ignore[assignment]
-                    result = await inst.run()
-                    failed = result.outcome is not _OK
-        finally:
-            conn.cycle = None
-        status = cycle.status
-        if cycle.silenced:
-            status = cycle.silenced
-        elif not cycle.head_sent:
-            # Nothing is on the wire yet (no start, or a start the body never followed): a clean 500.
-            if not cycle.started and not failed:
-                self.log.error("http.no_response", method=method, path=path,
-                               error="the application returned without sending 'http.response.start'")
-            status = 500
-            conn._write_close(simple_response(500, date=self.date_header))
-            cycle.keep_alive = False
-        elif not cycle.done:
-            # The response is on the wire already: the only honest signal left is to close.
-            cycle.keep_alive = False
-            if conn.transport is not None:
-                conn.transport.close()
-        if self.access_log:
-            self._access(method, path, status, cycle.sent, started, client)
-        if cycle.disconnect is not None:
-            cycle._wake()
-        return cycle.keep_alive and req.complete  # an unread body that was all read in is dropped
-
-    def refuse_body(self, cycle: Cycle, status: int) -> None:
-        """The body being read breaks a limit: past ``max_body_size`` (413), too slow (408). The
-        client gets ``status`` if no response has started, else the connection just closes."""
-        cycle.keep_alive = False
-        conn = cycle.conn
-        if not cycle.head_sent:
-            cycle.silenced = status
-            conn._write_close(simple_response(status, date=self.date_header))
-        elif conn.transport is not None:
-            conn.transport.close()
-        conn.broken = True
-
-    def _access(self, method: str, path: str, status: int, sent: int, started: float, client: Any) -> None:
+    # -- logging and metrics ----------------------------------------------------------------
+    def log_access(self, method: str, path: str, status: int, sent: int, started: float, client: Any) -> None:
+        """One access-log line for a request (``started``: its ``perf_counter``), if they are on."""
         if not self.access_log:
             return
         self.log.info(
@@ -245,7 +166,7 @@ class ServerState:
         client = conn.client
         self.log.info("http.timeout", phase=phase, client=f"{client[0]}:{client[1]}" if client else None, **facts)
 
-    def log_parse_error(self, conn: HttpProtocol, err: Any) -> None:
+    def log_parse_error(self, conn: HttpProtocol, err: ParseError) -> None:
         client = conn.client
         self.log.info("http.bad_request", status=err.status, reason=err.reason,
                       client=f"{client[0]}:{client[1]}" if client else None)

@@ -2,7 +2,7 @@
 
 The frame reader hands each complete message straight to the instance queue (no extra task per
 connection). Sends go straight to the transport; when the transport's buffer is above
-``ws_send_buffer`` the app's ``send`` waits for it to drain, so a client that does not read stalls
+``send_buffer`` the app's ``send`` waits for it to drain, so a client that does not read stalls
 only its own sender.
 """
 
@@ -14,12 +14,13 @@ import binascii
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.routing import Match
 from gateway.runner import Outcome
+from gateway.types import Message
 
-from .protocol import _check_header, simple_response
+from .head import check_header, simple_response, status_line
 from .ws_frames import (
     BINARY,
     CLOSE,
@@ -35,10 +36,21 @@ from .ws_frames import (
 )
 
 if TYPE_CHECKING:
-    from .protocol import HttpProtocol
+    from .connection import HttpProtocol
     from .request import Request
 
-CONNECTING, RESPONDING, OPEN, CLOSING, CLOSED = range(5)
+
+# Where a WebSocket connection is, from the upgrade request to the end (``WebSocketSession.state``).
+# Plain ints with names rather than an IntEnum: every frame and every send compares them, and
+# CPython specialises comparisons of exact ints only (an IntEnum costs a generic compare each time).
+CONNECTING: Final = 0
+"""The app has the ``websocket.connect``; neither accepted nor refused yet."""
+RESPONDING: Final = 1
+"""The app denies the handshake with an HTTP response of its own (being sent)."""
+OPEN: Final = 2
+CLOSING: Final = 3
+"""Our close frame is out; waiting for the client's (``CLOSE_TIMEOUT``)."""
+CLOSED: Final = 4
 WS_EXTENSIONS: dict[str, Any] = {"websocket.http.response": {}}
 _PACK_CODE = struct.Struct("!H").pack
 CLOSE_TIMEOUT = 5.0
@@ -81,16 +93,15 @@ def _valid_key(key: str | None) -> bool:
 async def start_websocket(conn: HttpProtocol, req: Request) -> None:
     """Handle an upgrade request: validate it, route it, start the instance (the app accepts)."""
     server = conn.server
-    conn.deadline_kind = 0
     key = _latin1(req.header(b"sec-websocket-key"))
-    if req.method != "GET" or not _valid_key(key):
-        conn._write_close(simple_response(400, b"Bad WebSocket handshake\n", date=server.date_header))
+    if req.method != "GET" or key is None or not _valid_key(key):
+        conn.write_close(simple_response(400, b"Bad WebSocket handshake\n", date=server.date_header))
         return
     if req.header(b"sec-websocket-version") != b"13":
-        conn._write_close(simple_response(426, extra=b"sec-websocket-version: 13\r\n", date=server.date_header))
+        conn.write_close(simple_response(426, extra=b"sec-websocket-version: 13\r\n", date=server.date_header))
         return
     if conn.rejected:
-        conn._write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
+        conn.write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
         return
     scope = server.scope(conn, req, "websocket")
     scope["subprotocols"] = [
@@ -102,7 +113,7 @@ async def start_websocket(conn: HttpProtocol, req: Request) -> None:
     mount = server.mounts.find(path, "websocket") if server.mounts else None
     match = Match(mount.route, (), {}) if mount is not None else server.resolve("websocket", scope)
     if match is None:
-        conn._write_close(simple_response(403, date=server.date_header))
+        conn.write_close(simple_response(403, date=server.date_header))
         if server.access_log:
             server.log.info("websocket", path=path, status=403, client=f"{client[0]}:{client[1]}" if client else None)
         return
@@ -175,7 +186,7 @@ class WebSocketSession:
         self.logged = False
 
     # -- the application's side -------------------------------------------------------------
-    async def send(self, event: dict[str, Any]) -> None:
+    async def send(self, event: Message) -> None:
         kind = event["type"]
         state = self.state
         if kind == "websocket.send":
@@ -216,7 +227,7 @@ class WebSocketSession:
                 code = event.get("code") or 1000
                 reason = (event.get("reason") or "").encode("utf-8")[:123]
                 self.close_code = code
-                self._write_close(code, reason)
+                self._write_close_frame(code, reason)
                 self.state = CLOSING
                 self.closing_at = self.conn.server.loop.time() + CLOSE_TIMEOUT
         elif kind == "websocket.http.response.start":
@@ -236,7 +247,7 @@ class WebSocketSession:
         else:
             raise RuntimeError(f"unexpected event {kind!r} on a websocket scope")
 
-    def _accept(self, event: dict[str, Any]) -> None:
+    def _accept(self, event: Message) -> None:
         conn = self.conn
         transport = conn.transport
         if transport is None:
@@ -261,7 +272,7 @@ class WebSocketSession:
                 lname == b"sec-websocket-protocol" and subprotocol
             ):
                 continue
-            _check_header(name, value)
+            check_header(name, value)
             lines.append(b"%s: %s\r\n" % (name, value))
         lines.append(b"\r\n")
         transport.write(b"".join(lines))
@@ -286,13 +297,12 @@ class WebSocketSession:
         conn = self.conn
         transport = conn.transport
         if transport is not None:
-            from .protocol import status_line
             lines = [status_line(status), conn.server.date_header]
             for name, value in headers:
                 lname = name.lower()
                 if lname in (b"content-length", b"transfer-encoding", b"connection"):
                     continue
-                _check_header(name, value)
+                check_header(name, value)
                 lines.append(b"%s: %s\r\n" % (name, value))
             lines.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
             lines.append(body)
@@ -300,7 +310,7 @@ class WebSocketSession:
             transport.close()
         self.finish(1006, "")
 
-    def _write_close(self, code: int, reason: bytes = b"") -> None:
+    def _write_close_frame(self, code: int, reason: bytes = b"") -> None:
         """Our close frame: one per connection, whoever starts the closing handshake."""
         transport = self.conn.transport
         if self.close_sent or transport is None or transport.is_closing():
@@ -339,7 +349,7 @@ class WebSocketSession:
                 self.on_error(ProtocolError(1002, f"invalid close code {code}"))
                 return
             if self.state == OPEN:
-                self._write_close(sent or 1000)
+                self._write_close_frame(sent or 1000)
             self.close_code = self.close_code or code
             self.state = CLOSED
             transport = self.conn.transport
@@ -358,7 +368,7 @@ class WebSocketSession:
             code = 1002
         self.close_code = code
         if self.state in (OPEN, CLOSING):
-            self._write_close(code, str(exc).encode("utf-8", "replace")[:123])
+            self._write_close_frame(code, str(exc).encode("utf-8", "replace")[:123])
         self.state = CLOSED
         transport = self.conn.transport
         if transport is not None:
@@ -430,7 +440,7 @@ class WebSocketSession:
                                       error="the application returned without accepting or closing the WebSocket")
             self.state = CLOSED
             self.close_code = 500
-            conn._write_close(simple_response(500, date=conn.server.date_header))
+            conn.write_close(simple_response(500, date=conn.server.date_header))
         elif state == RESPONDING:
             self.state = CLOSED
             if conn.transport is not None:
@@ -438,7 +448,7 @@ class WebSocketSession:
         elif state == OPEN:
             code = 1011 if failed else 1000
             self.close_code = code
-            self._write_close(code)
+            self._write_close_frame(code)
             self.state = CLOSING
             self.closing_at = conn.server.loop.time() + CLOSE_TIMEOUT
 
@@ -457,7 +467,7 @@ class WebSocketSession:
             elif self.ping_sent:
                 if now - self.ping_sent > limits.ws_ping_timeout:
                     self.close_code = 1011
-                    self._write_close(1011, b"ping timeout")
+                    self._write_close_frame(1011, b"ping timeout")
                     self.state = CLOSED
                     if self.conn.transport is not None:
                         self.conn.transport.close()
@@ -475,7 +485,7 @@ class WebSocketSession:
         transport = self.conn.transport
         if self.state == OPEN:
             self.close_code = code
-            self._write_close(code, b"server shutting down")
+            self._write_close_frame(code, b"server shutting down")
         self.state = CLOSED
         if transport is not None:
             transport.close()

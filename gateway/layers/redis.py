@@ -4,6 +4,11 @@ Use it from YAML (``layer: {backend: redis, hosts: [redis://redis:6379/0]}``) or
 (``CHANNEL_LAYERS = {"default": {"BACKEND": "gateway.layers.redis.RedisChannelLayer",
 "CONFIG": {"hosts": [...]}}}``); the config keys are channels_redis's where they mean the same.
 
+This module is the layer (the Channels API, keepers, health); beside it: ``redis_local`` (what
+this process buffers for its channels and their groups), ``redis_loop`` (clients, tasks and
+waiters of one event loop), ``redis_poller`` (receive loops), ``redis_codec`` (the element
+format), ``redis_hosts`` (clients, sharding), ``redis_scripts`` (the Lua side).
+
 How it works (see ``redis_scripts`` for keys and the wire format):
 
 * **Normal channels** (``mqtt.publish``) are Redis lists. ``send`` is one ``EVALSHA`` that drops
@@ -69,6 +74,8 @@ from . import redis_scripts as scripts
 from .base import BaseChannelLayer, ChannelFull, FullHook, HealthHook, LayerOptions, LayerUnavailable
 from .incidents import DropHook
 from .redis_hosts import FAULTS, HashRing, close_client, decode_hosts, host_label, make_client, reset_pool
+from .redis_local import Buffered, LocalChannels
+from .redis_loop import LoopState
 from .redis_poller import Poller, push_wakeups
 
 log = structlog.get_logger("gateway.layers.redis")
@@ -78,12 +85,6 @@ RESTORE_POLL = 0.05
 """How often a group_send held by a restore looks again."""
 KEEP_SOON = 0.25
 """How soon a process visits a host again after a failed visit, or while others restore."""
-
-Buffered = tuple[int, bytes, str | None]
-"""A message buffered for a channel of this process: ``(expires_ms, payload, count_inbox)``.
-
-``count_inbox`` is set for messages that ``send`` counted in Redis: receiving one gives the count back."""
-
 
 class RedisLayerOptions(LayerOptions):
     """`layer: {backend: redis, ...}`: the Redis channel layer (keys as in channels_redis where they mean the same)."""
@@ -115,50 +116,6 @@ class RedisLayerOptions(LayerOptions):
     )
     socket_timeout: float = Field(5, gt=0, description="Seconds to wait for Redis to answer a command before it fails.")
     connect_timeout: float = Field(2, gt=0, description="Seconds to wait for a connection to Redis.")
-
-
-class _LoopState:
-    """What is bound to one event loop: clients, receive loops, keepers, waiting receivers.
-
-    Messages buffered for this process's channels belong to the layer, not to a loop: sync code
-    calls the layer from a new loop each time, and a message must outlive the loop that got it.
-    """
-
-    def __init__(self, layer: RedisChannelLayer, loop: asyncio.AbstractEventLoop) -> None:
-        self.layer = layer
-        self.loop = loop
-        self.clients: dict[int, Redis] = {}
-        self.scripts: dict[tuple[int, str], Any] = {}
-        self.pollers: dict[tuple[int, str], Poller] = {}
-        self.keepers: dict[int, asyncio.Task[None]] = {}
-        self.kicks: dict[int, asyncio.Event] = {}
-        self.waiters: dict[str, deque[asyncio.Future[None]]] = {}
-        self.general: dict[str, deque[asyncio.Future[bytes]]] = {}
-        self.uncount: dict[int, dict[str, Counter[str]]] = {}
-        self.uncount_task: asyncio.Task[None] | None = None
-        self.tasks: set[asyncio.Task[Any]] = set()
-        self.next_sweep = 0.0
-
-    def client(self, shard: int) -> Redis:
-        c = self.clients.get(shard)
-        if c is None:
-            layer = self.layer
-            c = self.clients[shard] = make_client(
-                layer.hosts[shard], socket_timeout=layer.socket_timeout, connect_timeout=layer.connect_timeout
-            )
-        return c
-
-    def script(self, shard: int, name: str) -> Any:
-        s = self.scripts.get((shard, name))
-        if s is None:
-            s = self.scripts[(shard, name)] = self.client(shard).register_script(getattr(scripts, name))
-        return s
-
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = self.loop.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return task
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -230,8 +187,7 @@ class RedisChannelLayer(BaseChannelLayer):
         for pattern, cap in (channel_capacity or {}).items():
             self._lua_caps += [scripts.glob_to_lua(pattern), cap]
         self._inboxes: set[str] = set()
-        self._local_groups: dict[tuple[str, str], dict[str, int]] = {}  # (own inbox, group) -> {channel: joined_ms}
-        self._buffers: dict[str, deque[Buffered]] = {}
+        self._local = LocalChannels()
         self._leaving: set[str] = set()
         self._down: dict[int, str] = {}
         self._restoring: dict[int, str] = {}
@@ -239,7 +195,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._seen: dict[int, bytes] = {}  # per host: the epoch any reply last carried
         self._peers: dict[int, list[str]] = {}  # per host: other processes' inboxes seen alive
         self._beaten: dict[int, set[str]] = {}  # per host: own inboxes heartbeated under the current epoch
-        self._state: _LoopState | None = None
+        self._state: LoopState | None = None
 
     def __str__(self) -> str:
         return f"{type(self).__name__}(hosts={self.labels}, prefix={self.prefix!r})"
@@ -258,7 +214,7 @@ class RedisChannelLayer(BaseChannelLayer):
             st = self._state_here()
             if inbox in self._inboxes and st is not None:
                 self._maybe_sweep(st, now)
-                buffer = self._buffer(channel)
+                buffer = self._local.buffer(channel)
                 self._purge_local(st, channel, buffer, now)
                 if len(buffer) >= capacity:
                     raise ChannelFull(channel)
@@ -331,9 +287,9 @@ class RedisChannelLayer(BaseChannelLayer):
             return
         inbox = self.non_local_name(channel)
         mine = inbox in self._inboxes
-        before = self._local_groups.get((inbox, group), {}).get(channel)
+        before = (self._local.members(inbox, group) or {}).get(channel)
         if mine:  # before Redis: a group_send racing with this add must already find it here
-            self._remember(inbox, group, channel, now)
+            self._local.remember(inbox, group, channel, now)
         element = codec.element(now + self._ttl_ms, b"a", group, f"{channel},{now}".encode())
         try:
             await self._run(
@@ -349,9 +305,9 @@ class RedisChannelLayer(BaseChannelLayer):
         except BaseException:
             if mine:
                 if before is None:
-                    self._forget(inbox, group, channel)
+                    self._local.forget(inbox, group, channel)
                 else:
-                    self._remember(inbox, group, channel, before)
+                    self._local.remember(inbox, group, channel, before)
             raise
 
     async def group_discard(self, group: str, channel: str) -> None:
@@ -454,8 +410,7 @@ class RedisChannelLayer(BaseChannelLayer):
         """
         args = [f"{self.prefix}:*", self._q, codec.element(codec.now_ms() + self._ttl_ms, b"f"), self._ttl_ms, self._gp]
         await asyncio.gather(*(self._run(i, "FLUSH", [], args, retry=True) for i in range(self.ring.size)))
-        self._local_groups.clear()
-        self._buffers.clear()
+        self._local.clear()
         st = self._state
         if st is not None:
             st.uncount.clear()
@@ -470,31 +425,17 @@ class RedisChannelLayer(BaseChannelLayer):
         except RuntimeError:
             running = False
         if running:
-            await self._close_state(st)
-
-    async def _close_state(self, st: _LoopState) -> None:
-        pollers = list(st.pollers.values())
-        tasks = [*(p.task for p in pollers), *st.keepers.values()]
-        for task in [*tasks, *st.tasks]:
-            task.cancel()
-        await asyncio.gather(*tasks, *st.tasks, return_exceptions=True)
-        for poller in pollers:
-            await poller.close()
-        for waiters in [*st.general.values(), *st.waiters.values()]:
-            for w in waiters:
-                w.cancel()
-        for client in st.clients.values():
-            await close_client(client)
+            await st.close()
 
     # -- receiving -------------------------------------------------------------------------------
 
-    async def _receive_local(self, st: _LoopState, channel: str) -> dict[str, Any]:
+    async def _receive_local(self, st: LoopState, channel: str) -> dict[str, Any]:
         self._inboxes.add(self.non_local_name(channel))
         self._inbox_poller(st, self.non_local_name(channel))
         while True:
             now = codec.now_ms()
             self._maybe_sweep(st, now)
-            buffer = self._buffers.get(channel)
+            buffer = self._local.get(channel)
             if buffer:
                 self._purge_local(st, channel, buffer, now)
             if buffer:
@@ -513,12 +454,12 @@ class RedisChannelLayer(BaseChannelLayer):
                     waiters.remove(waiter)
                 except ValueError:
                     pass
-                if waiter.done() and not waiter.cancelled() and self._buffers.get(channel):
+                if waiter.done() and not waiter.cancelled() and self._local.get(channel):
                     self._wake(channel)  # it was woken for a message: pass the turn on
                 self._forget_if_idle(st, channel)
                 raise
 
-    async def _receive_general(self, st: _LoopState, channel: str) -> dict[str, Any]:
+    async def _receive_general(self, st: LoopState, channel: str) -> dict[str, Any]:
         shard = self.ring.index(channel)
         waiter: asyncio.Future[bytes] = st.loop.create_future()
         waiters = st.general.setdefault(channel, deque())
@@ -541,13 +482,13 @@ class RedisChannelLayer(BaseChannelLayer):
                 del st.general[channel]
         return codec.unpack(codec.payload(element))
 
-    async def _push_back(self, st: _LoopState, shard: int, key: str, element: bytes) -> None:
+    async def _push_back(self, st: LoopState, shard: int, key: str, element: bytes) -> None:
         try:
             await st.client(shard).lpush(key, element)
         except FAULTS as exc:
             log.warning("layer.message_lost", key=key, reason=f"could not requeue after a cancelled receive: {exc}")
 
-    def _deliver_general(self, st: _LoopState, channel: str, element: bytes, now: int) -> bool:
+    def _deliver_general(self, st: LoopState, channel: str, element: bytes, now: int) -> bool:
         """Hand a popped element to a waiting receiver; False when none waits (caller requeues)."""
         if codec.expiry(element) <= now:
             self._expired(channel, 1)
@@ -558,12 +499,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 return True
         return False
 
-    def _deliver_inbox(self, st: _LoopState, inbox: str, elements: list[bytes]) -> None:
+    def _deliver_inbox(self, st: LoopState, inbox: str, elements: list[bytes]) -> None:
         now = codec.now_ms()
         for element in elements:
             expires, kind, name, body = codec.parse(element)
             if kind == b"g":
-                members = self._local_groups.get((inbox, name))
+                members = self._local.members(inbox, name)
                 if not members:
                     continue  # no channel of this process is in the group (any more): nobody to deliver to
                 if expires <= now:
@@ -571,9 +512,9 @@ class RedisChannelLayer(BaseChannelLayer):
                     continue
                 for channel, joined in list(members.items()):
                     if now - joined >= self._gexp_ms:
-                        self._forget(inbox, name, channel)
+                        self._local.forget(inbox, name, channel)
                         continue
-                    buffer = self._buffer(channel)
+                    buffer = self._local.buffer(channel)
                     self._purge_local(st, channel, buffer, now)
                     if len(buffer) >= self.get_capacity(channel):
                         self._count_full(channel, name)
@@ -587,36 +528,23 @@ class RedisChannelLayer(BaseChannelLayer):
                     self._expired(name, 1)
                     self._leave_groups(st, name)
                     continue
-                self._buffer(name).append((expires, body, inbox))
+                self._local.buffer(name).append((expires, body, inbox))
                 self._wake(name)
             elif kind == b"a":
-                channel, _, joined = body.decode().rpartition(",")
-                self._remember(inbox, name, channel, int(joined))
+                channel, _, since = body.decode().rpartition(",")
+                self._local.remember(inbox, name, channel, int(since))
             elif kind == b"d":
-                self._forget(inbox, name, body.decode())
+                self._local.forget(inbox, name, body.decode())
             elif kind == b"f":
-                for key in [k for k in self._local_groups if k[0] == inbox]:
-                    del self._local_groups[key]
-                for channel in [c for c in self._buffers if c.startswith(inbox)]:
-                    self._buffers[channel].clear()
+                for channel in self._local.flush_inbox(inbox):
                     self._forget_if_idle(st, channel)
 
-    # -- membership cache (the groups of this process's channels) ------------------------------
+    # -- the groups of this process's channels ---------------------------------------------------
 
-    def _remember(self, inbox: str, group: str, channel: str, joined: int) -> None:
-        self._local_groups.setdefault((inbox, group), {})[channel] = joined
-
-    def _forget(self, inbox: str, group: str, channel: str) -> None:
-        members = self._local_groups.get((inbox, group))
-        if members is not None:
-            members.pop(channel, None)
-            if not members:
-                del self._local_groups[(inbox, group)]
-
-    def _leave_groups(self, st: _LoopState, channel: str) -> None:
+    def _leave_groups(self, st: LoopState, channel: str) -> None:
         """As in Channels: a channel whose message expired unread leaves its groups."""
         inbox = self.non_local_name(channel)
-        groups = sorted(g for (box, g), members in self._local_groups.items() if box == inbox and channel in members)
+        groups = self._local.groups_of(inbox, channel)
         if not groups or channel in self._leaving:
             return
         self._leaving.add(channel)
@@ -635,66 +563,49 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- local buffers -----------------------------------------------------------------------------
 
-    def _buffer(self, channel: str) -> deque[Buffered]:
-        buffer = self._buffers.get(channel)
-        if buffer is None:
-            buffer = self._buffers[channel] = deque()
-        return buffer
-
     def _wake(self, channel: str) -> None:
         """Wake one receiver waiting on ``channel`` in the loop that receives now (any thread)."""
         st = self._state
         if st is None or not st.waiters.get(channel):
             return
-        try:
-            here = asyncio.get_running_loop() is st.loop
-        except RuntimeError:
-            here = False
-        if here:
-            _wake_one(st.waiters[channel])
+        if st.here():
+            st.wake_one(channel)
             return
         try:
             st.loop.call_soon_threadsafe(self._wake, channel)
         except RuntimeError:
             pass  # that loop is closed: its receivers are gone
 
-    def _purge_local(self, st: _LoopState, channel: str, buffer: deque[Buffered], now: int) -> None:
-        dropped = 0
-        while buffer and buffer[0][0] <= now:
-            _, _, counted = buffer.popleft()
-            if counted is not None:
-                self._give_back(st, counted, channel)
-            dropped += 1
-        if dropped:
-            self._expired(channel, dropped)
+    def _purge_local(self, st: LoopState, channel: str, buffer: deque[Buffered], now: int) -> None:
+        removed = self._local.expire(buffer, now)
+        if removed:
+            for counted in removed:
+                if counted is not None:
+                    self._give_back(st, counted, channel)
+            self._expired(channel, len(removed))
             self._leave_groups(st, channel)
 
-    def _forget_if_idle(self, st: _LoopState, channel: str) -> None:
-        waiters = st.waiters.get(channel)
-        if waiters is not None and not waiters:
-            del st.waiters[channel]
-            waiters = None
-        buffer = self._buffers.get(channel)
-        if buffer is not None and not buffer and waiters is None:
-            del self._buffers[channel]
+    def _forget_if_idle(self, st: LoopState, channel: str) -> None:
+        if st.idle(channel):
+            self._local.drop_if_empty(channel)
 
-    def _maybe_sweep(self, st: _LoopState, now: int) -> None:
+    def _maybe_sweep(self, st: LoopState, now: int) -> None:
         """Expire every local buffer at most once per expiry period (channels nobody reads again)."""
         if now < st.next_sweep:
             return
         st.next_sweep = now + self._ttl_ms
-        for channel, buffer in list(self._buffers.items()):
+        for channel, buffer in self._local.channels():
             self._purge_local(st, channel, buffer, now)
             self._forget_if_idle(st, channel)
 
-    def _give_back(self, st: _LoopState, inbox: str, channel: str) -> None:
+    def _give_back(self, st: LoopState, inbox: str, channel: str) -> None:
         """A counted message left the inbox's channel: lower its count in Redis (batched)."""
         shard = self.ring.index(inbox)
         st.uncount.setdefault(shard, {}).setdefault(inbox, Counter())[channel] += 1
         if st.uncount_task is None or st.uncount_task.done():
             st.uncount_task = st.spawn(self._flush_uncount(st))
 
-    async def _flush_uncount(self, st: _LoopState) -> None:
+    async def _flush_uncount(self, st: LoopState) -> None:
         # Coalesce: one call per inbox every UNCOUNT_DELAY at most, however many messages were
         # received (the count may lag that long behind; it only ever over-counts).
         await asyncio.sleep(UNCOUNT_DELAY)
@@ -717,7 +628,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- event loops -------------------------------------------------------------------------------
 
-    def _state_here(self) -> _LoopState | None:
+    def _state_here(self) -> LoopState | None:
         """The state of the running loop, or None when this call runs on another live loop.
 
         A loop that is closed or not running any more (the last ``async_to_sync`` call's, an idle
@@ -728,7 +639,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if st is not None and st.loop is loop:
             return st
         if st is None or st.loop.is_closed() or not st.loop.is_running():
-            new = self._state = _LoopState(self, loop)
+            new = self._state = LoopState(loop, self.hosts, self.socket_timeout, self.connect_timeout)
             self._close_with_loop(new)
             if st is not None and not st.loop.is_closed():
                 for (shard, _), poller in st.pollers.items():
@@ -737,7 +648,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return new
         return None
 
-    def _close_with_loop(self, st: _LoopState) -> None:
+    def _close_with_loop(self, st: LoopState) -> None:
         """Close ``st``'s connections when its loop closes (asyncio.run, async_to_sync), as
         channels_redis does: sync Django code makes a loop per call and would leak otherwise."""
         loop = st.loop
@@ -748,12 +659,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 self._state = None
             try:
                 if not loop.is_closed() and not loop.is_running():
-                    loop.run_until_complete(self._close_state(st))
+                    loop.run_until_complete(st.close())
             except Exception:  # noqa: BLE001 - closing must not stop the loop from closing
                 pass
             finally:
                 try:
-                    del loop.close  # type: ignore[method-assign]
+                    del loop.close
                 except AttributeError:
                     pass
             original()
@@ -763,7 +674,7 @@ class RedisChannelLayer(BaseChannelLayer):
         except (AttributeError, TypeError):  # e.g. uvloop: attributes cannot be set
             pass
 
-    def _receive_state(self) -> _LoopState:
+    def _receive_state(self) -> LoopState:
         st = self._state_here()
         if st is None:
             raise RuntimeError("two event loops are receiving on one RedisChannelLayer at once; receive on one loop only")
@@ -839,7 +750,7 @@ class RedisChannelLayer(BaseChannelLayer):
         st = self._state
         if st is not None and shard in st.keepers:  # not ready until it knows whether Redis lost its data
             self._restoring.setdefault(shard, f"Redis at {self.labels[shard]}: checking whether it lost its data")
-            self._kick(st, shard)
+            st.kick(shard)
         self._health_changed()
 
     def _health_changed(self) -> None:
@@ -858,23 +769,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- keepers: epoch, heartbeat, dead processes, restore -----------------------------------
 
-    def _kick(self, st: _LoopState, shard: int) -> None:
-        kick = st.kicks.get(shard)
-        if kick is None:
-            return
-        try:
-            here = asyncio.get_running_loop() is st.loop
-        except RuntimeError:
-            here = False
-        if here:
-            kick.set()
-        else:
-            try:
-                st.loop.call_soon_threadsafe(kick.set)
-            except RuntimeError:
-                pass
-
-    async def _keeper(self, st: _LoopState, shard: int) -> None:
+    async def _keeper(self, st: LoopState, shard: int) -> None:
         """Visit the host every dead_after/6: heartbeat, remove dead processes, notice lost data."""
         kick = st.kicks[shard]
         me = asyncio.current_task()
@@ -904,7 +799,7 @@ class RedisChannelLayer(BaseChannelLayer):
         await self._keep(st, shard)
         return True
 
-    async def _keep(self, st: _LoopState, shard: int) -> bool:
+    async def _keep(self, st: LoopState, shard: int) -> bool:
         """One visit; True when the next one should come soon (others are still restoring)."""
         own = sorted(box for box in self._inboxes if self.ring.index(box) == shard)
         known = self._epochs.get(shard)
@@ -944,9 +839,7 @@ class RedisChannelLayer(BaseChannelLayer):
             nonlocal count
             count = 0
             async with client.pipeline(transaction=False) as pipe:
-                for (inbox, group), members in list(self._local_groups.items()):
-                    if inbox not in boxes:
-                        continue
+                for inbox, group, members in self._local.memberships(boxes):
                     args: list[Any] = [inbox, self._gexp_ms, group]
                     for channel, joined in members.items():
                         if now - joined < self._gexp_ms:
@@ -971,14 +864,14 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- receive loops ---------------------------------------------------------------------------
 
-    def _poller(self, st: _LoopState, shard: int, kind: str) -> Poller:
-        poller = st.pollers.get((shard, kind))
-        if poller is None:
+    def _poller(self, st: LoopState, shard: int, kind: str) -> Poller:
+        def make() -> Poller:
             wake_key = f"{self.prefix}:w:{self.client_id}:{kind}:{secrets.token_hex(4)}"
-            poller = st.pollers[(shard, kind)] = Poller(_Target(self, st, shard), kind, wake_key)
-        return poller
+            return Poller(_Target(self, st, shard), kind, wake_key)
 
-    def _inbox_poller(self, st: _LoopState, inbox: str) -> None:
+        return st.poller(shard, kind, make)
+
+    def _inbox_poller(self, st: LoopState, inbox: str) -> None:
         shard = self.ring.index(inbox)
         self._poller(st, shard, "inbox").want(self._q + inbox)
         if shard not in st.keepers:
@@ -991,7 +884,7 @@ class RedisChannelLayer(BaseChannelLayer):
 class _Target:
     """A receive loop's view of the layer: one host, one event loop (``redis_poller.PollTarget``)."""
 
-    def __init__(self, layer: RedisChannelLayer, st: _LoopState, shard: int) -> None:
+    def __init__(self, layer: RedisChannelLayer, st: LoopState, shard: int) -> None:
         self.layer = layer
         self.st = st
         self.shard = shard
@@ -1028,14 +921,6 @@ class _Target:
 
     def up(self) -> None:
         self.layer._shard_up(self.shard)
-
-
-def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
-    while waiters:
-        waiter = waiters.popleft()
-        if not waiter.done():
-            waiter.set_result(None)
-            return
 
 
 __all__ = ["ChannelFull", "LayerUnavailable", "RedisChannelLayer", "RedisLayerOptions"]

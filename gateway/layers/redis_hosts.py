@@ -17,12 +17,11 @@ about half of them.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import hashlib
 from collections.abc import Sequence
 from typing import Any
-
-import asyncio
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry

@@ -43,7 +43,6 @@ it) lives on the host its inbox hashes to, so each script touches one host.
 
 from __future__ import annotations
 
-
 _PURGE = """
 local function purge(q, now)
   local n = 0

@@ -1,12 +1,9 @@
-"""One HTTP/1.1 connection: httptools (llhttp) parses, ASGI ``http`` scopes out, bytes written
-straight to the transport.
+"""One HTTP/1.1 connection: httptools (llhttp) parses, requests are served in order, its timers.
 
 The hot path stays short on purpose: one asyncio ``Protocol`` per connection, parser callbacks
 that fill a ``Request`` per request, one long-lived task per connection that serves its requests
-in order (keep-alive, pipelining), one small ``Cycle`` object per request holding the ASGI
-``receive``/``send`` pair. The response head is written together with the first body chunk, so a
-simple response is a single ``transport.write``. Upgrade requests are handed to
-``websocket.start_websocket``.
+in order (keep-alive, pipelining), one small ``RequestCycle`` per request (``cycle``). Upgrade
+requests are handed to ``websocket.start_websocket``.
 
 The parser is httptools rather than aiohttp's own: both bind the same llhttp, but aiohttp's
 wraps every request in a multidict, a yarl URL and a stream object that the ASGI translation
@@ -18,45 +15,33 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httptools
 
+from .cycle import RequestCycle
 from .flow_control import FlowControlled
+from .head import simple_response
 from .request import BODY_BUFFER, METHODS, Request, method_name
+from .websocket import start_websocket
 
 if TYPE_CHECKING:
     from .server import ServerState
+    from .websocket import WebSocketSession
 
-ASGI = {"version": "3.0", "spec_version": "2.5"}
-HTTP_EXTENSIONS: dict[str, Any] = {"http.response.trailers": {}}
+_OWS = b" \t"
+_SLASH = 47  # "/" as a byte value (see head.LF)
 
-_STATUS_LINE: dict[int, bytes] = {
-    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus
-}
-_NO_BODY_STATUS = frozenset({204, 304, *range(100, 200)})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-
-
-def status_line(status: int) -> bytes:
-    line = _STATUS_LINE.get(status)
-    if line is None:
-        line = b"HTTP/1.1 %d \r\n" % status
-    return line
-
-
-def simple_response(status: int, body: bytes | None = None, extra: bytes = b"", date: bytes = b"") -> bytes:
-    """A complete response that closes the connection (errors the server answers itself)."""
-    if body is None:
-        body = (HTTPStatus(status).phrase + "\n").encode() if status in _STATUS_LINE else b""
-    return b"".join((
-        status_line(status), date,
-        b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n" % len(body),
-        extra, b"\r\n", body,
-    ))
+# Which clock runs on a connection (``HttpProtocol.deadline_kind``; ``deadline`` is when it runs
+# out). Plain ints with names: data_received and the body callbacks compare them for every read,
+# and CPython specialises comparisons of exact ints only.
+DEADLINE_NONE: Final = 0
+DEADLINE_IDLE: Final = 1
+"""Keep-alive: no request yet, or between requests (``keepalive_timeout``)."""
+DEADLINE_HEADER: Final = 2
+"""A request head started and is not complete: ``header_timeout``."""
+DEADLINE_BODY: Final = 3
+"""A request body is arriving: ``body_timeout``, extended by ``body_min_rate``."""
 
 
 class ParseError:
@@ -132,11 +117,11 @@ class HttpProtocol(FlowControlled):
         self.sockname: Any = None
         self.queue: deque[Request | ParseError] = deque()
         self.task: asyncio.Task[None] | None = None
-        self.cycle: Cycle | None = None
-        self.ws: Any = None
+        self.cycle: RequestCycle | None = None
+        self.ws: WebSocketSession | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.deadline = 0.0
-        self.deadline_kind = 0  # 0 none, 1 keep-alive / idle, 2 header, 3 request body
+        self.deadline_kind = DEADLINE_NONE
         self.stalled_since = 0.0  # when the client last took none of what waits for it (0: not stalled)
         self.stall_mark = 0  # bytes waiting for it then
         self.closing = False
@@ -163,16 +148,16 @@ class HttpProtocol(FlowControlled):
             self.sockname = (sock[0], sock[1])
         else:
             self.sockname = (sock.decode() if isinstance(sock, bytes) else (sock or ""), None)
-        transport.set_write_buffer_limits(high=server.limits.ws_send_buffer)  # type: ignore[attr-defined]
+        self.transport.set_write_buffer_limits(high=server.limits.send_buffer)  # type: ignore[union-attr]
         server.connection_made(self)
         self.deadline = server.loop.time() + server.limits.keepalive_timeout
-        self.deadline_kind = 1
+        self.deadline_kind = DEADLINE_IDLE
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.server.connection_lost(self)
         super().connection_lost(exc)
         self.closing = True
-        self.deadline_kind = 0
+        self.deadline_kind = DEADLINE_NONE
         if self.parsing is not None:
             self.parsing.fail(ConnectionResetError("client disconnected"))
         cycle = self.cycle
@@ -214,14 +199,14 @@ class HttpProtocol(FlowControlled):
             return
         if not self.got_head:
             kind = self.deadline_kind
-            if kind and kind != 3:  # 3: body bytes, timed in on_body
+            if kind and kind != DEADLINE_BODY:  # body bytes are timed in on_body
                 self._reading_head(data)
             return
         self.head_size = 0
         if self.parsing is not None:
             self._start_body_clock()
         elif self.cycle is None:
-            self.deadline_kind = 0
+            self.deadline_kind = DEADLINE_NONE
         # _wake_serve, written out: this runs for every request
         waiter = self.waiter
         if waiter is not None:
@@ -237,12 +222,12 @@ class HttpProtocol(FlowControlled):
         keeps it waiting. The bytes of it that came with the head already earn their time."""
         server = self.server
         self.deadline = server.loop.time() + server.body_timeout + self.parsing.size * server.body_step  # type: ignore[union-attr]
-        self.deadline_kind = 3
+        self.deadline_kind = DEADLINE_BODY
 
     def restart_body_clock(self) -> None:
         """The server held the body back (it stopped reading, or owed a 100 Continue) and lets
         it come again: the client gets at least a whole ``body_timeout`` from now."""
-        if self.deadline_kind == 3:
+        if self.deadline_kind == DEADLINE_BODY:
             self.deadline = max(self.deadline, self.server.loop.time() + self.server.body_timeout)
 
     def _reading_head(self, data: bytes) -> None:
@@ -253,9 +238,9 @@ class HttpProtocol(FlowControlled):
         if not data:
             return
         server = self.server
-        if self.deadline_kind == 1:
+        if self.deadline_kind == DEADLINE_IDLE:
             self.deadline = server.loop.time() + server.limits.header_timeout
-            self.deadline_kind = 2
+            self.deadline_kind = DEADLINE_HEADER
         self.head_size += len(data)
         if self.head_size > server.max_head:
             self._parse_failed(431, "request head too large")
@@ -304,7 +289,7 @@ class HttpProtocol(FlowControlled):
         req = self.parsing
         if req is not None:
             req.feed(body)
-            if self.deadline_kind == 3:
+            if self.deadline_kind == DEADLINE_BODY:
                 self.deadline += len(body) * self.server.body_step
             if req.size > BODY_BUFFER and not self.read_held:
                 self.hold_reading()
@@ -314,8 +299,8 @@ class HttpProtocol(FlowControlled):
         if req is not None:
             self.parsing = None
             req.complete = True
-            if self.deadline_kind == 3:
-                self.deadline_kind = 0
+            if self.deadline_kind == DEADLINE_BODY:
+                self.deadline_kind = DEADLINE_NONE
             if req.waiter is not None:
                 req.wake()
 
@@ -415,25 +400,25 @@ class HttpProtocol(FlowControlled):
                 if self.transport is None:
                     break
                 if isinstance(req, ParseError):
-                    self._write_close(simple_response(req.status, date=server.date_header))
+                    self.write_close(simple_response(req.status, date=server.date_header))
                     if not req.logged:
                         server.log_parse_error(self, req)
                     break
                 if req.upgrade and not queue:
-                    from .websocket import start_websocket
+                    self.deadline_kind = DEADLINE_NONE  # a WebSocket has timers of its own
                     await start_websocket(self, req)
                     return
                 if self.rejected:
-                    self._write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
+                    self.write_close(simple_response(503, extra=b"retry-after: 1\r\n", date=server.date_header))
                     break
-                keep = await server.handle_http(self, req)
+                keep = await RequestCycle(self, req).run()
                 if not keep or self.closing:
                     if self.transport is not None:
                         self.transport.close()
                     break
                 if not queue:
                     self.deadline = server.loop.time() + server.limits.keepalive_timeout
-                    self.deadline_kind = 1
+                    self.deadline_kind = DEADLINE_IDLE
         except asyncio.CancelledError:
             if self.transport is not None:
                 self.transport.abort()
@@ -445,7 +430,8 @@ class HttpProtocol(FlowControlled):
         finally:
             self.task = None
 
-    def _write_close(self, data: bytes) -> None:
+    def write_close(self, data: bytes) -> None:
+        """Write the last bytes of the connection (an answer of the server's own), then close."""
         transport = self.transport
         if transport is not None:
             transport.write(data)
@@ -455,14 +441,14 @@ class HttpProtocol(FlowControlled):
     def expire(self) -> None:
         """The header, body or keep-alive deadline passed."""
         kind = self.deadline_kind
-        if kind == 3:
+        if kind == DEADLINE_BODY:
             self._body_late()
             return
-        self.deadline_kind = 0
+        self.deadline_kind = DEADLINE_NONE
         transport = self.transport
         if transport is None:
             return
-        if kind == 2:
+        if kind == DEADLINE_HEADER:
             self.broken = True
             self.server.timed_out(self, "header")
             transport.write(simple_response(408, date=self.server.date_header))
@@ -472,18 +458,18 @@ class HttpProtocol(FlowControlled):
         server = self.server
         req = self.parsing
         if req is None or self.transport is None:
-            self.deadline_kind = 0
+            self.deadline_kind = DEADLINE_NONE
             return
         if self.read_held or self._owes_continue(req):
             # the server is the one holding the body back: not the client's time
             self.deadline = server.loop.time() + server.body_timeout
             return
-        self.deadline_kind = 0
+        self.deadline_kind = DEADLINE_NONE
         server.timed_out(self, "body", body_bytes=req.size)
         cycle = self.cycle
         if cycle is not None and cycle.request is req:
             self.parsing = None
-            server.refuse_body(cycle, 408)
+            cycle.refuse_body(408)
             req.fail(TimeoutError("the request body did not arrive in time"))  # the app's receive: http.disconnect
         else:  # a request no app has seen yet: answered in its turn
             self._parse_failed(408, "request body timeout", logged=True)
@@ -505,287 +491,3 @@ class HttpProtocol(FlowControlled):
             self.transport.close()
         elif self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
-
-
-class Cycle:
-    """One HTTP request/response: the ASGI ``receive`` and ``send`` of its instance."""
-
-    __slots__ = (
-        "chunked",
-        "conn",
-        "disconnect",
-        "done",
-        "expect_100",
-        "expected",
-        "head",
-        "head_sent",
-        "headers",
-        "keep_alive",
-        "max_body",
-        "more_body",
-        "no_body",
-        "received",
-        "request",
-        "sent",
-        "silenced",
-        "started",
-        "status",
-        "trailers",
-        "version11",
-    )
-
-    def __init__(self, conn: HttpProtocol, request: Request, head: bool, version11: bool, expect_100: bool, max_body: int | None) -> None:
-        self.conn = conn
-        self.request = request
-        self.head = head
-        self.version11 = version11
-        self.keep_alive = request.keep_alive
-        self.expect_100 = expect_100
-        self.more_body = True  # every request has at least one http.request event
-        self.status = 0
-        self.headers: Any = ()
-        self.started = False
-        self.head_sent = False
-        self.done = False
-        self.chunked = False
-        self.trailers = False
-        self.no_body = False
-        self.sent = 0
-        self.received = 0
-        self.disconnect: asyncio.Future[None] | None = None
-        self.silenced = 0  # the status the server answered with (413, 408): the app's sends go nowhere
-        self.max_body = max_body
-        self.expected = -1  # the response's Content-Length, -1 when it has none
-
-    # -- connection events ----------------------------------------------------------------
-    def lost(self) -> None:
-        # the request's body, if still arriving, was failed by the connection (it is ``parsing``)
-        self._wake()
-
-    def _wake(self) -> None:
-        fut = self.disconnect
-        if fut is not None and not fut.done():
-            fut.set_result(None)
-
-    # -- ASGI receive ---------------------------------------------------------------------
-    async def receive(self) -> dict[str, Any]:
-        if self.more_body and not self.silenced:
-            req = self.request
-            conn = self.conn
-            if req.chunks:
-                chunk = req.take()
-            elif req.complete:  # a request without a body: its end came with its head
-                chunk = b""
-            else:
-                if self.expect_100:
-                    self.expect_100 = False
-                    if not self.started and conn.transport is not None:
-                        conn.transport.write(_CONTINUE)
-                        conn.restart_body_clock()
-                try:
-                    chunk = await req.read(conn.server.loop)
-                except Exception:  # noqa: BLE001 - whatever broke the body (reset, bad framing) ends it
-                    self.more_body = False
-                    self.keep_alive = False
-                    return {"type": "http.disconnect"}
-            more = not req.complete
-            if not more:
-                self.more_body = False
-            if chunk:
-                if conn.read_held:
-                    conn.resume_if_drained()
-                self.received += len(chunk)
-                if self.max_body is not None and self.received > self.max_body:
-                    self.more_body = False
-                    conn.server.refuse_body(self, 413)
-                    return {"type": "http.disconnect"}
-            return {"type": "http.request", "body": chunk, "more_body": more}
-        if not self.done and self.conn.transport is not None and not self.silenced:
-            fut = self.disconnect = self.conn.server.loop.create_future()
-            await fut
-        return {"type": "http.disconnect"}
-
-    # -- ASGI send ------------------------------------------------------------------------
-    async def send(self, event: dict[str, Any]) -> None:
-        """The ASGI ``send`` for apps the runner does not run (mounts, the 404)."""
-        pending = self.send_now(event)
-        if pending is not None:
-            await pending
-
-    def send_now(self, event: dict[str, Any]) -> Awaitable[None] | None:
-        """Send ``event``; return what to await before the next one (the transport's buffer
-        draining) or ``None``. A plain function, so the runner's ``send`` does not create and
-        run a second coroutine for every event of every response."""
-        kind = event["type"]
-        if kind == "http.response.body":
-            if not self.started:
-                raise RuntimeError("'http.response.body' sent before 'http.response.start'")
-            if self.done:
-                raise RuntimeError("'http.response.body' sent after the response was complete")
-            conn = self.conn
-            transport = conn.transport
-            if transport is None or self.silenced:
-                return None
-            body = event.get("body") or b""  # None: absent, as the event specs read it
-            more = bool(event.get("more_body"))
-            if not self.head_sent:
-                self._write_head(transport, body, more)
-            elif body and not self.no_body:
-                if self.expected >= 0 and self.sent + len(body) > self.expected:
-                    raise RuntimeError("the response body is longer than its Content-Length")
-                if self.chunked:
-                    transport.write(b"%x\r\n%s\r\n" % (len(body), body))
-                else:
-                    transport.write(body)
-                self.sent += len(body)
-            if not more:
-                if self.chunked and not self.trailers:
-                    transport.write(_LAST_CHUNK)
-                if not self.trailers or not self.chunked:
-                    self._complete()
-            if conn.write_paused:
-                return self._drained()
-        elif kind == "http.response.start":
-            if self.started:
-                raise RuntimeError("'http.response.start' sent twice")
-            self.started = True
-            self.status = event["status"]
-            self.headers = event.get("headers") or ()
-            self.trailers = bool(event.get("trailers"))
-        elif kind == "http.response.trailers":
-            if not self.trailers or not self.head_sent or self.done:
-                raise RuntimeError("'http.response.trailers' needs 'trailers': True in the start event and a sent body")
-            transport = self.conn.transport
-            if transport is None or self.silenced:
-                return None
-            lines = [b"0\r\n"] if self.chunked else []
-            for name, value in event.get("headers") or ():
-                _check_header(name, value)
-                lines.append(b"%s: %s\r\n" % (name, value))
-            if not event.get("more_trailers"):
-                if self.chunked:
-                    lines.append(b"\r\n")
-                    transport.write(b"".join(lines))
-                    self._complete()
-                else:
-                    self._complete()
-            else:
-                raise RuntimeError("'more_trailers' is not supported: send all trailers in one event")
-        else:
-            raise RuntimeError(f"unexpected event {kind!r} on an http scope")
-        return None
-
-    async def _drained(self) -> None:
-        try:
-            await self.conn.wait_writable()
-        except ConnectionError:
-            pass
-
-    def _write_head(self, transport: Any, body: bytes, more: bool) -> None:
-        status = self.status
-        server = self.conn.server
-        lines = [_STATUS_LINE.get(status) or status_line(status), server.date_header]
-        content_length = None
-        has_te = False
-        for name, value in self.headers:
-            role = _ROLES.get(name)
-            if role is None:
-                role = _header_role(name)
-            if role == _PLAIN and _LF not in value and _CR not in value:
-                lines += (name, b": ", value, b"\r\n")
-            elif role == _LENGTH:
-                content_length = value
-            elif role == _FRAMING:
-                has_te = True  # the server does the framing
-            elif role == _CONNECTION:
-                if value.lower() == b"close":
-                    self.keep_alive = False
-            else:
-                _check_header(name, value)  # raises: a name or a value that would break the head
-        no_body = self.head or status in _NO_BODY_STATUS
-        self.no_body = no_body
-        if content_length is not None:
-            try:
-                self.expected = int(content_length)
-            except ValueError:
-                raise RuntimeError(f"invalid content-length header {content_length!r}") from None
-            if self.expected < 0:
-                raise RuntimeError(f"invalid content-length header {content_length!r}")
-            lines.append(b"content-length: %d\r\n" % self.expected)
-            if no_body:
-                self.expected = -1
-        elif status in _NO_BODY_STATUS:
-            pass
-        elif not more and not (self.trailers and self.version11) and not has_te:
-            if body or not self.head:
-                lines.append(b"content-length: %d\r\n" % len(body))
-        elif self.version11:
-            if not self.head:
-                self.chunked = True
-            lines.append(b"transfer-encoding: chunked\r\n")
-        else:
-            self.keep_alive = False  # HTTP/1.0 without a length: the end of the body is the close
-        if not self.keep_alive or self.conn.closing:
-            self.keep_alive = False
-            lines.append(b"connection: close\r\n")
-        elif not self.version11:
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        if body and not no_body:
-            if self.expected >= 0 and len(body) > self.expected:
-                raise RuntimeError("the response body is longer than its Content-Length")
-            if self.chunked:
-                lines.append(b"%x\r\n%s\r\n" % (len(body), body))
-            else:
-                lines.append(body)
-            self.sent += len(body)
-        self.head_sent = True
-        transport.write(b"".join(lines))
-
-    def _complete(self) -> None:
-        self.done = True
-        if self.expected >= 0 and self.sent < self.expected:
-            # Shorter than announced: the client would wait for the rest; closing tells it.
-            self.keep_alive = False
-            transport = self.conn.transport
-            if transport is not None:
-                transport.close()
-        if self.disconnect is not None:
-            self._wake()
-
-
-# What the head writer does with a response header, by name: write it as is, take it over
-# (the server frames the body and decides on the connection), or refuse it. Apps send the same
-# few names again and again, so the answer is remembered: the usual header costs one lookup
-# instead of lowering, comparing and checking its name every time.
-_PLAIN, _LENGTH, _FRAMING, _CONNECTION, _INVALID = range(5)
-# Byte values, not one-byte strings: ``b"\n" in value`` first tries the needle as an integer and
-# raises and clears a TypeError inside CPython, several times the cost of the search itself.
-_LF, _CR, _COLON, _SLASH = 10, 13, 58, 47
-_OWS = b" \t"
-_ROLES: dict[bytes, int] = {}
-_ROLES_MAX = 1024  # names an app makes up per response (a counter in the name) must not grow it without end
-
-
-def _header_role(name: bytes) -> int:
-    role = _ROLES.get(name)
-    if role is None:
-        lname = name.lower()
-        if lname == b"content-length":
-            role = _LENGTH
-        elif lname == b"transfer-encoding":
-            role = _FRAMING
-        elif lname == b"connection":
-            role = _CONNECTION
-        elif not name or _LF in name or _CR in name or _COLON in name:
-            role = _INVALID
-        else:
-            role = _PLAIN
-        if len(_ROLES) < _ROLES_MAX:
-            _ROLES[name] = role
-    return role
-
-
-def _check_header(name: bytes, value: bytes) -> None:
-    if _LF in value or _CR in value or _header_role(name) == _INVALID:
-        raise RuntimeError(f"invalid response header {name!r}: {value!r}")
