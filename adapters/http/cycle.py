@@ -107,9 +107,10 @@ class RequestCycle:
             if mount is not None:
                 try:
                     await mount.app(scope, self.receive, self.send)
-                except Exception as exc:  # noqa: BLE001 - the mounted app's failure is this request's 500
+                except Exception as exc:
                     failed = True
-                    server.log.error("http.mount_failed", mount=mount.prefix, owner=mount.owner, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+                    server.log.error("http.mount_failed", mount=mount.prefix, owner=mount.owner,
+                                     error=f"{type(exc).__name__}: {exc}", exc_info=exc)
             else:
                 match = server.resolve_http(scope)
                 if match is None:
@@ -119,7 +120,7 @@ class RequestCycle:
                     # stop signal or the end of the drain can cancel it). Saying which task that
                     # is spares the runner looking it up for every request.
                     inst = server.runner.instance(match, scope, self.send_now, adapter="http", receive=self.receive, fresh_scope=True)
-                    inst.task = conn.task  # type: ignore[assignment]
+                    inst.task = conn.task
                     result = await inst.run()
                     failed = result.outcome is not _OK
         finally:

@@ -48,7 +48,9 @@ class TrustedProxies:
             self._cache[host] = found
         return found
 
-    def apply(self, headers: list[tuple[bytes, bytes]], client: Address, scheme: str, server: Any) -> tuple[Address, str, Any, list[tuple[bytes, bytes]] | None]:
+    def apply(
+        self, headers: list[tuple[bytes, bytes]], client: Address, scheme: str, server: Any,
+    ) -> tuple[Address, str, Any, list[tuple[bytes, bytes]] | None]:
         """``(client, scheme, server, new_headers_or_None)`` after honouring the proxy headers.
 
         ``new_headers`` replaces the Host header when X-Forwarded-Host / ``Forwarded: host=`` says so.

@@ -125,10 +125,7 @@ class ServerState:
         path, raw_path, query = split_target(req.target, self.root_path)
         headers = req.headers
         client = conn.client
-        if kind == "http":
-            scheme = "https" if conn.tls else "http"
-        else:
-            scheme = "wss" if conn.tls else "ws"
+        scheme = ("https" if conn.tls else "http") if kind == "http" else "wss" if conn.tls else "ws"
         server = conn.sockname
         proxies = self.proxies
         if proxies is not None and proxies.trusts(client[0] if client else None):

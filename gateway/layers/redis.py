@@ -96,11 +96,13 @@ class RedisLayerOptions(LayerOptions):
         "for Sentinel). Several hosts are sharded by consistent hashing. Default `redis://127.0.0.1:6379/0`.",
     )
     url: str | None = Field(None, description="Shorthand for one host: `url: redis://redis:6379/0` is `hosts: [redis://redis:6379/0]`.")
-    prefix: str = Field("asgi", min_length=1, description="Prefix of every Redis key the layer writes; layers with different prefixes never meet.")
+    prefix: str = Field(
+        "asgi", min_length=1, description="Prefix of every Redis key the layer writes; layers with different prefixes never meet.",
+    )
     inbox_limit: int = Field(
         1000, ge=1,
-        description="Unread elements (group messages and membership notices) a process's inbox holds before group_send counts its members as full "
-        "(bounds memory for a process that stopped reading).",
+        description="Unread elements (group messages and membership notices) a process's inbox holds before group_send counts its "
+        "members as full (bounds memory for a process that stopped reading).",
     )
     dead_after: float = Field(
         30, gt=0,
@@ -764,7 +766,7 @@ class RedisChannelLayer(BaseChannelLayer):
         if self.on_health is not None:
             try:
                 self.on_health(status, detail)
-            except Exception as exc:  # noqa: BLE001 - a broken hook must not break the layer
+            except Exception as exc:
                 log.error("layer.health_hook_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     # -- keepers: epoch, heartbeat, dead processes, restore -----------------------------------
