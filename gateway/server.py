@@ -28,7 +28,7 @@ from .errors import StartupError
 from .events import core_table
 from .health import Health
 from .layers import set_channel_layer
-from .layers.base import BaseChannelLayer
+from .layers.base import BaseChannelLayer, LayerUnavailable
 from .lifespan import Lifespan
 from .metrics import Metrics
 from .mounts import Mounts
@@ -39,6 +39,9 @@ from .runner import Runner, RunnerSettings
 from .types import ASGIApp
 
 log = structlog.get_logger("gateway")
+
+LAYER_PROBE_INTERVAL = 5.0
+"""Seconds between two checks that the layer's service answers (docs/deploy.md, health)."""
 
 
 class Gateway:
@@ -71,6 +74,7 @@ class Gateway:
         self.router = plan.router
         threads.configure(cfg.instances.sync_threads)
         self.layer: BaseChannelLayer | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.adapters: dict[str, Adapter] = {}
         self.lifespan = Lifespan(
             [route for _, route in plan.routes()], mode=cfg.lifespan.mode,
@@ -121,6 +125,7 @@ class Gateway:
         self._stop_requested = asyncio.Event()
         self.layer = self.plan.layer_class(**self.plan.layer_options)
         self._watch_layer(self.layer)
+        self._prober = asyncio.get_running_loop().create_task(self._probe_layer(self.layer))
         set_channel_layer(self.layer)
         if self._channels is not None:
             self._channels.bind(self.layer)
@@ -293,7 +298,24 @@ class Gateway:
         await self._close_layer()
         log.info("gateway.stopped")
 
+    async def _probe_layer(self, layer: BaseChannelLayer) -> None:
+        """Readiness names an unreachable layer before traffic meets it: a gateway whose Redis
+        is not up yet (or gone while idle) answers 503 on /readyz instead of 200 and then a 500
+        on the first WebSocket handshake."""
+        while True:
+            try:
+                await layer.probe()
+            except LayerUnavailable:
+                pass  # the layer set its health and logged the fault once
+            except Exception as exc:
+                log.error("layer.probe_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+            await asyncio.sleep(LAYER_PROBE_INTERVAL)
+
     async def _close_layer(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+            self._prober = None
         if self.layer is not None:
             await self.layer.close()
             set_channel_layer(None)

@@ -148,3 +148,26 @@ async def test_an_admin_address_in_use_is_a_startup_error_naming_the_key():
         gw = Gateway.from_text(f'admin: {{listen: "{address}"}}\n')
         with pytest.raises(StartupError, match=f"admin.listen {address}"):
             await gw.start()
+
+
+async def test_readyz_names_the_layer_when_redis_is_not_up_at_start_then_serves_once_it_is(monkeypatch):
+    """A compose stack whose Redis starts after the gateway: the gateway starts, /readyz names the
+    layer before any traffic has touched it, and turns 200 once Redis answers."""
+    import gateway.server
+
+    monkeypatch.setattr(gateway.server, "LAYER_PROBE_INTERVAL", 0.1, raising=False)  # 5 s by default
+    redis = RedisServer()  # a port of its own, not started yet
+    gw = Gateway.from_text(f"""
+layer: {{backend: redis, hosts: ["{redis.url}"], prefix: late}}
+admin: {{listen: "127.0.0.1:0"}}
+adapters:
+  http: {{listen: "127.0.0.1:0"}}
+""")
+    async with gw, httpx.AsyncClient(base_url=f"http://{gw.admin.addresses[0]}") as client:
+        failing = (await poll(client, "/readyz", 503)).json()["failing"]
+        assert list(failing) == ["layer"] and "unreachable" in failing["layer"], failing
+        redis.start()
+        try:
+            await poll(client, "/readyz", 200)
+        finally:
+            redis.stop()

@@ -207,6 +207,11 @@ class BaseChannelLayer(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional: a layer with nothing to release keeps it
         """Release connections and tasks; called once when the gateway stops."""
 
+    async def probe(self) -> None:  # noqa: B027 - optional: a layer without a service has nothing to reach
+        """Reach the backing service once and update ``health``; raises ``LayerUnavailable`` when
+        it cannot be reached. The gateway calls it at start and every few seconds, so readiness
+        says the truth before any traffic has used the layer."""
+
 
 _current: BaseChannelLayer | None = None
 

@@ -404,6 +404,10 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- Flush extension and lifecycle -----------------------------------------------------------
 
+    async def probe(self) -> None:
+        """PING every host: a host found down, or back, changes ``health`` as any call would."""
+        await asyncio.gather(*(self._call(shard, lambda c: c.ping(), retry=True) for shard in range(self.ring.size)))
+
     async def flush(self) -> None:
         """Delete every key under the prefix on every host, and every locally buffered message.
 
