@@ -356,3 +356,30 @@ async def test_unix_socket_peer_trusted_as_proxy(tmp_path):
         async with httpx.AsyncClient(transport=transport) as client:
             await client.get("http://localhost/p", headers={"X-Forwarded-For": "198.51.100.20", "X-Forwarded-Proto": "https"})
     assert seen[0]["client"] == ("198.51.100.20", 0) and seen[0]["scheme"] == "https"
+
+
+def test_a_listener_that_cannot_bind_closes_its_socket():
+    """A port taken (or any bind/listen error) is a StartupError, and the socket made for it is
+    closed then, not left to the garbage collector (a ResourceWarning, and an fd held meanwhile)."""
+    import gc
+    import socket
+    import warnings
+
+    from gateway.errors import StartupError
+    from gateway.schema import parse_listen
+    from gateway_adapters.http.config import HttpConfig
+    from gateway_adapters.http.listeners import open_socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    try:
+        address = parse_listen(f"127.0.0.1:{holder.getsockname()[1]}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(StartupError, match="cannot listen on"):
+                open_socket(address, HttpConfig(listen=["127.0.0.1:0"]))
+            gc.collect()
+    finally:
+        holder.close()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

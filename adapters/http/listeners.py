@@ -33,10 +33,12 @@ def ssl_context(tls: TLSConfig) -> ssl.SSLContext:
 
 def open_socket(addr: ListenAddress, config: HttpConfig) -> socket.socket:
     """A bound, listening, non-blocking socket for ``addr``."""
+    sock: socket.socket | None = None
     try:
         if addr.kind == "fd":
             sock = socket.socket(fileno=addr.fd)
             if sock.type != socket.SOCK_STREAM:
+                sock.detach()  # the fd is the caller's: leave it open
                 raise StartupError(f"fd://{addr.fd} is not a stream socket")
         elif addr.kind == "unix":
             try:
@@ -61,6 +63,8 @@ def open_socket(addr: ListenAddress, config: HttpConfig) -> socket.socket:
     except StartupError:
         raise
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise StartupError(f"adapters.http: cannot listen on {addr}: {exc.strerror or exc}") from exc
     return sock
 
