@@ -235,3 +235,4 @@ async def test_a_websocket_send_waits_while_the_client_takes_nothing_and_raises_
         await asyncio.wait_for(done.wait(), 5)
     assert progress == {"/stays": [0, 1, 2], "/goes": []}
     assert list(ended) == ["/goes"] and isinstance(ended["/goes"], ClientDisconnected)  # an OSError, as ASGI asks
+    assert "went away" in str(ended["/goes"]), ended  # not "took nothing for send_timeout": it closed

@@ -96,6 +96,7 @@ class HttpProtocol(FlowControlled):
         "rejected",
         "server",
         "sockname",
+        "send_timed_out",
         "stall_mark",
         "stalled_since",
         "tail",
@@ -124,6 +125,7 @@ class HttpProtocol(FlowControlled):
         self.deadline_kind = DEADLINE_NONE
         self.stalled_since = 0.0  # when the client last took none of what waits for it (0: not stalled)
         self.stall_mark = 0  # bytes waiting for it then
+        self.send_timed_out = False  # aborted because the client took nothing for send_timeout
         self.closing = False
         self.rejected = False
         self.broken = False
@@ -373,6 +375,7 @@ class HttpProtocol(FlowControlled):
         elif now - since >= self.server.limits.send_timeout:
             self.stalled_since = 0.0
             self.server.timed_out(self, "send", waiting_bytes=size)
+            self.send_timed_out = True
             transport.abort()
         else:
             self.stall_mark = size  # our own writes (pings, a close frame) are not the client's progress

@@ -214,8 +214,10 @@ class WebSocketSession:
                     await conn.wait_writable()
                 except ConnectionError:
                     raise ClientDisconnected("the WebSocket client went away") from None
-                if conn.transport is None:  # aborted while it waited (send_timeout)
-                    raise ClientDisconnected("the WebSocket client took nothing for send_timeout seconds")
+                if conn.transport is None:  # gone while it waited: closed, or aborted for send_timeout
+                    if conn.send_timed_out:
+                        raise ClientDisconnected("the WebSocket client took nothing for send_timeout seconds")
+                    raise ClientDisconnected("the WebSocket client went away")
         elif kind == "websocket.accept":
             if state != CONNECTING:
                 raise RuntimeError("'websocket.accept' sent twice or after a close")
