@@ -91,7 +91,7 @@ def verify() -> int:
         wrong += not same
         print(f"  {floor.name:<20} {floor.version:<10} {installed}{'' if same else '   <- NOT THE FLOOR'}")
     if wrong:
-        print(f"{wrong} dependencies are not installed at their declared floor", file=sys.stderr)
+        print(f"not at the declared floor: {wrong} of the dependencies above", file=sys.stderr)
     return 1 if wrong else 0
 
 
