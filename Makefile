@@ -17,8 +17,8 @@ test: $(VENV)/.test-deps
 	sh tests/install-peers.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## test-floors: the tests that touch aiohttp, with aiohttp pinned at the floor pyproject.toml declares
-## (a virtualenv of its own, .venv-floors); see tests/floors.sh
+## test-floors: the whole suite with every runtime dependency pinned at the floor pyproject.toml declares
+## (a virtualenv of its own, .venv-floors); see tests/floors.sh and docs/compatibility.md
 test-floors:
 	PYTHON=$(PYTHON) sh tests/floors.sh $(PYTEST_ARGS)
 

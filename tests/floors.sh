@@ -1,27 +1,26 @@
 #!/bin/sh
-# The tests that touch aiohttp, run with aiohttp pinned at the floor pyproject.toml declares
-# (`aiohttp>=X` -> `aiohttp==X`), in a virtualenv of their own: a floor the code does not really
-# work with fails here. `make test-floors` runs it; FLOORS_VENV picks the virtualenv's folder.
+# The whole suite (tests/compose aside: it is `make test-compose`) with EVERY runtime dependency
+# pinned at the floor pyproject.toml declares (`aiohttp>=X` -> `aiohttp==X`, the runtime extras
+# too), in a virtualenv of its own: a floor the code does not really work with fails here.
+# `make test-floors` runs it; FLOORS_VENV picks the virtualenv's folder. See docs/compatibility.md.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${FLOORS_VENV:-.venv-floors}
 
-floor=$("$PYTHON" - <<'EOF'
-import re, tomllib
-deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
-found = [m.group(1) for d in deps if (m := re.fullmatch(r"aiohttp\s*>=\s*([\w.]+)\s*(,.*)?", d.strip()))]
-if len(found) != 1:
-    raise SystemExit(f"pyproject.toml: expected one 'aiohttp>=X' dependency, found {deps}")
-print(found[0])
-EOF
-)
+pins=$("$PYTHON" tests/floors.py pins)
+extras=$("$PYTHON" tests/floors.py extras)
 
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-# One resolution with the pin: a dependency that needs a newer aiohttp makes pip fail here.
-PYTHONWARNINGS=ignore "$VENV/bin/pip" install -q -e '.[dev,speed]' "aiohttp==$floor"
-"$VENV/bin/python" -c "import aiohttp, sys; v = aiohttp.__version__; sys.exit(0 if v == '$floor' else f'aiohttp {v} installed, not the floor $floor')"
-echo "aiohttp $floor (the declared floor):"
-# the http adapter (aiohttp is its tests' client) and the SMS adapter (aiohttp is its REST client)
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_http_*.py tests/test_websocket_asgi.py \
-    tests/test_sms_outbound.py tests/test_sms_providers.py tests/test_sms_webhooks.py "$@"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+fi
+# One resolution: the floors exactly, the test tools (the dev extra) at whatever they need on top.
+# A dependency or a test tool that needs a newer version than a floor makes pip fail here.
+# (`echo | xargs` passes each pin as one argument: a pin may hold a space before its marker.)
+echo "$pins" | PYTHONWARNINGS=ignore xargs -d '\n' "$VENV/bin/pip" install -q -e ".[dev,$extras]"
+# The proof that the pins were honoured (a platform marker or a stale virtualenv could leave another
+# version): every floor next to the version installed; a mismatch stops the run.
+echo "the declared floors, installed:"
+"$VENV/bin/python" tests/floors.py verify
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests "$@"
