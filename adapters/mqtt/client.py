@@ -190,7 +190,7 @@ class ClientMode:
                 None, lambda: client.connect(self.broker.host, self.broker.port, cfg.keepalive, **connect_kwargs)
             )
         except (OSError, ssl.SSLError) as exc:
-            if cfg.reconnect.at_start == "fail":
+            if cfg.reconnect.at_start == "fail" or isinstance(exc, ssl.SSLError):  # TLS set up wrong: not a broker coming up
                 raise StartupError(f"mqtt: cannot connect to the broker at {self.broker}: {exc}") from exc
             self._wait_for_broker(exc)
             return

@@ -31,7 +31,8 @@ class ReconnectSection(Section):
         "wait",
         description="When the broker cannot be reached at start: `wait` starts the gateway anyway, reports "
         "`adapter.mqtt.broker` not ready on `/readyz` and keeps trying with the backoff above (a compose stack "
-        "whose broker comes up after the gateway); `fail` stops the start with an error.",
+        "whose broker comes up after the gateway); `fail` stops the start with an error. A TLS failure (an untrusted "
+        "certificate) and a refused CONNECT stop the start either way: waiting would not cure them.",
     )
 
 
