@@ -133,3 +133,39 @@ async def test_group_message_queued_before_an_expiry_leave_is_delivered(redis_se
     finally:
         await layer.flush()
         await layer.close()
+
+
+async def test_an_unexpected_error_in_the_receive_loop_is_logged_and_the_loop_goes_on(
+    redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug (ours or a library's) in handing out what a pop returned ended the receive loop
+    silently: every later receive on that host waited for ever. Now it is logged with its
+    traceback once, and receiving goes on."""
+    from structlog.testing import capture_logs
+
+    from gateway.layers import redis_poller
+
+    real_take = redis_poller.Poller._take
+    calls = {"n": 0}
+
+    async def take_failing_once(self: Any, result: Any) -> None:
+        if result is not None and result[0].decode() != self.wake_key and calls["n"] == 0:
+            calls["n"] += 1
+            raise RuntimeError("a bug while handing a message out")
+        await real_take(self, result)
+
+    monkeypatch.setattr(redis_poller.Poller, "_take", take_failing_once)
+    layer = RedisChannelLayer(hosts=[redis_server.url], prefix=prefix)
+    sender = RedisChannelLayer(hosts=[redis_server.url], prefix=prefix)
+    try:
+        with capture_logs() as logs:
+            receiving = asyncio.ensure_future(layer.receive("work"))
+            await sender.send("work", {"type": "job", "n": 1})  # its hand-out fails
+            await sender.send("work", {"type": "job", "n": 2})
+            got = await asyncio.wait_for(receiving, 10)
+        assert got == {"type": "job", "n": 2}
+        failures = [e for e in logs if e["event"] == "layer.receive_loop_error"]
+        assert len(failures) == 1 and failures[0]["exc_info"], logs
+    finally:
+        await layer.close()
+        await sender.close()

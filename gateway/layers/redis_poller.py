@@ -254,6 +254,7 @@ class Poller:
         target = self.target
         backoff = BACKOFF_FIRST
         failed = False
+        broken = False  # an unexpected error was logged; cleared by the next message handed out
         count = INBOX_BATCH if self.kind == "inbox" else 1
         me = asyncio.current_task()
         assert me is not None
@@ -287,8 +288,25 @@ class Poller:
                     log.error("layer.receive_failed", host=target.label, error=str(exc))
                     await asyncio.sleep(BACKOFF_MAX)
                     continue
+                except Exception as exc:  # a bug, ours or a library's: log it, start over on a fresh connection
+                    if not broken:
+                        broken = True
+                        log.error("layer.receive_loop_error", host=target.label, kind=self.kind,
+                                  error=f"{type(exc).__name__}: {exc}", exc_info=exc, why="the loop reconnects and goes on")
+                    await self._reconnect()
+                    await asyncio.sleep(backoff * (0.5 + random.random()))
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
                 backoff = BACKOFF_FIRST
-                await self._take(result)
+                try:
+                    await self._take(result)
+                    broken = False
+                except Exception as exc:  # a bug, ours or a library's: never a silent end of receiving
+                    if not broken:
+                        broken = True
+                        log.error("layer.receive_loop_error", host=target.label, kind=self.kind,
+                                  error=f"{type(exc).__name__}: {exc}", exc_info=exc,
+                                  why="what this pop returned was not handed out; the loop goes on")
         finally:
             if self.reads:
                 await self._finish()  # stopped (taken over, or closing): take what the pops in flight hold
