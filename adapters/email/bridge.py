@@ -14,8 +14,8 @@ from gateway.bridges import (
     MissingField,
     Outbound,
     Template,
-    call,
     load_callable,
+    recipients,
 )
 
 
@@ -53,15 +53,10 @@ class EmailBridgeTarget(BridgeTarget):
             text = Template(self.text).fill(message)
         except MissingField as exc:
             raise BridgeMessageError(str(exc)) from None
-        recipients = list(self.to)
-        if self._to_from is not None:
-            found = await call(self._to_from, message)
-            if isinstance(found, str) or not all(isinstance(a, str) for a in found or ()):
-                raise BridgeMessageError(f"{self.to_from} returned {found!r}, not a list of addresses")
-            recipients += [a for a in found or () if a not in recipients]
-        if not recipients:
+        to = await recipients(self.to, self._to_from, self.to_from, message, "addresses")
+        if not to:
             raise BridgeMessageError(f"{self.to_from} returned no recipient")
-        event: dict[str, Any] = {"type": "email.send", "to": recipients, "subject": subject, "text": text}
+        event: dict[str, Any] = {"type": "email.send", "to": to, "subject": subject, "text": text}
         if self.sender is not None:
             event["from"] = self.sender
         return [("email.send", event)]

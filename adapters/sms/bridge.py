@@ -14,8 +14,8 @@ from gateway.bridges import (
     MissingField,
     Outbound,
     Template,
-    call,
     load_callable,
+    recipients,
 )
 
 from .numbers import InvalidNumber, to_e164
@@ -62,12 +62,7 @@ class SmsBridgeTarget(BridgeTarget):
             body = Template(self.body).fill(message)
         except MissingField as exc:
             raise BridgeMessageError(str(exc)) from None
-        numbers = list(self.numbers)
-        if self._numbers_from is not None:
-            found = await call(self._numbers_from, message)
-            if isinstance(found, str) or not all(isinstance(n, str) for n in found or ()):
-                raise BridgeMessageError(f"{self.numbers_from} returned {found!r}, not a list of numbers")
-            numbers += [n for n in found or () if n not in numbers]
+        numbers = await recipients(self.numbers, self._numbers_from, self.numbers_from, message, "numbers")
         event: dict[str, Any] = {"type": "sms.send", "body": body}
         if self.account is not None:
             event["account"] = self.account

@@ -7,9 +7,10 @@ external delivery once across every gateway process sharing the layer.
 """
 
 from .config import Bridge, BridgeConfig
-from .target import BridgeMessageError, BridgeTarget, Outbound, call, load_callable
+from .target import BridgeMessageError, BridgeTarget, Outbound, call, load_callable, recipients
 from .template import MissingField, Template
 
 __all__ = [
     "Bridge", "BridgeConfig", "BridgeMessageError", "BridgeTarget", "MissingField", "Outbound", "Template", "call", "load_callable",
+    "recipients",
 ]

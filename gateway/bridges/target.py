@@ -47,6 +47,18 @@ def load_callable(spec: str) -> Callable[..., Any]:
     return func
 
 
+async def recipients(listed: list[str], source: Callable[..., Any] | None, spec: str | None, message: Message, what: str) -> list[str]:
+    """The ``listed`` recipients, then those the ``source`` hook (named ``spec`` in the YAML)
+    returns for this message that are not listed already."""
+    found = list(listed)
+    if source is not None:
+        extra = await call(source, message)
+        if isinstance(extra, str) or not all(isinstance(x, str) for x in extra or ()):
+            raise BridgeMessageError(f"{spec} returned {extra!r}, not a list of {what}")
+        found += [x for x in extra or () if x not in found]
+    return found
+
+
 async def call(func: Callable[..., Any], *args: Any) -> Any:
     """Call a user's hook, sync or async. Sync ones run in the gateway's thread pool, so they may
     use Django's ORM (which refuses to run on the event loop)."""
