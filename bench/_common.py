@@ -87,9 +87,10 @@ def command(server: str, port: int, workdir: Path) -> list[str]:
         cfg = workdir / "gateway.yaml"
         cfg.write_text(gateway_config(port, workdir))
         return [PY, "-m", "gateway", "run", "-c", str(cfg), "--loop", "uvloop", "--log-level", "warning"]
-    if server == "uvicorn":
+    if server in ("uvicorn", "uvicorn-sansio"):  # sansio: uvicorn's fastest WebSocket engine (0.35+)
+        ws = "websockets-sansio" if server == "uvicorn-sansio" else "websockets"
         return [PY, "-m", "uvicorn", "apps:app", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
-                "--http", "httptools", "--ws", "websockets", "--no-access-log", "--log-level", "warning",
+                "--http", "httptools", "--ws", ws, "--no-access-log", "--log-level", "warning",
                 "--app-dir", str(workdir)]
     if server == "daphne":
         return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0", "apps:app"]
