@@ -214,9 +214,11 @@ class Gateway:
 
     def relay_outbound(self, adapter: Adapter) -> None:
         assert self.layer is not None
-        self._outbound[adapter.name] = [
+        relays = self._outbound[adapter.name] = [
             OutboundRelay(self.layer, adapter, channel, self.metrics) for channel in adapter.outbound_channels
         ]
+        for relay in relays:
+            relay.start()
 
     def _with_env_hint(self, adapter: str, exc: BaseException) -> str:
         """A start failure of an adapter whose settings came from the environment names the

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from ..layers.base import ChannelFull, LayerUnavailable
+from ..layers.reader import ChannelReader, Message
 from .config import Bridge
 from .runtime import Runtime, transformed
 from .target import BridgeMessageError
@@ -28,9 +29,31 @@ RENEW_EVERY = 10.0
 """Longest time between two renewals of the group membership (seconds); a shorter
 ``group_expiry`` renews at a third of it. Also how soon a membership lost with Redis's data
 (a restart without persistence) is back."""
-RETRY_AFTER = 1.0
 FINISH_TIMEOUT = 5.0
 """Seconds a message taken when the gateway stops gets to be forwarded."""
+
+
+class _Forwarder(ChannelReader):
+    """Reads the bridge's channel (a stop lets the message in hand finish) and forwards each."""
+
+    def __init__(self, bridge: OutboundBridge) -> None:
+        super().__init__(bridge.runtime.layer, bridge.bridge.channel, name=f"bridge-{bridge.bridge.name}")
+        self.bridge = bridge
+
+    async def handle(self, message: Message) -> None:
+        await self.bridge.forward(message)  # counts its own outcome
+
+    def failed(self, message: Message, exc: Exception) -> None:  # a bug: the next message is forwarded
+        self.bridge.runtime.stats.outcome(self.bridge.bridge.name, "dropped")
+        log.error("bridge.forward_failed", bridge=self.bridge.bridge.name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    def abandoned(self, message: Message) -> None:
+        self.bridge.runtime.stats.outcome(self.bridge.bridge.name, "dropped")
+        log.warning("bridge.forward_abandoned", bridge=self.bridge.bridge.name,
+                    reason=f"the gateway stopped and forwarding took longer than {FINISH_TIMEOUT}s")
+
+    def receive_failed(self, exc: Exception) -> None:
+        log.warning("bridge.receive_failed", bridge=self.bridge.bridge.name, error=f"{type(exc).__name__}: {exc}")
 
 
 class OutboundBridge:
@@ -39,28 +62,30 @@ class OutboundBridge:
     def __init__(self, bridge: Bridge, runtime: Runtime) -> None:
         self.bridge = bridge
         self.runtime = runtime
-        self._tasks: list[asyncio.Task[None]] = []
+        self._forwarder: _Forwarder | None = None
+        self._renewing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Join before returning: a group_send made once the gateway is started reaches the bridge."""
         layer, bridge = self.runtime.layer, self.bridge
         assert bridge.group is not None
         await layer.group_add(bridge.group, bridge.channel)
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._receive(), name=f"bridge-{bridge.name}"),
-            loop.create_task(self._renew(), name=f"bridge-{bridge.name}-renew"),
-        ]
+        self._forwarder = _Forwarder(self)
+        self._forwarder.start()
+        self._renewing = asyncio.get_running_loop().create_task(self._renew(), name=f"bridge-{bridge.name}-renew")
         log.info("bridge.started", bridge=bridge.name, group=bridge.group, to=bridge.describe_target())
 
     async def stop(self, *, leave: bool = False) -> None:
         """Stop taking messages (one being forwarded is finished first when it is quick). The
         membership stays for the other processes, unless ``leave``: the bridge was removed from
         the config (a process still running the old config re-adds it at its next renewal)."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
+            self._renewing = None
+        if self._forwarder is not None:
+            await self._forwarder.stop(FINISH_TIMEOUT)
+            self._forwarder = None
         if leave:
             assert self.bridge.group is not None
             try:
@@ -78,33 +103,6 @@ class OutboundBridge:
                 await layer.group_add(bridge.group, bridge.channel)
             except Exception as exc:  # noqa: BLE001 - e.g. Redis away: try again next time
                 log.warning("bridge.renew_failed", bridge=bridge.name, group=bridge.group, error=f"{type(exc).__name__}: {exc}")
-
-    async def _receive(self) -> None:
-        layer = self.runtime.layer
-        me = asyncio.current_task()
-        assert me is not None
-        while not me.cancelling():
-            try:
-                message = await layer.receive(self.bridge.channel)
-            except Exception as exc:  # noqa: BLE001 - e.g. Redis away: keep the loop alive
-                log.warning("bridge.receive_failed", bridge=self.bridge.name, error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(RETRY_AFTER)
-                continue
-            # Taken from the layer: no other process will see it, so a stop that comes meanwhile
-            # lets it finish (for FINISH_TIMEOUT at most) before the loop ends.
-            forwarding = asyncio.ensure_future(self.forward(message))
-            try:
-                await asyncio.shield(forwarding)
-            except Exception as exc:  # a bug must not end the loop: the next message is forwarded
-                self.runtime.stats.outcome(self.bridge.name, "dropped")
-                log.error("bridge.forward_failed", bridge=self.bridge.name, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-            except asyncio.CancelledError:
-                done, _ = await asyncio.wait([forwarding], timeout=FINISH_TIMEOUT)
-                if not done:
-                    forwarding.cancel()
-                    log.warning("bridge.forward_abandoned", bridge=self.bridge.name,
-                                reason=f"the gateway stopped and forwarding took longer than {FINISH_TIMEOUT}s")
-                raise
 
     async def forward(self, message: dict[str, Any]) -> None:
         """Transform one group message, turn it into outbound events and queue them."""
