@@ -485,3 +485,45 @@ def test_the_core_bridges_import_no_adapter() -> None:
             "print(sorted(m for m in sys.modules if m.startswith(('gateway_adapters', 'adapters'))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+async def test_a_bridge_whose_redis_is_not_up_at_start_joins_its_group_once_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis not up yet must not stop the start (the gateway waits, not ready, then serves): the
+    bridge joins its group at its first renewal after Redis answers, and forwards from then on."""
+    from gateway.bridges import outbound
+
+    monkeypatch.setattr(outbound, "RENEW_EVERY", 0.1)
+    late = RedisServer()  # a port of its own, not started yet
+    async with Sink() as sink:
+        with capture_logs() as logs:
+            gw = await started(f"""\
+layer: {{backend: redis, url: "{late.url}", prefix: late-bridge}}
+adapters:
+  email:
+    relay: {{host: 127.0.0.1, port: {sink.port}, backoff: 0.05, retries: 2, default_from: gateway@example.com}}
+bridges:
+  alerts-by-mail:
+    from: {{group: alerts}}
+    to: {{email: {{to: ["oncall@example.org"], subject: "alert", text: "{{text}}"}}}}
+""")
+        try:
+            assert [e for e in logs if e["event"] == "bridge.join_failed"], logs
+            late.start()
+            assert gw.layer is not None
+            layer = gw.layer
+
+            async def delivered() -> bool:
+                await layer.group_send("alerts", {"type": "alert.raised", "text": "smoke"})
+                await asyncio.sleep(0.2)
+                return bool(sink.messages)
+
+            for _ in range(100):
+                try:
+                    if await delivered():
+                        break
+                except Exception:  # noqa: BLE001 - Redis still coming up
+                    await asyncio.sleep(0.1)
+            assert sink.messages and sink.parsed()["subject"] == "alert"
+        finally:
+            await gw.stop(drain=2)
+            late.stop()

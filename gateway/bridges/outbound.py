@@ -66,10 +66,16 @@ class OutboundBridge:
         self._renewing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Join before returning: a group_send made once the gateway is started reaches the bridge."""
+        """Join before returning: a group_send made once the gateway is started reaches the bridge.
+        A layer not reachable yet (Redis still coming up) does not stop the start: the gateway
+        reports it not ready, and the first renewal after it answers joins the group."""
         layer, bridge = self.runtime.layer, self.bridge
         assert bridge.group is not None
-        await layer.group_add(bridge.group, bridge.channel)
+        try:
+            await layer.group_add(bridge.group, bridge.channel)
+        except LayerUnavailable as exc:
+            log.warning("bridge.join_failed", bridge=bridge.name, group=bridge.group, error=str(exc),
+                        why="the layer is not reachable yet; the bridge joins at its next renewal")
         self._forwarder = _Forwarder(self)
         self._forwarder.start()
         self._renewing = asyncio.get_running_loop().create_task(self._renew(), name=f"bridge-{bridge.name}-renew")
