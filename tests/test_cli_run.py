@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .gateway_helpers import ROOT
+from .gateway_helpers import ROOT, taken_port
 
 TESTS = Path(__file__).resolve().parent
 
@@ -110,10 +110,7 @@ def test_second_signal_skips_the_drain(write, proc_factory):
 
 
 def test_port_already_taken_is_named(write):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         cfg = config_with(write, f"127.0.0.1:{port}", '    - {path: "/", app: "testapps.basic:hello"}\n')
         res = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", str(cfg)], capture_output=True, text=True,
                              timeout=60, env={**os.environ, "PYTHONPATH": str(TESTS)})
@@ -124,10 +121,7 @@ def test_port_already_taken_is_named(write):
 
 
 def test_port_taken_in_the_default_config_names_the_environment_variable():
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         env = {**os.environ, "GATEWAY_HTTP_LISTEN": "127.0.0.1:0", "GATEWAY_SMTP_LISTEN": "127.0.0.1:0",
                "GATEWAY_MQTT_LISTEN": f"127.0.0.1:{port}"}
         res = subprocess.run([sys.executable, "-m", "gateway", "run", "-c", "config/gateway.yaml"], capture_output=True,

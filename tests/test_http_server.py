@@ -362,24 +362,18 @@ def test_a_listener_that_cannot_bind_closes_its_socket():
     """A port taken (or any bind/listen error) is a StartupError, and the socket made for it is
     closed then, not left to the garbage collector (a ResourceWarning, and an fd held meanwhile)."""
     import gc
-    import socket
     import warnings
+
+    from gateway_helpers import taken_port
 
     from gateway.errors import StartupError
     from gateway.schema import parse_listen
     from gateway_adapters.http.config import HttpConfig
     from gateway_adapters.http.listeners import open_socket
 
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    try:
-        address = parse_listen(f"127.0.0.1:{holder.getsockname()[1]}")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with pytest.raises(StartupError, match="cannot listen on"):
-                open_socket(address, HttpConfig(listen=["127.0.0.1:0"]))
-            gc.collect()
-    finally:
-        holder.close()
+    with taken_port() as port, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(StartupError, match="cannot listen on"):
+            open_socket(parse_listen(f"127.0.0.1:{port}"), HttpConfig(listen=["127.0.0.1:0"]))
+        gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from .gateway_helpers import PLUGINS, ROOT
+from .gateway_helpers import PLUGINS, ROOT, taken_port
 from .test_layer_redis_helpers import RedisServer, free_port
 
 TESTS = Path(__file__).resolve().parent
@@ -293,13 +293,7 @@ routes:
 
 
 def test_workers_say_when_the_admin_port_is_taken_before_any_worker_starts(write):
-    import socket
-
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    admin = holder.getsockname()[1]
-    try:
+    with taken_port() as admin:
         cfg = write("gw.yaml", f"""\
 layer: {{backend: redis, hosts: ["redis://127.0.0.1:1/0"]}}
 admin: {{listen: "127.0.0.1:{admin}"}}
@@ -308,21 +302,13 @@ adapters:
 """)
         proc = run(cfg, "--workers", "2")
         out, _ = proc.communicate(timeout=60)
-    finally:
-        holder.close()
     assert proc.returncode == 1, out
     assert f"admin.listen 127.0.0.1:{admin}" in out and "in use" in out, out
     assert "workers.started" not in out
 
 
 def test_a_worker_that_cannot_start_says_why_in_one_line_not_a_traceback(write):
-    import socket
-
-    holder = socket.socket()  # a foreign program on the http port (no SO_REUSEPORT)
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-    try:
+    with taken_port() as port:  # a foreign program on the http port
         cfg = write("gw.yaml", f"""\
 layer: {{backend: redis, hosts: ["redis://127.0.0.1:1/0"]}}
 adapters:
@@ -330,8 +316,6 @@ adapters:
 """)
         proc = run(cfg, "--workers", "2")
         out, _ = proc.communicate(timeout=60)
-    finally:
-        holder.close()
     assert proc.returncode == 1, out
     assert f"127.0.0.1:{port}" in out and "gateway.start_failed" in out, out
     assert "Traceback" not in out, out
