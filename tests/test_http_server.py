@@ -366,7 +366,6 @@ def test_a_listener_that_cannot_bind_closes_its_socket():
 
     from gateway_helpers import taken_port
 
-    from gateway.errors import StartupError
     from gateway.schema import parse_listen
     from gateway_adapters.http.config import HttpConfig
     from gateway_adapters.http.listeners import open_socket
